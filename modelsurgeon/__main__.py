@@ -1,0 +1,3 @@
+from modelsurgeon.cli.main import entry
+
+entry()

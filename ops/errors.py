@@ -1,0 +1,42 @@
+"""The exceptions a user can act on.
+
+Everything the user can fix is a ``SurgeonError`` carrying one line that says what happened and
+what to do. The CLI prints it on stderr and exits with its ``exit_code``; anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SurgeonError(Exception):
+    """A failure the user can fix (exit code 1)."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}: {self.hint}" if self.hint else self.message
+
+
+class UsageError(SurgeonError):
+    """Bad flags or arguments (exit code 2)."""
+
+    exit_code = 2
+
+
+class CheckpointError(SurgeonError):
+    """A checkpoint that cannot be found, opened or trusted."""
+
+
+class PlanError(SurgeonError):
+    """Several problems found before any work started; one per line after the first."""
+
+    def __init__(self, problems: list[str], what: str = "the inputs"):
+        self.problems = list(problems)
+        n = len(self.problems)
+        head = f"{n} problem{'s' if n != 1 else ''} with {what}, nothing was written"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
