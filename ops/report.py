@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 from .checkpoint import Checkpoint, TensorInfo, prefetched
 from .errors import SurgeonError, UsageError
+from .targets import compile_regex
 from .stats import CompareStats, TensorStats
 
 CHUNK_ELEMS = 1 << 20  # 4 MB of fp32: memory stays bounded, and the several reductions per chunk hit the cache
@@ -75,12 +76,7 @@ def parse_requirement(text: str, with_compare: bool) -> Requirement:
 
 
 def compile_filter(pattern: str | None) -> re.Pattern | None:
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise UsageError(f"--filter {pattern!r} is not a valid regular expression: {e}") from None
+    return compile_regex(pattern, "--filter")
 
 
 def _align(info: TensorInfo) -> int:
