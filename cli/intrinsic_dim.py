@@ -116,7 +116,7 @@ def intrinsic_dim(
     from modelsurgeon.ops.device import resolve_device
     from modelsurgeon.ops.id_models import load_tokenizer, model_for_task
     from modelsurgeon.ops.id_tasks import load_task
-    from modelsurgeon.ops.intrinsic import Problem, measure, save_subspace as save_sub
+    from modelsurgeon.ops.intrinsic import Problem, check_plan, measure, save_subspace as save_sub
     from modelsurgeon.ops.projections import resolve_kind
 
     dev = resolve_device(device)
@@ -135,8 +135,7 @@ def intrinsic_dim(
         cfg = dataclasses.replace(cfg, baseline_lr=built.default_baseline_lr)
     cfg = dataclasses.replace(cfg, projection=resolve_kind(cfg.projection, dev))
     problem = Problem(built, t, dev, cfg.include, cfg.exclude, cfg.said)
-    if cfg.said and problem.m >= problem.D:
-        raise UsageError("--said needs more parameters than tensors")
+    check_plan(problem, cfg)
     note(
         f"intrinsic-dim: {built.label} on {t.spec}: D = {problem.D:,} ({problem.frozen:,} frozen), {cfg.projection} projection, "
         f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epoch(s), device {dev}, {torch.get_num_threads()} threads",

@@ -201,7 +201,11 @@ def auto_class_for(task) -> tuple[str, dict]:
     if task.problem == "lm":
         return "AutoModelForCausalLM", {}
     if task.kind in ("tokens", "text") and task.problem == "classification":
-        return "AutoModelForSequenceClassification", {"num_labels": task.n_classes}
+        kw: dict = {"num_labels": task.n_classes}
+        if task.class_names:
+            kw["id2label"] = dict(enumerate(task.class_names))
+            kw["label2id"] = {n: i for i, n in enumerate(task.class_names)}
+        return "AutoModelForSequenceClassification", kw
     if task.kind in ("tokens", "text") and task.problem == "regression":
         return "AutoModelForSequenceClassification", {"num_labels": 1, "problem_type": "regression"}
     raise SurgeonError(
@@ -224,13 +228,21 @@ def load_transformers(ck, task=None, auto_class: str | None = None, kwargs: dict
             )
         except (ValueError, RuntimeError, OSError, KeyError, TypeError) as e:
             msg = " ".join(str(e).split())
-            if "size mismatch" in msg or "shape" in msg.lower():
+            if "mismatch" not in msg.lower():
+                raise SurgeonError(f"cannot build a model from {ck.label}'s config.json with {auto_class}: {msg[:300]}") from None
+            try:  # load again, tolerating the mismatch, only to name the tensor
+                module, info = cls.from_pretrained(
+                    str(ck.folder), output_loading_info=True, local_files_only=True, trust_remote_code=False,
+                    dtype=torch.float32, ignore_mismatched_sizes=True, **kwargs,
+                )
+            except Exception:
                 raise SurgeonError(f"{ck.label}'s tensors do not match its config.json: {msg[:300]}", "fix config.json or the weights") from None
-            raise SurgeonError(f"cannot build a model from {ck.label}'s config.json with {auto_class}: {msg[:300]}") from None
-    mismatched = list(info.get("mismatched_keys") or [])
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
     if mismatched:
         first = mismatched[0]
-        raise SurgeonError(f"{ck.label}'s tensors do not match its config.json: {first}", "fix config.json or the weights")
+        what = f"{first[0]} is {list(first[1])} in the weights but {list(first[2])} by config.json" if isinstance(first, tuple) and len(first) == 3 else str(first)
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise SurgeonError(f"{ck.label}'s tensors do not match its config.json: {what}{more}", "fix config.json or the weights")
     missing = sorted(info.get("missing_keys") or [])
     prefix = getattr(module, "base_model_prefix", "")
     head_prefixes = tuple(n + "." for n, _ in module.named_children() if n != prefix)

@@ -272,10 +272,10 @@ class Measurement:
         return next((r for r in self.runs if r.d == d and r.seed == seed), None)
 
 
-def measure(problem: Problem, cfg, events: Events = _nothing) -> Measurement:
-    t0 = time.perf_counter()
+def check_plan(problem: Problem, cfg) -> None:
+    """Everything about d that can be refused before training starts."""
     D = problem.D
-    d_floor = problem.m  # SAID spends m of the d numbers on the scales
+    d_floor = problem.m
     d_max = min(cfg.d_max or D, D)
     for flag, v in (("--grid", max(cfg.grid, default=0)), ("--d-start", cfg.d_start if not cfg.grid else 0), ("--d-max", cfg.d_max or 0)):
         if v > D:
@@ -284,6 +284,14 @@ def measure(problem: Problem, cfg, events: Events = _nothing) -> Measurement:
         raise UsageError(f"--grid {min(cfg.grid)} leaves no subspace: --said spends {d_floor} of d on per-tensor scales", f"give d > {d_floor}")
     if d_floor >= d_max:
         raise UsageError(f"--said needs d > {d_floor} (one scale per tensor) but d can be at most {d_max}")
+
+
+def measure(problem: Problem, cfg, events: Events = _nothing) -> Measurement:
+    t0 = time.perf_counter()
+    check_plan(problem, cfg)
+    D = problem.D
+    d_floor = problem.m  # SAID spends m of the d numbers on the scales
+    d_max = min(cfg.d_max or D, D)
 
     n_runs = {"i": 0}
 

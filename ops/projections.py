@@ -165,7 +165,8 @@ class _SparseProject(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         proj = ctx.proj
-        return (proj.Pt_csr @ g.to(proj.vals.dtype)).to(g.dtype), None
+        pt = proj.Pt_csr if g.dtype == proj.vals.dtype else proj.Pt_csr.to(g.dtype)
+        return pt @ g, None
 
 
 class FastfoodProjection(Projection):
