@@ -103,7 +103,7 @@ def fastfood_reference(
     z[..., :d] = x.to(wd)
     z = z * B.to(wd)
     z = transform(z)
-    z = z[..., perm.long()] * G.to(wd)
+    z = z.index_select(-1, perm) * G.to(wd)  # (Pi z)[p] = z[perm[p]]; index_select takes int32 or int64
     z = transform(z)
     return (z[..., :D] * scale).to(x.dtype)
 
@@ -117,8 +117,7 @@ def fastfood_t_reference(
     z = torch.zeros(*g.shape[:-1], L, dtype=wd, device=g.device)
     z[..., :D] = g.to(wd)
     z = transform(z)
-    src = invperm.long()
-    z = z[..., src] * G.to(wd)[src]  # (Pi^T (G z))[p] = G[inv[p]] z[inv[p]]
+    z = (z * G.to(wd)).index_select(-1, invperm)  # (Pi^T (G z))[p] = z[inv[p]] G[inv[p]]
     z = transform(z)
     return ((z[..., :d] * B[:d].to(wd)) * scale).to(g.dtype)
 

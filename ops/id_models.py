@@ -186,7 +186,10 @@ def model_for_task(task, cfg, model_spec: str | None, revision: str | None = Non
 @contextlib.contextmanager
 def _quiet_transformers():
     """transformers prints load reports and progress bars; keep stdout for the result."""
-    import transformers
+    try:
+        import transformers
+    except ImportError:
+        raise SurgeonError("a checkpoint MODEL is built with transformers, which is not installed", "run: pip install transformers") from None
 
     transformers.logging.set_verbosity_error()
     try:
