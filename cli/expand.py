@@ -22,7 +22,7 @@ def expand_subspace(
     output: OutputOpt = ...,  # type: ignore[assignment]
     base: Annotated[
         str | None,
-        typer.Option("--base", help="The checkpoint theta_0 came from, if it moved (checked by sha256). [default: the recorded path]"),
+        typer.Option("--base", help="The checkpoint theta_0 came from, if it moved (checked by sha256). (default the recorded path)"),
     ] = None,
     device: DeviceOpt = "cpu",
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,

@@ -120,7 +120,12 @@ class Task:
             kw = {"input_ids": b["input_ids"]}
             if "attention_mask" in b:
                 kw["attention_mask"] = b["attention_mask"]
-            return Batch((), kw, b.get("y", b["input_ids"]))
+            if "y" in b:
+                return Batch((), kw, b["y"])
+            labels = b["input_ids"]  # a causal LM predicts its own tokens; padding is ignored
+            if "attention_mask" in b:
+                labels = labels.masked_fill(b["attention_mask"] == 0, -100)
+            return Batch((), kw, labels)
         return Batch((b["x"],), {}, b["y"])
 
     # --- loss and metric
@@ -131,7 +136,7 @@ class Task:
         if self.loss_fn is not None:
             return self.loss_fn(out, target)
         if self.problem == "lm":
-            return _lm_loss(out, target, None)
+            return _lm_loss(out, target)
         if self.problem == "regression":
             return F.mse_loss(out.reshape(target.shape), target)
         return F.cross_entropy(out, target)
@@ -154,9 +159,7 @@ class Task:
         if self.problem == "lm":
             nll, count = 0.0, 0
             for b in self.batches(split, batch_size):
-                out = _logits(forward(b))
-                mask = b.kwargs.get("attention_mask")
-                s, c = _lm_nll_sum(out, b.target, mask)
+                s, c = _lm_nll_sum(_logits(forward(b)), b.target)
                 nll, count = nll + s, count + c
             loss = nll / max(count, 1)
             return math.exp(-loss), loss
@@ -237,16 +240,14 @@ def _logits(output):
     raise SurgeonError(f"the model returned {type(output).__name__}, not a tensor or an output with .logits")
 
 
-def _lm_nll_sum(logits, ids, mask) -> tuple[float, int]:
-    lp = torch.log_softmax(logits[:, :-1].float(), -1)
-    tgt = ids[:, 1:]
-    nll = -lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-    m = mask[:, 1:].to(nll.dtype) if mask is not None else torch.ones_like(nll)
-    return float((nll * m).sum()), int(m.sum())
+def _lm_nll_sum(logits, labels) -> tuple[float, int]:
+    tgt = labels[:, 1:].reshape(-1)
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tgt, ignore_index=-100, reduction="sum")
+    return float(nll), int((tgt != -100).sum())
 
 
-def _lm_loss(logits, ids, mask) -> torch.Tensor:
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+def _lm_loss(logits, labels) -> torch.Tensor:
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100)
 
 
 def _encode(tokenizer, texts: list[str], max_len: int) -> dict:
@@ -447,6 +448,7 @@ def _csv(spec: str, arg: str | None) -> Task:
             raise SurgeonError(f"task {spec}: text tasks need class labels, {header[label_col]} holds fractions")
         texts = [r[text_col] for r in body]
         task = Task(spec, "text", "classification", n_classes=k, class_names=class_names)
+        task.defaults = {"batch_size": 32}
         sp = _split(len(texts))
         if sp is None:
             task.texts = ((texts, y), ([], y[:0]))
@@ -476,7 +478,7 @@ def _text(spec: str, arg: str | None) -> Task:
         raise SurgeonError(f"task {spec} cannot be loaded: {p.name} is empty")
     task = Task(spec, "lm", "lm", raw_text=text)
     # a pretrained LM starts far above zero: count the fraction of the improvement over theta_0 instead
-    task.defaults = {"threshold_from": "init"}
+    task.defaults = {"threshold_from": "init", "batch_size": 8}  # 128 blocks of logits over a real vocabulary would not fit
     return task
 
 

@@ -223,7 +223,7 @@ def train_run(problem: Problem, cfg, d: int | None, seed: int, events: Events = 
     problem.module.eval()
     with torch.no_grad():
         flat = flat_now().detach()
-        metric, loss = task.evaluate(lambda b: problem.forward(flat, b), max(cfg.batch_size, 256))
+        metric, loss = task.evaluate(lambda b: problem.forward(flat, b), eval_batch(task, cfg))
     run = Run("direct" if d is None else "subspace", d, seed, metric, loss, train_loss, time.perf_counter() - t0)
     if d is not None:
         run.theta_d = trainable[0].detach().cpu().clone()
@@ -239,8 +239,12 @@ def evaluate_theta0(problem: Problem, cfg) -> float:
     theta0 = problem.theta0(0, cfg.init_seed)
     problem.module.eval()
     with torch.no_grad():
-        metric, _ = problem.task.evaluate(lambda b: problem.forward(theta0, b), max(cfg.batch_size, 256))
+        metric, _ = problem.task.evaluate(lambda b: problem.forward(theta0, b), eval_batch(problem.task, cfg))
     return metric
+
+
+def eval_batch(task, cfg) -> int:
+    return max(cfg.batch_size, 256) if task.kind in ("features", "toy") else cfg.batch_size
 
 
 def _weight(b, task) -> float:
@@ -277,7 +281,12 @@ def check_plan(problem: Problem, cfg) -> None:
     D = problem.D
     d_floor = problem.m
     d_max = min(cfg.d_max or D, D)
-    for flag, v in (("--grid", max(cfg.grid, default=0)), ("--d-start", cfg.d_start if not cfg.grid else 0), ("--d-max", cfg.d_max or 0)):
+    explicit = getattr(cfg, "explicit", frozenset())
+    for flag, v in (
+        ("--grid", max(cfg.grid, default=0)),
+        ("--d-start", cfg.d_start if "d_start" in explicit else 0),
+        ("--d-max", cfg.d_max or 0),
+    ):
         if v > D:
             raise UsageError(f"{flag} {v} is larger than D = {D:,}, the number of parameters being trained", "give d <= D")
     if cfg.grid and min(cfg.grid) <= d_floor:
@@ -490,7 +499,7 @@ def expand_subspace(path: str | Path, base: str | None = None, device: str | tor
     """Rebuild theta_0 and P from a subspace file and return theta_0 + P theta_d in the model's layout."""
     from types import SimpleNamespace
 
-    from .id_models import Toy, build_arch, he_init, load_state_strict, load_transformers, sha256_file, toy_init
+    from .id_models import Toy, build_arch, he_init, load_state_strict, load_transformers, toy_init
 
     rec, tensors = read_subspace(path)
     src = rec["source"]
@@ -499,7 +508,6 @@ def expand_subspace(path: str | Path, base: str | None = None, device: str | tor
     if kind == "arch":
         module = build_arch(src)
         he_init(module, rec["init_seed"])
-        built_source = src
     elif kind == "toy":
         module = Toy()
         toy_init(module, rec["init_seed"])
@@ -524,8 +532,6 @@ def expand_subspace(path: str | Path, base: str | None = None, device: str | tor
             load_state_strict(module, ck)
     else:
         raise SurgeonError(f"{path}: unknown model source {kind!r}")
-    if kind in ("arch", "toy"):
-        built_source = src
     built = SimpleNamespace(module=module, reinit=None, head=rec.get("head") or [], source=src)
     dummy_task = SimpleNamespace(to=lambda dev: None)
     problem = Problem(built, dummy_task, device, rec.get("include"), rec.get("exclude"), bool(rec.get("said")))

@@ -19,6 +19,7 @@ says, then moved to the device, so a seed reproduces the same P on any machine w
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -175,16 +176,10 @@ class FastfoodProjection(Projection):
     def __init__(self, D, d, seed, device, use_triton: bool | None = None, **_):
         super().__init__(D, d, seed, device)
         self.L = next_pow2(D)
-        g = _generator(seed)
-        B = torch.randint(0, 2, (self.L,), generator=g).float() * 2 - 1
-        perm = torch.randperm(self.L, generator=g)
-        G = torch.randn(self.L, generator=g)
-        self.scale = 1.0 / math.sqrt(D * float((G.double() ** 2).sum()))
-        idx_dtype = torch.int32 if self.L < 2**31 else torch.int64
-        self.B = B.to(self.device)
-        self.G = G.to(self.device)
-        self.perm = perm.to(idx_dtype).to(self.device)
-        self.invperm = torch.argsort(perm).to(idx_dtype).to(self.device)
+        B, perm, invperm, G, sum_g2 = _fastfood_parts(self.L, seed)
+        self.scale = 1.0 / math.sqrt(D * sum_g2)
+        self.B, self.G = B.to(self.device), G.to(self.device)
+        self.perm, self.invperm = perm.to(self.device), invperm.to(self.device)
         self.use_triton = use_triton
 
     def __call__(self, theta_d):
@@ -199,6 +194,19 @@ class FastfoodProjection(Projection):
     @property
     def nbytes(self):
         return self.L * (4 + 4 + 2 * self.perm.element_size())
+
+
+@functools.lru_cache(maxsize=2)
+def _fastfood_parts(L: int, seed: int):
+    """B, Pi, Pi^-1, G and sum(G^2) for one seed; the same for every d (a search reuses them)."""
+    g = _generator(seed)
+    B = torch.randint(0, 2, (L,), generator=g).float() * 2 - 1
+    perm = torch.randperm(L, generator=g)
+    G = torch.randn(L, generator=g)
+    idx = torch.int32 if L < 2**31 else torch.int64
+    inv = torch.empty(L, dtype=idx)
+    inv[perm] = torch.arange(L, dtype=idx)
+    return B, perm.to(idx), inv, G, float((G.double() ** 2).sum())
 
 
 class _FastfoodProject(torch.autograd.Function):

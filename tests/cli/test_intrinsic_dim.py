@@ -40,7 +40,7 @@ def one_thread():
 def test_toy_gives_exactly_ten(capsys):
     out = run_json(capsys, "intrinsic-dim", "--task", "toy", "-q")
     assert out["D"] == 1000
-    assert out["d_int"] == 10
+    assert out["d_int"] == out["d_int90"] == 10
     assert out["bracket"] == [9, 10]
     assert out["compression"] == 100.0
     assert out["baseline"]["value"] == 1.0 and out["baseline"]["how"].startswith("direct training")
