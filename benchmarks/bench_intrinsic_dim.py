@@ -126,7 +126,6 @@ def bench_steps(ds: list[int], dense_limit: int) -> list[str]:
             td = torch.zeros(d, requires_grad=True)
             cells.append(best(step_fn(lambda: theta0 + proj(td), [td]), 10))
             mem.append(f"{proj.nbytes / 2**20:.1f} MiB")
-            del proj
         ms = " | ".join("-" if c is None else f"{c * 1e3:.2f}" for c in cells)
         ratios = " | ".join("-" if c is None else f"{c / t_direct:.1f}x" for c in cells)
         rows.append(f"| {d:,} | {ms} | {ratios} | {' / '.join(mem)} |")
@@ -154,7 +153,6 @@ def bench_minilm_projection(ds: list[int]) -> list[str]:
         xd = torch.randn(d)
         t_ff = best(lambda: (fastfood(xd, ff.B, ff.perm, ff.G, D, ff.scale), fastfood_t(g, ff.B, ff.invperm, ff.G, d, ff.scale)), 2)
         rows.append(f"| {d:,} | {t_sp * 1e3:.1f} | {t_ff * 1e3:.0f} | {4 * D * d / 1e9:.0f} GB |")
-        del sp
     return rows
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Callable
 import torch
 
 from .errors import SurgeonError, UsageError
-from .projections import Projection, make_projection, resolve_kind
+from .projections import Projection, make_projection
 from .targets import compile_regex
 
 FORMAT = "modelsurgeon.subspace"
@@ -596,14 +595,3 @@ def expanded_state(ex: Expanded) -> list[tuple[str, torch.Tensor]]:
         out.append((name, trained[name] if name in trained else t.detach().cpu()))
     return out
 
-
-def compression(D: int, d: int | None) -> float | None:
-    return D / d if d else None
-
-
-def fmt_d(d: int | None) -> str:
-    return "-" if d is None else f"{d:,}"
-
-
-def log2(n: int) -> int:
-    return int(math.log2(n))
