@@ -145,6 +145,10 @@ def intrinsic_dim(
         result = measure(problem, cfg, events)
 
     out = _result_json(result, problem, built, t, cfg, dev)
+    bad = [r for r in ([result.baseline_run] if result.baseline_run else []) + result.runs if r.diverged]
+    if bad:
+        warn(f"{len(bad)} run(s) hit a non-finite loss and stopped early (d = {', '.join(str(r.d or 'all') for r in bad)}); "
+             "lower --lr / --baseline-lr")
     if result.non_monotone:
         warn(f"metric not monotone in d: d = {', '.join(map(str, result.non_monotone))} fail above d_int = {result.d_int}; "
              "the runs are noisy here, try --seeds 3")

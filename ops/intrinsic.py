@@ -118,6 +118,7 @@ class Run:
     train_loss: float
     seconds: float
     passed: bool | None = None
+    diverged: bool = False
     theta_d: torch.Tensor | None = None
     scales: torch.Tensor | None = None
     flat: torch.Tensor | None = None
@@ -133,6 +134,7 @@ class Run:
             "train_loss": self.train_loss,
             "seconds": round(self.seconds, 3),
             "passed": self.passed,
+            "diverged": self.diverged,
         }
 
 
@@ -191,6 +193,7 @@ def train_run(problem: Problem, cfg, d: int | None, seed: int, events: Events = 
         lr = cfg.lr
     opt = _optimizer(cfg.optimizer, trainable, lr, cfg.weight_decay, cfg)
     train_loss = float("nan")
+    diverged = False
     for epoch in range(cfg.epochs):
         problem.module.train()
         if cfg.optimizer == "lbfgs":
@@ -213,17 +216,20 @@ def train_run(problem: Problem, cfg, d: int | None, seed: int, events: Events = 
                 opt.zero_grad()
                 loss = task.loss(problem.forward(flat_now(), b), b.target)
                 if not torch.isfinite(loss):
+                    diverged = True  # stop here and evaluate what there is; the record says so
                     break
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()))
             train_loss = sum(losses) / len(losses) if losses else float("nan")
         events("epoch", epoch=epoch + 1, epochs=cfg.epochs)
+        if diverged:
+            break
     problem.module.eval()
     with torch.no_grad():
         flat = flat_now().detach()
         metric, loss = task.evaluate(lambda b: problem.forward(flat, b), eval_batch(task, cfg))
-    run = Run("direct" if d is None else "subspace", d, seed, metric, loss, train_loss, time.perf_counter() - t0)
+    run = Run("direct" if d is None else "subspace", d, seed, metric, loss, train_loss, time.perf_counter() - t0, diverged=diverged)
     if d is not None:
         run.theta_d = trainable[0].detach().cpu().clone()
         run.scales = scales.detach().cpu().clone() if scales is not None else None
