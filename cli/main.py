@@ -12,6 +12,7 @@ import sys
 import typer
 
 from . import report
+from . import expand, intrinsic_dim  # noqa: I001  (intrinsic-dim, expand-subspace)
 
 app = typer.Typer(
     name="surgeon",
@@ -22,6 +23,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("report", epilog=report.EPILOG)(report.report)
+app.command("intrinsic-dim", epilog=intrinsic_dim.EPILOG)(intrinsic_dim.intrinsic_dim)
+app.command("expand-subspace", epilog=expand.EPILOG)(expand.expand_subspace)
 
 
 def _print_version(value: bool) -> None:
