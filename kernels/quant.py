@@ -64,7 +64,7 @@ def _group_quantize_kernel(
         scale = _round_to(tl.div_rn(rng, (QMAX - QMIN) * 1.0), SDTYPE)
         t = _round_to(tl.div_rn(mn, scale), SDTYPE)
         z = _round_to(QMIN - t, SDTYPE)
-        z = tl.where(z - z == 0.0, z, QMIN * 1.0)  # NaN/inf (an all-zero group) -> qmin
+        z = tl.where(z - z == 0.0, z, 0.0)  # NaN (an all-zero group: 0/0) -> 0, as compressed-tensors ends up
         z = _rne(tl.minimum(tl.maximum(z, QMIN * 1.0), QMAX * 1.0))
         tl.store(zero_ptr + r * n_groups + gi, z.to(tl.int8), mask=rmask)
     scale = tl.where(scale == 0.0, EPS, scale)

@@ -193,10 +193,9 @@ class StreamingGGUF:
         elif isinstance(value, str):
             w.add_string(key, value)
         elif isinstance(value, list):
-            if value and isinstance(value[0], int) and key.endswith("token_type"):
-                w.add_key_value(key, value, T.ARRAY, sub_type=T.INT32)
-            else:
-                w.add_array(key, value)
+            # add_array drops empty lists, but llama.cpp needs e.g. tokenizer.ggml.merges even when empty
+            sub = T.STRING if not value or isinstance(value[0], str) else T.FLOAT32 if isinstance(value[0], float) else T.INT32
+            w.add_key_value(key, value, T.ARRAY, sub_type=sub)
         else:
             raise TypeError(f"cannot write {key}={value!r} to GGUF")
 

@@ -26,13 +26,16 @@ from .quant import _groups, int_encode, int_params, int_range, scale_dtype_for
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
+    """sign(x) * relu(|x| - |x|^(p-1) / beta). It is 0 wherever |x|^(2-p) <= 1/beta, which for weights of
+    ordinary size is almost everywhere, so the power is computed only on the few larger entries."""
     ax = x.abs()
-    return torch.sign(x) * torch.relu(ax - ax.pow(p - 1) / beta)  # |0|^(p-1) = inf -> relu(-inf) = 0
-
-
-def _fit_error(x, s, z, qmin, qmax):
-    q = torch.clamp(torch.round(x / s + z), qmin, qmax)
-    return ((q - z) * s - x).square().sum(-1, keepdim=True), q
+    big = ax > beta ** (-1.0 / (2.0 - p))
+    out = torch.zeros_like(x)
+    if bool(big.any()):
+        v = x[big]
+        av = v.abs()
+        out[big] = torch.sign(v) * torch.relu(av - av.pow(p - 1) / beta)
+    return out
 
 
 def hqq_refine(
@@ -58,13 +61,25 @@ def hqq_refine(
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     s = torch.where(scale == 0, torch.ones_like(scale), scale)
     z = zero.clone()
-    best_err, q = _fit_error(x, s, z, qmin, qmax)
+    best_err = torch.full_like(s, float("inf"))
     best_s, best_z = s.clone(), z.clone()
-    beta = float(cfg.beta)
-    prev_total = float(best_err.sum())
-    for _ in range(int(cfg.iters)):
-        w_e = shrink_lp(x - (q - z) * s, beta, float(cfg.lp_norm))
-        target = x - w_e
+    beta, p = float(cfg.beta), float(cfg.lp_norm)
+    prev_total = float("inf")
+    for it in range(int(cfg.iters) + 1):
+        # the current parameters' codes and error (HQQ measures the error of the iterate it is about to update)
+        q = torch.div(x, s).add_(z).round_().clamp_(qmin, qmax)
+        e = x - (q - z) * s
+        err = e.square().sum(-1, keepdim=True)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_s = torch.where(better, s, best_s)
+        best_z = torch.where(better, z, best_z)
+        total = float(err.sum())
+        if it == int(cfg.iters) or total >= prev_total:  # HQQ's early stop: the error stopped decreasing
+            break
+        prev_total = total
+        # W_e = shrink_lp(x - W_r): the part of the error treated as outliers; target = x - W_e
+        target = x - shrink_lp(e, beta, p)
         if fit_zero:
             z = (q - target / s).mean(-1, keepdim=True)
             if integer_zero:
@@ -74,15 +89,6 @@ def hqq_refine(
         new_s = (target * c).sum(-1, keepdim=True) / torch.where(den == 0, torch.ones_like(den), den)
         s = torch.where((den > 0) & (new_s != 0) & torch.isfinite(new_s), new_s, s)
         beta *= float(cfg.kappa)
-        err, q = _fit_error(x, s, z, qmin, qmax)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_s = torch.where(better, s, best_s)
-        best_z = torch.where(better, z, best_z)
-        total = float(err.sum())
-        if total >= prev_total:  # HQQ's early stop: the error stopped decreasing
-            break
-        prev_total = total
     return best_s, best_z
 
 

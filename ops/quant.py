@@ -66,10 +66,11 @@ def int_params(
     zero = None
     if not symmetric:
         # zero = round(qmin - min/scale), each step rounded to the scale dtype as compressed-tensors does;
-        # computed before the eps substitution, as there (an all-zero group gets zero = qmin below)
+        # computed before the eps substitution, as there; an all-zero group gives 0/0, which compressed-tensors
+        # turns into a zero point of 0 (NaN cast to int8 on x86): we write 0 explicitly
         t = (mn / scale.float()).to(scale_dtype).float()
         z = (qmin - t).to(scale_dtype).float()
-        zero = torch.where(torch.isfinite(z), z, torch.full_like(z, qmin)).clamp(qmin, qmax).round()
+        zero = torch.where(torch.isfinite(z), z, torch.zeros_like(z)).clamp(qmin, qmax).round()
     scale = torch.where(scale == 0, torch.tensor(eps, dtype=scale_dtype, device=scale.device), scale)
     return scale, zero
 
@@ -299,12 +300,19 @@ class QuantizedWeight:
     extra: dict = field(default_factory=dict)
 
 
-def quantize_weight(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None = None) -> QuantizedWeight:
-    """Quantize one 2-D float weight (on any device) and dequantize it back into its own dtype."""
-    return _FAMILIES[spec.scheme.family](w, spec, use_triton)
+def quantize_weight(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None = None, need_dequant: bool = True) -> QuantizedWeight:
+    """Quantize one 2-D float weight (on any device) and dequantize it back into its own dtype.
+
+    Sets ``extra["signal"]``, ``extra["noise"]`` (energies of ``w`` and of the error). With
+    ``need_dequant=False`` a scheme may skip materialising ``dequantized`` (GGUF measures its error per chunk).
+    """
+    qw = _FAMILIES[spec.scheme.family](w, spec, use_triton, need_dequant)
+    if "noise" not in qw.extra:
+        qw.extra["signal"], qw.extra["noise"] = error_stats(w, qw.dequantized)
+    return qw
 
 
-def _int_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None) -> QuantizedWeight:
+def _int_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
     bits, g = spec.scheme.bits, spec.group_size
     if spec.hqq is not None:
         from .hqq import hqq_int_quantize
@@ -319,30 +327,37 @@ def _int_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None) -> Qu
     return QuantizedWeight(parts, deq, spec.bits_per_weight(tuple(w.shape), scale.element_size()))
 
 
-def _fp8_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None) -> QuantizedWeight:
+def _fp8_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
     codes, scale = fp8_quantize(w)
     return QuantizedWeight({"codes": codes, "scale": scale}, fp8_dequantize(codes, scale, w.dtype),
                            spec.bits_per_weight(tuple(w.shape), scale.element_size()))
 
 
-def _nf4_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None) -> QuantizedWeight:
+def _nf4_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
     g = spec.group_for(w.shape[-1])
     codes, absmax = nf4_quantize(w, g)
     return QuantizedWeight({"codes": codes, "absmax": absmax}, nf4_dequantize(codes, absmax, g, w.dtype),
                            spec.bits_per_weight(tuple(w.shape), 4))
 
 
-def _binary_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None) -> QuantizedWeight:
+def _binary_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
     g = spec.group_for(w.shape[-1])
     signs, scale = binary_quantize(w, g)
     return QuantizedWeight({"signs": signs, "scale": scale}, binary_dequantize(signs, scale, g, w.dtype),
                            spec.bits_per_weight(tuple(w.shape), 2))
 
 
-def _gguf_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None) -> QuantizedWeight:
+def _gguf_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
+    from modelsurgeon.kernels import should_use_triton
+
     from .gguf_blocks import dequantize_blocks, quantize_blocks
 
     qtype = spec.scheme.gguf_type
+    bpw = spec.bits_per_weight(tuple(w.shape), 2)
+    if spec.hqq is None and not need_dequant and not should_use_triton(w.device, use_triton):
+        err: list = []
+        blocks = quantize_blocks(w, qtype, use_triton=False, error=err)  # measures the error chunk by chunk
+        return QuantizedWeight({"blocks": blocks}, None, bpw, {"signal": err[0][0], "noise": err[0][1]})
     if spec.hqq is not None:
         from .hqq import hqq_gguf_quantize
 
@@ -350,10 +365,10 @@ def _gguf_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None) -> Q
     else:
         blocks = quantize_blocks(w, qtype, use_triton)
     deq = dequantize_blocks(blocks, qtype, tuple(w.shape)).to(w.dtype)
-    return QuantizedWeight({"blocks": blocks}, deq, spec.bits_per_weight(tuple(w.shape), 2))
+    return QuantizedWeight({"blocks": blocks}, deq, bpw)
 
 
-_FAMILIES: dict[str, Callable[[torch.Tensor, QuantSpec, bool | None], QuantizedWeight]] = {
+_FAMILIES: dict[str, Callable[[torch.Tensor, QuantSpec, bool | None, bool], QuantizedWeight]] = {
     "int": _int_family,
     "fp8": _fp8_family,
     "nf4": _nf4_family,

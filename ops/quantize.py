@@ -24,7 +24,7 @@ from modelsurgeon.recipes.quantize import QuantizeConfig
 from .checkpoint import Checkpoint
 from .device import resolve_device
 from .errors import SurgeonError, UsageError
-from .quant import QuantSpec, Scheme, error_stats, get_scheme, quantize_weight, schemes, sqnr_db
+from .quant import QuantSpec, Scheme, get_scheme, quantize_weight, schemes, sqnr_db
 from .targets import select_targets
 
 _QUANTIZED_DTYPES = {"I8", "U8", "I32", "F8_E4M3", "F8_E5M2", "F8_E8M0"}
@@ -158,6 +158,10 @@ def _plan_gguf(plan: QuantPlan) -> None:
         raise SurgeonError("--format gguf needs the model folder (config.json and tokenizer beside the weights)",
                            "give the folder, not the .safetensors file")
     vocab = read_vocab(ck.folder, ck.config, warn=lambda m: plan.notes.append("warning: " + m))
+    n_tok, n_vocab = len(vocab["tokenizer.ggml.tokens"]), int(ck.config.get("vocab_size") or 0)
+    if n_tok != n_vocab:
+        raise SurgeonError(f"the tokenizer of {ck.label} has {n_tok} tokens but config.json says vocab_size {n_vocab}",
+                           "llama.cpp needs one token per embedding row; fix the tokenizer or the config")
     name = str(ck.config.get("_name_or_path") or ck.folder.name).rstrip("/").split("/")[-1] or ck.folder.name
     plan.gguf_plan = tensors
     plan.gguf_meta = file_metadata(ck.config, plan.spec.scheme.gguf_type, name, vocab)
@@ -191,11 +195,10 @@ class TensorRow:
 def _quantize_one(plan: QuantPlan, name: str, w: torch.Tensor, need_dequant: bool):
     dev = plan.device
     wd = w.to(dev, non_blocking=True) if dev.type != "cpu" else w
-    qw = quantize_weight(wd, plan.spec, plan.cfg.use_triton)
-    sig, noise = error_stats(wd, qw.dequantized)
+    qw = quantize_weight(wd, plan.spec, plan.cfg.use_triton, need_dequant)
     if not need_dequant:
         qw.dequantized = None
-    return qw, sig, noise
+    return qw, qw.extra["signal"], qw.extra["noise"]
 
 
 def run_quantize(plan: QuantPlan, command: str, advance: Callable[[int], None] = lambda n: None) -> dict:
