@@ -193,9 +193,9 @@ class StreamingGGUF:
         elif isinstance(value, str):
             w.add_string(key, value)
         elif isinstance(value, list):
-            # add_array drops empty lists, but llama.cpp needs e.g. tokenizer.ggml.merges even when empty
-            sub = T.STRING if not value or isinstance(value[0], str) else T.FLOAT32 if isinstance(value[0], float) else T.INT32
-            w.add_key_value(key, value, T.ARRAY, sub_type=sub)
+            if value:  # GGUF has no empty arrays
+                sub = T.STRING if isinstance(value[0], str) else T.FLOAT32 if isinstance(value[0], float) else T.INT32
+                w.add_key_value(key, value, T.ARRAY, sub_type=sub)
         else:
             raise TypeError(f"cannot write {key}={value!r} to GGUF")
 

@@ -96,13 +96,17 @@ def pack_blocks(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, qtype:
     if qtype == "Q8_0":
         out[:, 2:] = q.to(torch.int8).view(torch.uint8)
         return out
-    q = q.to(torch.int32)
+    q = q.to(torch.uint8)  # codes are 0..31 here
     if qtype in ("Q5_0", "Q5_1"):
-        high = ((q >> 4) & 1).to(torch.int64) << torch.arange(32, device=q.device, dtype=torch.int64)
-        out[:, pos : pos + 4] = high.sum(-1, keepdim=True).view(torch.uint8)[:, :4]
+        # bit 4 of element j -> bit j of a little-endian u32: gather 8 one-bit bytes into one byte at a time.
+        # With bytes b_0..b_7 of a u64 each 0 or 1, x * 0x0102040810204080 puts sum(b_i << i) in the top byte
+        # (every b_i lands on its own bit, so nothing carries); the multiplication wraps, as intended.
+        hi = ((q >> 4) & 1).contiguous().view(torch.int64)  # (nb, 4): 8 codes per u64
+        packed = ((hi * 0x0102040810204080) >> 56) & 0xFF
+        out[:, pos : pos + 4] = packed.to(torch.uint8)
         pos += 4
-    # element j in the low nibble, element j + 16 in the high nibble
-    out[:, pos : pos + 16] = ((q[:, :16] & 15) | ((q[:, 16:] & 15) << 4)).to(torch.uint8)
+    # element j in the low nibble, element j + 16 in the high nibble (uint8 << 4 drops bit 4)
+    out[:, pos : pos + 16] = (q[:, :16] & 15) | (q[:, 16:] << 4)
     return out
 
 
@@ -130,9 +134,8 @@ def quantize_blocks(x: torch.Tensor, qtype: str, use_triton: bool | None = None,
         q = _codes(c, d, m, qtype, buf[: c.shape[0]])
         pack_blocks(q, d, m, qtype, out[s : s + _CHUNK_BLOCKS])
         if error is not None:
-            deq = _dequant_codes(q, d, m, qtype)
-            sig += float(c.double().square().sum())
-            noise += float((deq - c).double().square().sum())
+            sig += float(c.square().sum())
+            noise += float(_dequant_codes(q, d, m, qtype).sub_(c).square_().sum())
     if error is not None:
         error.append((sig, noise))
     return out.reshape(rows, row_bytes(cols, qtype))

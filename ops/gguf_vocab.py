@@ -146,6 +146,8 @@ def _bpe_vocab(tok: dict, vocab_size: int, warn) -> tuple[dict, dict[str, int]]:
             tokens[i] = f"[PAD{i}]"
             types[i] = UNUSED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    if not merges:
+        raise SurgeonError("the BPE tokenizer in tokenizer.json has no merges, and llama.cpp refuses a BPE vocabulary without them")
     pre = detect_pre(tok.get("pre_tokenizer"))
     if pre is None:
         warn("the tokenizer's pre-tokenizer is not one modelsurgeon recognises; the GGUF says 'default' "

@@ -74,7 +74,7 @@ def test_dense_is_the_dequantized_weight(capsys, tmp_path, llama):
     sig = float(w.double().square().sum())
     noise = float((got["model.layers.1.self_attn.q_proj.weight"].double() - w.double()).square().sum())
     row = next(t for t in r["tensors"] if t["name"] == "model.layers.1.self_attn.q_proj.weight")
-    assert row["sqnr_db"] == pytest.approx(10 * math.log10(sig / noise), rel=1e-9)
+    assert row["sqnr_db"] == pytest.approx(10 * math.log10(sig / noise), rel=1e-5)
 
 
 @pytest.mark.parametrize("scheme,extra", [("nf4", []), ("binary", ["-g", "64"]), ("q5_1", []), ("fp8", []), ("w8a16", ["-g", "64"])])

@@ -53,8 +53,8 @@ def test_error_measured_while_encoding_equals_the_dequantized_error(qtype):
     blocks = quantize_blocks(x, qtype, error=err)
     deq = dequantize_blocks(blocks, qtype, tuple(x.shape)).double()
     sig, noise = err[0]
-    assert sig == pytest.approx(float(x.double().square().sum()))
-    assert noise == pytest.approx(float((deq - x.double()).square().sum()), rel=1e-9)
+    assert sig == pytest.approx(float(x.double().square().sum()), rel=1e-5)  # fp32 sums per chunk
+    assert noise == pytest.approx(float((deq - x.double()).square().sum()), rel=1e-5)
 
 
 def test_row_length_must_be_a_multiple_of_32():
