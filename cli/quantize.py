@@ -70,16 +70,12 @@ def quantize(
 ) -> int:
     """Quantize a checkpoint's linear weights; report bits per weight and the error of every tensor."""
     from modelsurgeon.ops.checkpoint import open_checkpoint
-    from modelsurgeon.ops.errors import UsageError
     from modelsurgeon.ops.quantize import plan_quantize, run_quantize
     from modelsurgeon.ops.writer import parse_size
     from modelsurgeon.recipes.quantize import QuantizeConfig
 
-    try:
-        cfg = QuantizeConfig(scheme=scheme, format=fmt, group_size=group_size, asym=asym, optimizer=optimizer,
-                             include=include, ignore=ignore, device=device)
-    except TypeError as e:  # pragma: no cover - typer already checked the types
-        raise UsageError(str(e)) from None
+    cfg = QuantizeConfig(scheme=scheme, format=fmt, group_size=group_size, asym=asym, optimizer=optimizer,
+                         include=include, ignore=ignore, device=device)
     parse_size(max_shard_size)
     with open_checkpoint(model, revision) as ck:
         plan = plan_quantize(ck, cfg, output, force, max_shard_size)

@@ -102,7 +102,7 @@ def hqq_int_quantize(
     sd = scale_dtype_for(w.dtype)
     scale0, zero0 = int_params(xg, bits, symmetric, sd)
     x2 = xg.reshape(-1, g)
-    z_init = torch.zeros(rows * ng, 1) if zero0 is None else zero0.reshape(-1, 1)
+    z_init = torch.zeros(rows * ng, 1, device=w.device) if zero0 is None else zero0.reshape(-1, 1)
     s, z = hqq_refine(x2, scale0.float().reshape(-1, 1), z_init, qmin, qmax, cfg,
                       fit_zero=not symmetric, integer_zero=True)
     s = s.to(sd)

@@ -132,7 +132,7 @@ def fp8_quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     sd = scale_dtype_for(x.dtype)
     xf = x.float()
     scale = (xf.abs().amax(-1, keepdim=True) / FP8_MAX).to(sd)
-    scale = torch.where(scale == 0, torch.tensor(torch.finfo(sd).eps, dtype=sd), scale)
+    scale = torch.where(scale == 0, torch.tensor(torch.finfo(sd).eps, dtype=sd, device=x.device), scale)
     v = (xf * (1.0 / scale.float())).clamp_(-FP8_MAX, FP8_MAX)
     return v.to(torch.float8_e4m3fn), scale
 
