@@ -13,6 +13,7 @@ CPU path; ``kernels/pack.py`` holds the Triton kernel of the same name for b in 
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -37,6 +38,8 @@ def pack_int32(codes: torch.Tensor, bits: int, packed_dim: int = 1, use_triton: 
         return pack_kernel(codes, bits)
     rows, cols = codes.shape
     n_words = packed_cols(cols, bits)
+    if bits in (4, 8) and sys.byteorder == "little":
+        return _pack_bytes(codes, bits, n_words)
     u = codes.to(torch.int64) + (1 << (bits - 1))
     pad = -cols % 32
     if pad:
@@ -58,6 +61,20 @@ def pack_int32(codes: torch.Tensor, bits: int, packed_dim: int = 1, use_triton: 
     words = words[:, :n_words]
     words = torch.where(words >= 1 << 31, words - (1 << 32), words)  # two's complement view of uint32
     return words.to(torch.int32).contiguous()
+
+
+def _pack_bytes(codes: torch.Tensor, bits: int, n_words: int) -> torch.Tensor:
+    """The same words, built as bytes: on a little-endian machine word j is bytes 4j..4j+3, so int8 codes
+    are just their offset bytes, and int4 codes pair up as (element 2i in the low nibble, 2i+1 high)."""
+    rows, cols = codes.shape
+    per_byte = 8 // bits
+    u = codes.view(torch.uint8) ^ 0x80 if bits == 8 else (codes + 8).view(torch.uint8)  # + 2^(b-1)
+    pad = n_words * (32 // bits) - cols
+    if pad:
+        u = torch.nn.functional.pad(u, (0, pad))
+    if per_byte == 2:
+        u = u[:, 0::2] | (u[:, 1::2] << 4)
+    return u.contiguous().reshape(-1).view(torch.int32).reshape(rows, n_words)
 
 
 def unpack_int32(words: torch.Tensor, bits: int, cols: int, packed_dim: int = 1) -> torch.Tensor:

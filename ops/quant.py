@@ -96,7 +96,7 @@ def group_quantize(
         from modelsurgeon.kernels.quant import group_quantize as kernel
 
         return kernel(x, bits, group_size, symmetric)
-    xg = _groups(x, group_size)
+    xg = _groups(x.float(), group_size)  # one fp32 copy, shared by the parameters and the codes
     scale, zero = int_params(xg, bits, symmetric, scale_dtype_for(x.dtype))
     codes = int_encode(xg, scale, zero, bits)
     return codes, scale, None if zero is None else zero.to(torch.int8)
@@ -117,8 +117,8 @@ def group_dequantize(
         return kernel(codes, scale, zero, group_size, dtype)
     qg = _groups(codes, group_size).float()
     if zero is not None:
-        qg = qg - zero.float().unsqueeze(-1)
-    out = (qg * scale.float().unsqueeze(-1)).to(scale.dtype)
+        qg -= zero.float().unsqueeze(-1)
+    out = qg.mul_(scale.float().unsqueeze(-1)).to(scale.dtype)
     return out.reshape(codes.shape).to(dtype)
 
 
