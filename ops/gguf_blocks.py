@@ -80,7 +80,7 @@ def _codes(x: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, qtype: str,
         torch.mul(x, inv, out=buf).add_(off + 0.5)
     else:  # Q4_1, Q5_1: trunc((x - m)/d + 0.5)
         torch.sub(x, m, out=buf).mul_(inv).add_(0.5)
-    return buf.to(torch.int32).clamp_(qmin, qmax)
+    return buf.to(torch.uint8).clamp_(max=qmax)  # in [0, qmax + 1.5) here: the conversion truncates
 
 
 def pack_blocks(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, qtype: str, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,7 +143,7 @@ def quantize_blocks(x: torch.Tensor, qtype: str, use_triton: bool | None = None,
 
 def _dequant_codes(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, qtype: str) -> torch.Tensor:
     """What ggml reads back: fp16 d (and m) times the code."""
-    x = d.to(torch.float16).float() * (q - CODE_RANGE[qtype][2]).float()
+    x = d.to(torch.float16).float() * (q.float() - CODE_RANGE[qtype][2])
     return x if m is None else x + m.to(torch.float16).float()
 
 
