@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .errors import SurgeonError
-from .gguf_blocks import BLOCK, row_bytes
+from .gguf_blocks import row_bytes
 
 SUPPORTED = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
@@ -226,5 +226,3 @@ def check_rows(hf_name: str, shape: tuple[int, ...], config: dict) -> str | None
         return f"{hf_name}: {shape[0]} rows cannot be split into {n} RoPE heads"
     return None
 
-
-__all__ = ["BLOCK", "GGUFTensor", "StreamingGGUF", "check_architecture", "file_metadata", "gguf_name", "permute_rows", "plan_tensors"]
