@@ -11,8 +11,7 @@ import sys
 
 import typer
 
-from . import report
-from . import expand, intrinsic_dim  # noqa: I001  (intrinsic-dim, expand-subspace)
+from . import expand, intrinsic_dim, quantize, report
 
 app = typer.Typer(
     name="surgeon",
@@ -23,6 +22,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("report", epilog=report.EPILOG)(report.report)
+app.command("quantize", epilog=quantize.EPILOG)(quantize.quantize)
 app.command("intrinsic-dim", epilog=intrinsic_dim.EPILOG)(intrinsic_dim.intrinsic_dim)
 app.command("expand-subspace", epilog=expand.EPILOG)(expand.expand_subspace)
 

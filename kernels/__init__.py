@@ -36,7 +36,8 @@ def should_use_triton(device, use_triton: bool | None = None) -> bool:
     dev_type = getattr(device, "type", str(device).split(":")[0])
     if use_triton is False:
         return False
-    possible = triton_importable() and (dev_type == "cuda" or (dev_type == "cpu" and interpreting()))
+    # the device test comes first: importing triton costs about a second, which CPU runs never need
+    possible = (dev_type == "cuda" or (dev_type == "cpu" and interpreting())) and triton_importable()
     if use_triton is None:
         return possible and dev_type == "cuda"
     if not possible:

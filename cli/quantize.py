@@ -1,0 +1,123 @@
+"""`surgeon quantize MODEL -o OUT --scheme S`: quantize weights and write compressed-tensors, GGUF or dense."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._common import (
+    DEFAULT_MAX_SHARD,
+    DeviceOpt,
+    ForceOpt,
+    JsonOpt,
+    MaxShardOpt,
+    QuietOpt,
+    RevisionOpt,
+    command_line,
+    emit_json,
+    fmt_bytes,
+    fmt_float,
+    note,
+    progress,
+)
+
+# Kept in step with ops/quant.py's registry by tests/cli/test_quantize.py (help must not import torch).
+SCHEME_NAMES = "w4a16, w8a16, w8a8, fp8, nf4, binary, q8_0, q4_0, q4_1, q5_0, q5_1"
+
+EPILOG = """Examples:
+
+  surgeon quantize model/ -o model-w4a16/ --scheme w4a16                 # compressed-tensors, vLLM/transformers
+
+  surgeon quantize model/ -o model-q4_0.gguf --scheme q4_0               # GGUF for llama.cpp
+
+  surgeon quantize model/ -o model-w4/ --scheme w4a16 --optimizer hqq    # HQQ-refined scales and zeros
+
+  surgeon quantize model/ -o model-nf4-dense/ --scheme nf4 --format dense --json | jq .sqnr_db
+
+  surgeon quantize model/ -o out/ --scheme w8a8 --ignore 'mlp\\.down_proj'
+"""
+
+
+def quantize(
+    model: Annotated[str, typer.Argument(help="A .safetensors file, a model folder, a Hub id (org/name[@rev]) or 'minilm'.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Output folder (a .gguf file with --format gguf), written atomically.")],
+    scheme: Annotated[str, typer.Option("--scheme", "-s", help=f"Quantization scheme: {SCHEME_NAMES}.")],
+    fmt: Annotated[
+        str,
+        typer.Option("--format", "-f", help="compressed-tensors, gguf, dense (quantize then dequantize), or auto: the scheme's own format."),
+    ] = "auto",
+    group_size: Annotated[
+        int | None, typer.Option("--group-size", "-g", help="Values per scale along each row; -1 = one per row. Default: the scheme's.")
+    ] = None,
+    asym: Annotated[bool, typer.Option("--asym", help="Asymmetric (scale and zero point) for w4a16, w8a16, w8a8.")] = False,
+    optimizer: Annotated[
+        str, typer.Option("--optimizer", help="rtn (round to nearest) or hqq (half-quadratic refinement, data-free).")
+    ] = "rtn",
+    ignore: Annotated[
+        str | None,
+        typer.Option("--ignore", help="Regex of tensors to leave as they are (on top of embeddings, lm_head, norms, biases)."),
+    ] = None,
+    include: Annotated[
+        str | None, typer.Option("--include", help="Regex of float tensors to quantize, replacing the default (2-D linear weights).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
+    revision: RevisionOpt = None,
+    force: ForceOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> int:
+    """Quantize a checkpoint's linear weights; report bits per weight and the error of every tensor."""
+    from modelsurgeon.ops.checkpoint import open_checkpoint
+    from modelsurgeon.ops.quantize import plan_quantize, run_quantize
+    from modelsurgeon.ops.writer import parse_size
+    from modelsurgeon.recipes.quantize import QuantizeConfig
+
+    cfg = QuantizeConfig(scheme=scheme, format=fmt, group_size=group_size, asym=asym, optimizer=optimizer,
+                         include=include, ignore=ignore, device=device)
+    parse_size(max_shard_size)
+    with open_checkpoint(model, revision) as ck:
+        plan = plan_quantize(ck, cfg, output, force, max_shard_size)
+        for n in plan.notes:
+            note(n, quiet and not n.startswith("warning"))
+        total = sum(ck.info(n).nbytes for n in ck.names())
+        with progress(total, f"quantize {plan.spec.scheme.name}", quiet) as advance:
+            result = run_quantize(plan, command_line(), advance)
+    if as_json:
+        emit_json(result)
+    else:
+        _print_table(result)
+    return 0
+
+
+def _print_table(r: dict) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from ._common import out_console
+
+    console = out_console()
+    t = Table(title=f"{r['model']} -> {r['output']}  ({r['scheme']}, {r['format']})", title_justify="left",
+              box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("tensor", overflow="fold", ratio=1, min_width=20)
+    t.add_column("shape", no_wrap=True)
+    for c in ("bits/w", "before", "after", "SQNR dB", "rel L2"):
+        t.add_column(c, justify="right", no_wrap=True)
+    kept = 0
+    for row in r["tensors"]:
+        if not row["scheme"]:
+            kept += 1
+            continue
+        t.add_row(row["name"], "x".join(map(str, row["shape"])), f"{row['bits_per_weight']:.3f}", fmt_bytes(row["bytes_before"]),
+                  fmt_bytes(row["bytes_after"]), fmt_float(row["sqnr_db"], 4), fmt_float(row["rel_l2"], 3))
+    console.print(t)
+    group = "per row" if r["group_size"] == -1 else f"group {r['group_size']}"
+    lines = [
+        f"quantized {r['quantized_tensors']} of {r['num_tensors']} tensors ({r['quantized_params']:,} weights), {kept} kept as they are; "
+        f"{'symmetric' if r['symmetric'] else 'asymmetric'}, {group}, optimizer {r['optimizer']}",
+        f"bits per weight {fmt_float(r['bits_per_weight'], 4)}   SQNR {fmt_float(r['sqnr_db'], 4)} dB   rel L2 {fmt_float(r['rel_l2'], 3)}",
+        f"size {fmt_bytes(r['bytes_before'])} -> {fmt_bytes(r['bytes_after'])} ({fmt_float(r['compression'], 3)}x) in {r['seconds']:.1f} s",
+    ]
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
