@@ -39,7 +39,7 @@ def _abs_histogram_kernel(
         key = tl.load(keys_ptr + offs, mask=valid, other=0)
     else:
         x = tl.load(x_ptr + offs, mask=valid, other=0).to(tl.float32)
-        key = x.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        key = tl.minimum(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 0x7F800001)  # one key for every NaN
     rel = key - lo
     below = valid & (rel < 0)
     inside = valid & ((rel >> SPAN_BITS) == 0)

@@ -34,7 +34,7 @@ def _nm_mask_kernel(
     if HAS_KEYS:
         key = tl.load(keys_ptr + offs, mask=valid, other=0)
     else:
-        key = x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        key = tl.minimum(x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF, 0x7F800001)  # one key for every NaN
     # rank_j = #{i: key_i < key_j} + #{i < j: key_i == key_j}
     rank = tl.zeros((BLOCK_G, MP), dtype=tl.int32)
     for i in tl.static_range(M):

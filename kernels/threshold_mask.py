@@ -38,7 +38,7 @@ def _threshold_mask_kernel(
     if HAS_KEYS:
         key = tl.load(keys_ptr + offs, mask=valid, other=0)
     else:
-        key = x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        key = tl.minimum(x.to(tl.float32).to(tl.int32, bitcast=True) & 0x7FFFFFFF, 0x7F800001)  # one key for every NaN
     t = tl.load(t_ptr + row)
     cut = tl.load(tie_ptr + row)
     keep = (key > t) | ((key == t) & (col >= cut))

@@ -4,7 +4,8 @@ A key is an int32 in [0, 2^31): larger means more important. For a weight, the k
 float32 bit pattern of |w| with the sign bit cleared; for non-negative floats that bit pattern is
 monotone in the value, so comparing keys is comparing magnitudes, with every tie exact and no float
 rounding in the comparison. fp16 and bf16 widen to float32 exactly; float64 is ranked by its float32
-rounding. Keys of ±0 are 0 (the smallest); NaN ranks above inf, so it is pruned last.
+rounding. Keys of ±0 are 0 (the smallest); every NaN has the one key just above inf, so it is
+pruned last.
 
 A key from a score (random, or a calibrated score such as Wanda's |W|·‖X‖) is the same bit pattern
 of the non-negative float32 score, or any int32 in [0, 2^31) the criterion draws directly.
@@ -18,6 +19,7 @@ import torch
 
 KEY_BITS = 31  # keys live in [0, 2^31)
 _SIGN_OFF = 0x7FFFFFFF
+NAN_KEY = 0x7F800001  # every NaN gets this one key, just above inf (converters disagree on NaN payloads)
 # Low bits of the float32 pattern that are always zero for a narrower float (mantissa 23 - m bits).
 _ZERO_LOW_BITS = {torch.bfloat16: 16, torch.float16: 13}
 
@@ -26,7 +28,7 @@ def abs_key(x: torch.Tensor) -> torch.Tensor:
     """int32 keys of |x| (same shape)."""
     if x.dtype != torch.float32:
         x = x.to(torch.float32)
-    return x.view(torch.int32) & _SIGN_OFF
+    return (x.view(torch.int32) & _SIGN_OFF).clamp_max_(NAN_KEY)
 
 
 def score_key(score: torch.Tensor) -> torch.Tensor:
