@@ -216,6 +216,32 @@ def cut_for(x: torch.Tensor, sel: Selection, keys: torch.Tensor | None) -> int:
     return tie_cut(x, sel.t, sel.budget, keys)
 
 
+class TieCutter:
+    """Hands out a global selection's tie budget to tensors in order: earlier tensors' ties go first."""
+
+    def __init__(self, sel: Selection, use_triton: bool | None = None):
+        self.sel, self.remaining, self.use_triton = sel, sel.budget, use_triton
+
+    def cut(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> int:
+        """The tie cut for the next tensor (call once per tensor, in order)."""
+        rem = self.remaining
+        if rem is None:
+            return x.numel()
+        if rem == 0:
+            return 0
+        hist, _ = abs_histogram(x, self.sel.t, 0, 1, keys=keys, use_triton=self.use_triton)
+        ties = int(hist[0])
+        if ties <= rem:
+            self.remaining = rem - ties
+            return x.numel()
+        self.remaining = 0
+        return tie_cut(x, self.sel.t, rem, keys)
+
+    @property
+    def done(self) -> bool:
+        return self.remaining in (None, 0)
+
+
 def row_selection(x2d: torch.Tensor, k: int, keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row threshold keys and tie cuts pruning exactly k values of every row."""
     rows, cols = x2d.shape
@@ -411,7 +437,7 @@ class PruneRun:
         self.advance = advance
         self.results: list[TensorResult] = []
         self.selection: Selection | None = None
-        self._remaining: int | None = None
+        self._ties: TieCutter | None = None
 
     # --- global statistics
     def stats_passes(self) -> int:
@@ -450,7 +476,7 @@ class PruneRun:
             return None
         levels = select_levels(self._final_shift(), self.triton)
         self.selection = radix_select(self._pool_pieces, self.plan.pool_k, levels, self.use_triton)
-        self._remaining = self.selection.budget
+        self._ties = TieCutter(self.selection, self.use_triton)
         return self.selection
 
     # --- streaming
@@ -475,7 +501,7 @@ class PruneRun:
                 del done[canon]
             yield name, out
             self.advance(w.numel() * w.element_size())
-        if self.selection is not None and self._remaining not in (None, 0):
+        if self._ties is not None and not self._ties.done:
             raise SurgeonError("the global selection did not add up", "the checkpoint changed while it was read; run again")
         pruned = sum(r.pruned for r in self.results if r.mode == "global")
         if self.selection is not None and pruned != self.plan.pool_k:
@@ -508,7 +534,7 @@ class PruneRun:
         else:
             if target.mode == "global":
                 sel = self.selection
-                cut = self._global_cut(x, keys)
+                cut = self._ties.cut(x, keys)
             else:
                 sel = select_in_tensor(x, target.k, keys, self.use_triton)
                 cut = cut_for(x, sel, keys)
@@ -526,17 +552,3 @@ class PruneRun:
                          zeros_before, zeros, threshold, list(target.aliases), compliant)
         )
         return out.to("cpu") if out.device.type != "cpu" else out
-
-    def _global_cut(self, x: torch.Tensor, keys: torch.Tensor | None) -> int:
-        sel, rem = self.selection, self._remaining
-        if rem is None:
-            return x.numel()
-        if rem == 0:
-            return 0
-        hist, _ = abs_histogram(x, sel.t, 0, 1, keys=keys, use_triton=self.use_triton)
-        ties = int(hist[0])
-        if ties <= rem:
-            self._remaining = rem - ties
-            return x.numel()
-        self._remaining = 0
-        return tie_cut(x, sel.t, rem, keys)
