@@ -68,7 +68,7 @@ def prune(
 
     import json
 
-    from modelsurgeon.ops.checkpoint import open_checkpoint
+    from modelsurgeon.ops.checkpoint import open_checkpoint, prefetched
     from modelsurgeon.ops.device import resolve_device
     from modelsurgeon.ops.flow import write_folder
     from modelsurgeon.ops.prune import PruneRun, plan_prune
@@ -92,7 +92,7 @@ def prune(
                 path = write_folder(
                     out,
                     specs,
-                    run.tensors(),
+                    prefetched(run.tensors(), depth=1),  # prune the next tensor while this one is written
                     source=ck,
                     command=command_line(),
                     max_shard_size=shard,

@@ -20,7 +20,6 @@ BLOCK = 4096
 @triton.jit
 def _abs_histogram_kernel(
     hist_ptr,
-    below_ptr,
     x_ptr,
     keys_ptr,
     n,
@@ -41,19 +40,16 @@ def _abs_histogram_kernel(
         x = tl.load(x_ptr + offs, mask=valid, other=0).to(tl.float32)
         key = tl.minimum(x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 0x7F800001)  # one key for every NaN
     rel = key - lo
-    below = valid & (rel < 0)
     inside = valid & ((rel >> SPAN_BITS) == 0)
     bins = tl.where(inside, rel >> SHIFT, 0)
     local = tl.histogram(bins, NBINS_P2, mask=inside)
     idx = tl.arange(0, NBINS_P2)
     tl.atomic_add(hist_ptr + idx, local.to(tl.int64), mask=(idx < NBINS) & (local > 0))
-    nb = tl.sum(below.to(tl.int32), axis=0)
-    tl.atomic_add(below_ptr, nb.to(tl.int64), mask=nb > 0)
 
 
 def abs_histogram(
     x: torch.Tensor, lo: int, shift: int, nbins: int, keys: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     span_bits = check_window(lo, shift, nbins)
     x = x.reshape(-1)
     if not x.is_contiguous():
@@ -62,13 +58,11 @@ def abs_histogram(
         keys = keys.reshape(-1).contiguous()
     n = x.numel()
     hist = torch.zeros(nbins, dtype=torch.int64, device=x.device)
-    below = torch.zeros(1, dtype=torch.int64, device=x.device)
     if n:
         nbins_p2 = max(32, triton.next_power_of_2(nbins))
         grid = (triton.cdiv(n, BLOCK),)
         _abs_histogram_kernel[grid](
             hist,
-            below,
             x,
             keys if keys is not None else x,
             n,
@@ -80,4 +74,4 @@ def abs_histogram(
             HAS_KEYS=keys is not None,
             BLOCK=BLOCK,
         )
-    return hist, below[0]
+    return hist

@@ -1,24 +1,29 @@
 """Histogram of ranking keys over a key window: the statistic a streaming radix selection needs.
 
-    hist, below = abs_histogram(x, lo, shift, nbins)
+    hist = abs_histogram(x, lo, shift, nbins)
 
-counts, for every element's key k (``ops.keys.abs_key(x)``, or the given ``keys``):
+``hist[j]`` counts the elements whose key k (``ops.keys.abs_key(x)``, or the given ``keys``) lies in
+[lo + j·2^shift, lo + (j+1)·2^shift), for j < nbins; keys outside the window are not counted.
+``nbins·2^shift`` must be a power of two. int64 counts on x's device.
 
-- ``below``: elements with k < lo;
-- ``hist[j]``: elements with lo + j·2^shift <= k < lo + (j+1)·2^shift, for j < nbins;
-- elements at or above lo + nbins·2^shift are not counted.
-
-``nbins·2^shift`` must be a power of two. Counts are int64 on x's device. This file is the reference
-(the CPU path); ``kernels/abs_histogram.py`` is the Triton kernel with the same contract.
+``abs_histogram_torch`` is the reference (the spec, and the oracle of the tests). On the CPU the op
+takes faster routes with the same result (tested against the reference): a 16-bit float has only 2^15
+magnitudes, so its histogram is a bincount of its bit patterns, mapped onto the window afterwards;
+a float32's high 16 bits (and, inside one 2^16 bucket, its low 16 bits) are such patterns too.
+``kernels/abs_histogram.py`` is the Triton kernel with the same contract.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
+
 import torch
 
-from .keys import abs_key
+from .keys import NAN_KEY, abs_key
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_LITTLE = sys.byteorder == "little"
 
 
 def check_window(lo: int, shift: int, nbins: int) -> int:
@@ -31,23 +36,57 @@ def check_window(lo: int, shift: int, nbins: int) -> int:
     return span.bit_length() - 1
 
 
-def abs_histogram_torch(
-    x: torch.Tensor, lo: int, shift: int, nbins: int, keys: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def abs_histogram_torch(x: torch.Tensor, lo: int, shift: int, nbins: int, keys: torch.Tensor | None = None) -> torch.Tensor:
     span_bits = check_window(lo, shift, nbins)
     k = (abs_key(x) if keys is None else keys).reshape(-1)
-    if lo == 0 and span_bits >= 31:  # the window holds every key: no selection needed
-        bins = k >> shift if shift else k
-        below = torch.zeros((), dtype=torch.int64, device=k.device)
-    else:
-        rel = k - lo  # no overflow: both in [0, 2^31)
-        below = torch.count_nonzero(rel < 0)
-        # negative rel shifts to -1 and rel >= span shifts above 0: one test for both ends
-        bins = rel[(rel >> span_bits) == 0]
-        if shift:
-            bins = bins >> shift
-    hist = torch.bincount(bins, minlength=nbins)[:nbins] if bins.numel() else torch.zeros(nbins, dtype=torch.int64, device=k.device)
-    return hist.to(torch.int64), below.to(torch.int64)
+    rel = k - lo  # no overflow: both in [0, 2^31)
+    # negative rel shifts to -1 and rel >= span shifts above 0: one test for both ends
+    bins = rel[(rel >> span_bits) == 0] >> shift
+    return torch.bincount(bins, minlength=nbins).to(torch.int64)
+
+
+@functools.lru_cache(maxsize=4)
+def pattern_keys(dtype: torch.dtype) -> torch.Tensor:
+    """The key of each 15-bit magnitude pattern of a 16-bit float (int64, 32768 entries)."""
+    patterns = torch.arange(1 << 15, dtype=torch.int16).view(dtype)
+    return abs_key(patterns).to(torch.int64)
+
+
+def _map_patterns(counts: torch.Tensor, pkeys: torch.Tensor, lo: int, shift: int, nbins: int) -> torch.Tensor:
+    """Histogram of a window from counts per pattern whose keys are ``pkeys``."""
+    rel = pkeys - lo
+    inside = (rel >= 0) & (rel < (nbins << shift))
+    hist = torch.zeros(nbins, dtype=torch.int64)
+    return hist.index_add_(0, rel[inside] >> shift, counts[inside])
+
+
+def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high 16 bits with the sign cleared, low 16 bits) of float32 values, as int32."""
+    v = x.reshape(-1).view(torch.int16)
+    hi, lo16 = (v[1::2], v[0::2]) if _LITTLE else (v[0::2], v[1::2])
+    return hi & 0x7FFF, lo16
+
+
+def _fast_cpu(x: torch.Tensor, lo: int, shift: int, nbins: int) -> torch.Tensor | None:
+    """The same histogram by pattern counting, or None where no fast route applies."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        counts = torch.bincount(x.reshape(-1).view(torch.int16) & 0x7FFF, minlength=1 << 15)
+        return _map_patterns(counts, pattern_keys(x.dtype), lo, shift, nbins)
+    if x.dtype != torch.float32 or not x.is_contiguous():
+        return None
+    span = nbins << shift
+    if shift >= 16 and lo % (1 << 16) == 0:  # whole 2^16 buckets: count the high halves
+        hi, _ = _halves(x)
+        counts = torch.bincount(hi, minlength=1 << 15)
+        pkeys = torch.clamp_max(torch.arange(1 << 15, dtype=torch.int64) << 16, NAN_KEY)
+        return _map_patterns(counts, pkeys, lo, shift, nbins)
+    bucket = lo >> 16
+    if span <= (1 << 16) and (lo + span - 1) >> 16 == bucket and bucket < (NAN_KEY >> 16):
+        hi, low = _halves(x)  # inside one bucket below inf: count the low halves of its members
+        members = (low[hi == bucket].to(torch.int32) & 0xFFFF) - (lo & 0xFFFF)
+        members = members[(members >= 0) & (members < span)]
+        return torch.bincount(members >> shift, minlength=nbins)[:nbins].to(torch.int64)
+    return None
 
 
 def abs_histogram(
@@ -57,12 +96,17 @@ def abs_histogram(
     nbins: int,
     keys: torch.Tensor | None = None,
     use_triton: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hist int64[nbins], below int64 0-d) of the keys of ``x`` in the window; see the module doc."""
+) -> torch.Tensor:
+    """int64[nbins] counts of the keys of ``x`` in the window; see the module doc."""
     from modelsurgeon.kernels import should_use_triton
 
     if should_use_triton(x.device, use_triton) and (x.dtype in KERNEL_DTYPES or keys is not None):
         from modelsurgeon.kernels.abs_histogram import abs_histogram as kernel
 
         return kernel(x, lo, shift, nbins, keys=keys)
+    check_window(lo, shift, nbins)
+    if keys is None and x.device.type == "cpu":
+        fast = _fast_cpu(x, lo, shift, nbins)
+        if fast is not None:
+            return fast
     return abs_histogram_torch(x, lo, shift, nbins, keys=keys)

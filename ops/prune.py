@@ -147,7 +147,7 @@ def radix_select(pieces: Pieces, k: int, levels: list[int], use_triton: bool | N
         nbins = width >> shift
         hist = torch.zeros(nbins, dtype=torch.int64)
         for x, keys in pieces():
-            h, _ = abs_histogram(x, lo, shift, nbins, keys=keys, use_triton=use_triton)
+            h = abs_histogram(x, lo, shift, nbins, keys=keys, use_triton=use_triton)
             hist += h.cpu()
         cum = torch.cumsum(hist, 0)
         j = int(torch.searchsorted(cum, torch.tensor([k - below]))[0])
@@ -229,7 +229,7 @@ class TieCutter:
             return x.numel()
         if rem == 0:
             return 0
-        hist, _ = abs_histogram(x, self.sel.t, 0, 1, keys=keys, use_triton=self.use_triton)
+        hist = abs_histogram(x, self.sel.t, 0, 1, keys=keys, use_triton=self.use_triton)
         ties = int(hist[0])
         if ties <= rem:
             self.remaining = rem - ties
@@ -519,7 +519,7 @@ class PruneRun:
             keys = keys.to(self.device)
         n = x.numel()
         zeros_before = n - int(torch.count_nonzero(x))
-        threshold, compliant = None, None
+        threshold, compliant, zeros = None, None, None
         if n == 0:
             out, kept = x, 0
         elif target.mode == "nm":
@@ -541,7 +541,10 @@ class PruneRun:
             out, kept = apply_selection(x, sel, cut, keys, out=x, use_triton=self.use_triton)
             if keys is None:
                 threshold = sel.threshold
-        zeros = n - int(torch.count_nonzero(out))
+            if sel.t > 0:  # every zero had a key below the threshold and went; the kept are nonzero
+                zeros = n - kept
+        if zeros is None:
+            zeros = n - int(torch.count_nonzero(out))
         if target.mode == "nm":
             from .stats import nm_compliant
 

@@ -12,7 +12,10 @@ all, and a cut in between prunes the ties in the first columns only: ties are br
 earlier first, which makes exact counts possible. ``t = -1`` keeps everything. ``kept`` is the number
 of kept elements (an int64 0-d tensor). ``out`` may be ``x`` itself (in place).
 
-This file is the reference (the CPU path); ``kernels/threshold_mask.py`` is the Triton kernel.
+``threshold_mask_torch`` is the reference (the spec, and the oracle of the tests). On the CPU, one
+threshold over a float tensor takes a faster route with the same result (tested): float32 keys skip
+the NaN clamp when the threshold is below inf, and fp16/bf16 compare their 15-bit magnitude patterns
+directly, since a key threshold is a pattern threshold. ``kernels/threshold_mask.py`` is the Triton kernel.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import torch
 
 from .keys import abs_key
+
+INF_KEY = 0x7F800000
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -62,6 +67,34 @@ def threshold_mask_torch(
     return out, kept
 
 
+def _fast_cpu(x: torch.Tensor, t: int, cut: int, out: torch.Tensor | None):
+    """One threshold, CPU, no given keys: the reference's result by a shorter route, or None."""
+    if t >= INF_KEY or not x.is_contiguous():
+        return None
+    if x.dtype == torch.float32:
+        k = x.view(torch.int32) & 0x7FFFFFFF  # NaN keys stay above inf without the clamp
+        tt = t
+    elif x.dtype in (torch.float16, torch.bfloat16):
+        from .abs_histogram import pattern_keys
+
+        pkeys = pattern_keys(x.dtype)  # non-decreasing; one pattern per key below NaN
+        k = x.view(torch.int16) & 0x7FFF
+        tt = int(torch.searchsorted(pkeys, torch.tensor([t]), right=True)[0]) - 1
+        if tt < 0 or int(pkeys[tt]) != t:  # no value has key t: no ties
+            cut = k.shape[1]
+    else:
+        return None
+    keep = k > tt
+    if cut < k.shape[1]:
+        keep[:, cut:] |= k[:, cut:] == tt
+    kept = torch.count_nonzero(keep)
+    zero = torch.zeros((), dtype=x.dtype)
+    if out is None:
+        return torch.where(keep, x, zero), kept
+    torch.where(keep, x, zero, out=out)
+    return out, kept
+
+
 def threshold_mask(
     x: torch.Tensor,
     t: torch.Tensor,
@@ -77,6 +110,10 @@ def threshold_mask(
         from modelsurgeon.kernels.threshold_mask import threshold_mask as kernel
 
         return kernel(x, t, tie, keys=keys, out=out)
+    if keys is None and x.device.type == "cpu" and x.dim() == 2 and x.shape[0] == 1 and t.shape == (1,) and tie.shape == (1,):
+        fast = _fast_cpu(x, int(t[0]), min(max(int(tie[0]), 0), x.shape[1]), out)
+        if fast is not None:
+            return fast
     return threshold_mask_torch(x, t, tie, keys=keys, out=out)
 
 

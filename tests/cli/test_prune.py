@@ -252,3 +252,37 @@ def test_missing_output_existing_output_and_bad_recipe(capsys, tmp_path, small_c
     c, stdout, err = run(capsys, "prune", small_ckpt, "-o", tmp_path / "o", "--recipe", bad)
     assert_one_line_error(c, stdout, err, 1, "unknown keys: methd")
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# GPU: the Triton path end to end, and 2:4 weights that the sparse tensor cores accept
+
+
+@pytest.mark.gpu
+def test_cuda_output_equals_cpu_output(capsys, tmp_path):
+    src = make_tiny_llama(tmp_path / "llama")
+    for args in (["--sparsity", "0.5"], ["--sparsity", "0.5", "--scope", "global"], ["--sparsity", "0.3", "--scope", "row"], ["--pattern", "2:4"]):
+        outs = []
+        for dev in ("cpu", "cuda"):
+            out = tmp_path / f"{dev}-{'-'.join(args).replace(':', '')}"
+            prune_json(capsys, src, "-o", out, "--device", dev, *args)
+            outs.append(load_file(out / "model.safetensors"))
+        assert all(torch.equal(outs[0][n], outs[1][n]) for n in outs[0]), args
+
+
+@pytest.mark.gpu
+def test_2_4_output_converts_to_semi_structured(capsys, tmp_path):
+    from torch.sparse import to_sparse_semi_structured
+
+    src = make_tiny_llama(tmp_path / "llama", hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=4)
+    out = tmp_path / "llama-24"
+    r = prune_json(capsys, src, "-o", out, "--pattern", "2:4", "--device", "cuda")
+    assert r["nm_compliant"]
+    weights = load_file(out / "model.safetensors")
+    x = torch.randn(64, 128, dtype=torch.float16, device="cuda")
+    for t in r["tensors"]:
+        w = weights[t["name"]].to("cuda", torch.float16).contiguous()
+        sparse = to_sparse_semi_structured(w)
+        assert torch.equal(sparse.to_dense(), w), t["name"]
+        if w.shape[1] == 128:
+            torch.testing.assert_close(torch.nn.functional.linear(x, sparse), torch.nn.functional.linear(x, w), rtol=1e-2, atol=1e-2)

@@ -80,3 +80,22 @@ def test_more_than_2_31_elements_on_gpu():
     out, kept = threshold_mask(x, t, cut, use_triton=True)
     assert int(kept) == int(ref_kept)
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_route_equals_reference(dtype):
+    from modelsurgeon.ops.threshold_mask import _fast_cpu, threshold_mask_torch
+
+    x = awkward((1, 5003), dtype, seed=4)
+    keys = abs_key(x).view(-1)
+    candidates = [-1, 0, 1, int(keys[10]), int(keys[100]), int(keys[100]) + 1, int(abs_key(torch.tensor(0.5)))]
+    for t in candidates:
+        for cut in (0, 1, 2500, 5003):
+            tt, cc = torch.tensor([t], dtype=torch.int32), torch.tensor([cut])
+            ref, ref_kept = threshold_mask_torch(x, tt, cc)
+            fast = _fast_cpu(x, t, cut, None)
+            assert fast is not None
+            assert_equal(fast[0], ref, f"{dtype} t={t} cut={cut}")
+            assert int(fast[1]) == int(ref_kept)
+            out, kept = threshold_mask(x, tt, cc, use_triton=False)  # the dispatcher takes the route
+            assert_equal(out, ref, "dispatch")
