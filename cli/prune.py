@@ -43,7 +43,7 @@ def prune(
     scope: Annotated[
         str | None, typer.Option("--scope", help="Where the count is exact: layer (each tensor), row (each output row), global (all targets).")
     ] = None,
-    pattern: Annotated[str | None, typer.Option("--pattern", help="N:M: keep the N largest of every M weights along the input dimension, e.g. 2:4.")] = None,
+    pattern: Annotated[str | None, typer.Option("--pattern", help="Keep the N largest of every M weights along the input dimension (N:M, e.g. 2:4).")] = None,
     include: Annotated[str | None, typer.Option("--include", help="Regex: prune these float tensors instead of the linear weights.")] = None,
     exclude: Annotated[str | None, typer.Option("--exclude", help="Regex: leave these tensors alone.")] = None,
     recipe: Annotated[str | None, typer.Option("--recipe", help="YAML recipe (settings and per-tensor sparsity overrides); flags override it.")] = None,
@@ -76,6 +76,7 @@ def prune(
 
     shard = parse_size(max_shard_size)
     dev = resolve_device(device)
+    _leave_a_core_for_io()
     with open_checkpoint(model, revision) as ck:
         out = None if dry_run else OutputDir(output, force)
         plan = plan_prune(ck, cfg)
@@ -107,6 +108,17 @@ def prune(
         if not dry_run:
             note(f"wrote {result['output']}", quiet)
     return 0
+
+
+def _leave_a_core_for_io() -> None:
+    """Reading, pruning and writing run on three threads; torch's intra-op pool takes the remaining cores
+    (on 2 cores, one: a second pool thread only waits for a descheduled partner). OMP_NUM_THREADS wins."""
+    import os
+
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) - 1)))
 
 
 def _head(ck, plan) -> dict:

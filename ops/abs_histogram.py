@@ -52,41 +52,71 @@ def pattern_keys(dtype: torch.dtype) -> torch.Tensor:
     return abs_key(patterns).to(torch.int64)
 
 
-def _map_patterns(counts: torch.Tensor, pkeys: torch.Tensor, lo: int, shift: int, nbins: int) -> torch.Tensor:
-    """Histogram of a window from counts per pattern whose keys are ``pkeys``."""
-    rel = pkeys - lo
-    inside = (rel >= 0) & (rel < (nbins << shift))
-    hist = torch.zeros(nbins, dtype=torch.int64)
-    return hist.index_add_(0, rel[inside] >> shift, counts[inside])
-
-
 def _halves(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(high 16 bits with the sign cleared, low 16 bits) of float32 values, as int32."""
+    """(high 16 bits with the sign cleared, low 16 bits) of float32 values, as int16."""
     v = x.reshape(-1).view(torch.int16)
     hi, lo16 = (v[1::2], v[0::2]) if _LITTLE else (v[0::2], v[1::2])
     return hi & 0x7FFF, lo16
 
 
-def _fast_cpu(x: torch.Tensor, lo: int, shift: int, nbins: int) -> torch.Tensor | None:
-    """The same histogram by pattern counting, or None where no fast route applies."""
-    if x.dtype in (torch.float16, torch.bfloat16):
-        counts = torch.bincount(x.reshape(-1).view(torch.int16) & 0x7FFF, minlength=1 << 15)
-        return _map_patterns(counts, pattern_keys(x.dtype), lo, shift, nbins)
-    if x.dtype != torch.float32 or not x.is_contiguous():
-        return None
-    span = nbins << shift
-    if shift >= 16 and lo % (1 << 16) == 0:  # whole 2^16 buckets: count the high halves
-        hi, _ = _halves(x)
-        counts = torch.bincount(hi, minlength=1 << 15)
-        pkeys = torch.clamp_max(torch.arange(1 << 15, dtype=torch.int64) << 16, NAN_KEY)
-        return _map_patterns(counts, pkeys, lo, shift, nbins)
-    bucket = lo >> 16
-    if span <= (1 << 16) and (lo + span - 1) >> 16 == bucket and bucket < (NAN_KEY >> 16):
-        hi, low = _halves(x)  # inside one bucket below inf: count the low halves of its members
-        members = (low[hi == bucket].to(torch.int32) & 0xFFFF) - (lo & 0xFFFF)
-        members = members[(members >= 0) & (members < span)]
-        return torch.bincount(members >> shift, minlength=nbins)[:nbins].to(torch.int64)
-    return None
+@functools.lru_cache(maxsize=1)
+def _high_half_keys() -> torch.Tensor:
+    """The smallest key of each float32 high-half pattern (NaN patterns share the NaN key)."""
+    return torch.clamp_max(torch.arange(1 << 15, dtype=torch.int64) << 16, NAN_KEY)
+
+
+class KeyHistogram:
+    """``abs_histogram`` summed over many pieces. On the CPU it counts bit patterns per piece and maps
+    them onto the window once at the end, which is what makes a statistics pass cheap."""
+
+    def __init__(self, lo: int, shift: int, nbins: int, use_triton: bool | None = None):
+        check_window(lo, shift, nbins)
+        self.lo, self.shift, self.nbins, self.use_triton = lo, shift, nbins, use_triton
+        self.hist = torch.zeros(nbins, dtype=torch.int64)
+        self.patterns: dict[str, torch.Tensor] = {}  # pattern kind -> counts
+
+    def add(self, x: torch.Tensor, keys: torch.Tensor | None = None) -> None:
+        if keys is None and x.device.type == "cpu" and self._add_cpu(x):
+            return
+        self.hist += abs_histogram(x, self.lo, self.shift, self.nbins, keys=keys, use_triton=self.use_triton).cpu()
+
+    def _add_cpu(self, x: torch.Tensor) -> bool:
+        from modelsurgeon.kernels import should_use_triton
+
+        if should_use_triton(x.device, self.use_triton):
+            return False
+        lo, shift, nbins = self.lo, self.shift, self.nbins
+        if x.dtype in (torch.float16, torch.bfloat16):
+            self._count(str(x.dtype), x.reshape(-1).view(torch.int16) & 0x7FFF)
+            return True
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            return False
+        span = nbins << shift
+        if shift >= 16 and lo % (1 << 16) == 0:  # whole 2^16 buckets: count the high halves
+            self._count("float32-high", _halves(x)[0])
+            return True
+        bucket = lo >> 16
+        if span <= (1 << 16) and (lo + span - 1) >> 16 == bucket and bucket < (NAN_KEY >> 16):
+            hi, low = _halves(x)  # inside one bucket below inf: the low halves of its members
+            members = (low[hi == bucket].to(torch.int32) & 0xFFFF) - (lo & 0xFFFF)
+            members = members[(members >= 0) & (members < span)]
+            self.hist += torch.bincount(members >> shift, minlength=nbins)[:nbins]
+            return True
+        return False
+
+    def _count(self, kind: str, patterns: torch.Tensor) -> None:
+        counts = torch.bincount(patterns, minlength=1 << 15)
+        old = self.patterns.get(kind)
+        self.patterns[kind] = counts if old is None else old.add_(counts)
+
+    def result(self) -> torch.Tensor:
+        hist = self.hist.clone()
+        for kind, counts in self.patterns.items():
+            pkeys = _high_half_keys() if kind == "float32-high" else pattern_keys(getattr(torch, kind.split(".")[1]))
+            rel = pkeys - self.lo
+            inside = (rel >= 0) & (rel < (self.nbins << self.shift))
+            hist.index_add_(0, rel[inside] >> self.shift, counts[inside])
+        return hist
 
 
 def abs_histogram(
@@ -104,9 +134,8 @@ def abs_histogram(
         from modelsurgeon.kernels.abs_histogram import abs_histogram as kernel
 
         return kernel(x, lo, shift, nbins, keys=keys)
-    check_window(lo, shift, nbins)
     if keys is None and x.device.type == "cpu":
-        fast = _fast_cpu(x, lo, shift, nbins)
-        if fast is not None:
-            return fast
+        acc = KeyHistogram(lo, shift, nbins, use_triton=False)
+        if acc._add_cpu(x):
+            return acc.result()
     return abs_histogram_torch(x, lo, shift, nbins, keys=keys)

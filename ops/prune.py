@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from .abs_histogram import abs_histogram
+from .abs_histogram import KeyHistogram, abs_histogram
 from .checkpoint import Checkpoint, prefetched
 from .errors import PlanError, SurgeonError, UsageError
 from .keys import abs_key, key_value, random_keys, resolution_shift
@@ -37,6 +37,8 @@ from .targets import select_targets
 from .threshold_mask import threshold_mask, tie_cut
 
 CHUNK = 1 << 22  # values per piece in statistics passes and applies: temporaries stay at a few 10 MB
+STATS_WORKERS = 2  # threads that histogram pieces in a statistics pass (bincount runs on one core)
+APPLY_WORKERS = 2  # tensors pruned at once on the CPU
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,7 +136,47 @@ def select_levels(final_shift: int, triton: bool) -> list[int]:
     return [s for s in (16,) if s > final_shift] + [final_shift]
 
 
-def radix_select(pieces: Pieces, k: int, levels: list[int], use_triton: bool | None = None) -> Selection:
+def histogram_pass(pieces: Pieces, lo: int, shift: int, nbins: int, use_triton: bool | None, workers: int = 1) -> torch.Tensor:
+    """One statistics pass: the key histogram of every piece, on ``workers`` threads (torch releases the GIL)."""
+    if workers <= 1:
+        acc = KeyHistogram(lo, shift, nbins, use_triton)
+        for x, keys in pieces():
+            acc.add(x, keys)
+        return acc.result()
+    import queue
+    import threading
+
+    todo: queue.Queue = queue.Queue(maxsize=workers)
+    accs = [KeyHistogram(lo, shift, nbins, use_triton) for _ in range(workers)]
+    errors: list[BaseException] = []
+
+    def work(acc):
+        while (item := todo.get()) is not None:
+            try:
+                if not errors:
+                    acc.add(*item)
+            except BaseException as e:  # hand it to the caller
+                errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(a,), daemon=True) for a in accs]
+    for t in threads:
+        t.start()
+    try:
+        for item in pieces():
+            if errors:
+                break
+            todo.put(item)
+    finally:
+        for _ in threads:
+            todo.put(None)
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return sum(a.result() for a in accs)
+
+
+def radix_select(pieces: Pieces, k: int, levels: list[int], use_triton: bool | None = None, workers: int = 1) -> Selection:
     """The exact k-th smallest key over every piece ``pieces()`` yields, one histogram pass per level.
 
     ``pieces`` is called once per pass and yields (values, keys or None). Only one histogram is held.
@@ -145,10 +187,7 @@ def radix_select(pieces: Pieces, k: int, levels: list[int], use_triton: bool | N
     inbin = 0
     for level, shift in enumerate(levels):
         nbins = width >> shift
-        hist = torch.zeros(nbins, dtype=torch.int64)
-        for x, keys in pieces():
-            h = abs_histogram(x, lo, shift, nbins, keys=keys, use_triton=use_triton)
-            hist += h.cpu()
+        hist = histogram_pass(pieces, lo, shift, nbins, use_triton, workers)
         cum = torch.cumsum(hist, 0)
         j = int(torch.searchsorted(cum, torch.tensor([k - below]))[0])
         if j >= nbins:
@@ -475,32 +514,73 @@ class PruneRun:
         if not self.plan.pool:
             return None
         levels = select_levels(self._final_shift(), self.triton)
-        self.selection = radix_select(self._pool_pieces, self.plan.pool_k, levels, self.use_triton)
+        workers = 1 if self.triton else STATS_WORKERS
+        self.selection = radix_select(self._pool_pieces, self.plan.pool_k, levels, self.use_triton, workers)
         self._ties = TieCutter(self.selection, self.use_triton)
         return self.selection
 
     # --- streaming
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Every tensor of the checkpoint in order, targets pruned; fills ``self.results``."""
-        done: dict[str, torch.Tensor] = {}  # pruned tensors of tied groups not fully written yet
+        """Every tensor of the checkpoint in order, targets pruned; fills ``self.results`` (in order).
+
+        On the CPU, ``workers`` tensors are pruned at once on a thread pool (torch releases the GIL);
+        what depends on order (the global tie budget) is decided here, in order, before a task starts.
+        """
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = 1 if self.triton else APPLY_WORKERS  # one CUDA stream; and the interpreter is not thread-safe
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="prune") if workers > 1 else None
+        pending: deque = deque()  # (name, future or tensor, nbytes, owns the result row)
+        groups: dict[str, object] = {}  # canonical name -> future of its pruned tensor (tied groups)
         left: dict[str, int] = {}
-        for name, w in self.ck.iter_tensors():
-            target = self.plan.target(name)
-            if target is None:
-                yield name, w
-                self.advance(w.numel() * w.element_size())
-                continue
-            canon = target.name
-            if canon not in done:
-                src = w if name == canon else self.ck.get(canon)
-                done[canon] = self._prune(target, src)
-                left[canon] = 1 + len(target.aliases)
-            out = done[canon]
-            left[canon] -= 1
-            if left[canon] == 0:
-                del done[canon]
-            yield name, out
-            self.advance(w.numel() * w.element_size())
+
+        def submit(fn, *args):
+            if pool is None:
+                from concurrent.futures import Future
+
+                f: Future = Future()
+                f.set_result(fn(*args))
+                return f
+            return pool.submit(fn, *args)
+
+        def ready():
+            name, item, nbytes, owner = pending.popleft()
+            if isinstance(item, torch.Tensor):
+                return name, item, nbytes
+            out, result = item.result()
+            if owner:
+                self.results.append(result)
+            return name, out, nbytes
+
+        try:
+            for name, w in self.ck.iter_tensors():
+                target = self.plan.target(name)
+                nbytes = w.numel() * w.element_size()
+                if target is None:
+                    pending.append((name, w, nbytes, False))
+                else:
+                    canon = target.name
+                    owner = canon not in groups
+                    if owner:
+                        src = w if name == canon else self.ck.get(canon)
+                        groups[canon] = submit(self._prune, target, *self._prepare(target, src))
+                        left[canon] = 1 + len(target.aliases)
+                    pending.append((name, groups[canon], nbytes, owner))
+                    left[canon] -= 1
+                    if left[canon] == 0:
+                        del groups[canon]
+                while len(pending) > workers or (pending and isinstance(pending[0][1], torch.Tensor)):
+                    name_, out, nb = ready()
+                    yield name_, out
+                    self.advance(nb)
+            while pending:
+                name_, out, nb = ready()
+                yield name_, out
+                self.advance(nb)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         if self._ties is not None and not self._ties.done:
             raise SurgeonError("the global selection did not add up", "the checkpoint changed while it was read; run again")
         pruned = sum(r.pruned for r in self.results if r.mode == "global")
@@ -510,13 +590,19 @@ class PruneRun:
                 "the checkpoint changed while it was read; run again",
             )
 
-    def _prune(self, target: Target, w: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, target: Target, w: torch.Tensor):
+        """In order: the tensor on its device, its keys, and (global scope) its share of the tie budget."""
         cfg, crit = self.plan.config, self.plan.criterion
         keys = crit.keys(w, target.name, cfg.seed)
         in_place = self.ck.kind == "safetensors" and self.device.type == "cpu"
         x = w.to(self.device) if self.device.type != "cpu" else (w if in_place else w.clone())
         if keys is not None:
             keys = keys.to(self.device)
+        cut = self._ties.cut(x, keys) if target.mode == "global" and x.numel() else None
+        return x, keys, cut
+
+    def _prune(self, target: Target, x: torch.Tensor, keys: torch.Tensor | None, cut: int | None):
+        cfg = self.plan.config
         n = x.numel()
         zeros_before = n - int(torch.count_nonzero(x))
         threshold, compliant, zeros = None, None, None
@@ -534,7 +620,6 @@ class PruneRun:
         else:
             if target.mode == "global":
                 sel = self.selection
-                cut = self._ties.cut(x, keys)
             else:
                 sel = select_in_tensor(x, target.k, keys, self.use_triton)
                 cut = cut_for(x, sel, keys)
@@ -550,8 +635,6 @@ class PruneRun:
 
             nn, mm = cfg.nm
             compliant = nm_compliant(out.reshape(-1), nn, mm) if n else True
-        self.results.append(
-            TensorResult(target.name, target.shape, target.dtype, n, target.sparsity, target.mode, n - kept,
-                         zeros_before, zeros, threshold, list(target.aliases), compliant)
-        )
-        return out.to("cpu") if out.device.type != "cpu" else out
+        result = TensorResult(target.name, target.shape, target.dtype, n, target.sparsity, target.mode, n - kept,
+                              zeros_before, zeros, threshold, list(target.aliases), compliant)
+        return (out.to("cpu") if out.device.type != "cpu" else out), result

@@ -88,10 +88,12 @@ def _fast_cpu(x: torch.Tensor, t: int, cut: int, out: torch.Tensor | None):
     if cut < k.shape[1]:
         keep[:, cut:] |= k[:, cut:] == tt
     kept = torch.count_nonzero(keep)
-    zero = torch.zeros((), dtype=x.dtype)
+    # multiplying the bit patterns by 0/1 writes +0.0 exactly where the reference's `where` does,
+    # at a third of its cost on the CPU
+    bits = torch.int32 if x.dtype == torch.float32 else torch.int16
     if out is None:
-        return torch.where(keep, x, zero), kept
-    torch.where(keep, x, zero, out=out)
+        out = torch.empty_like(x)
+    torch.mul(x.view(bits), keep, out=out.view(bits))
     return out, kept
 
 

@@ -78,11 +78,13 @@ def test_more_than_2_31_elements_on_gpu():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_cpu_routes_are_taken(dtype):
-    from modelsurgeon.ops.abs_histogram import _fast_cpu
+def test_cpu_routes_are_taken_and_sum_over_pieces(dtype):
+    from modelsurgeon.ops.abs_histogram import KeyHistogram
 
     x = awkward((3000,), dtype)
     mid = int(abs_key(x)[5])
-    assert _fast_cpu(x, 0, 16, 1 << 15) is not None  # coarse: every dtype
-    assert _fast_cpu(x, (mid >> 16) << 16, 0, 1 << 16) is not None  # fine: every dtype
-    assert _fast_cpu(x, mid, 0, 1) is not None  # ties of one key
+    for lo, shift, nbins in [(0, 16, 1 << 15), ((mid >> 16) << 16, 0, 1 << 16), (mid, 0, 1)]:
+        acc = KeyHistogram(lo, shift, nbins, use_triton=False)
+        for piece in x.split(1000):
+            assert acc._add_cpu(piece)  # the pattern-counting route, for every dtype and these windows
+        assert torch.equal(acc.result(), abs_histogram_torch(x, lo, shift, nbins))

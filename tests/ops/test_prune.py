@@ -307,3 +307,23 @@ def test_nm_plan_errors_name_the_tensor(tmp_path):
         with pytest.raises(PlanError) as e:
             P.plan_prune(ck, build_config(None, pattern="2:4"))
     assert "odd.weight [4, 6]" in str(e.value) and "odd2.weight" in str(e.value) and "ok.weight" not in str(e.value)
+
+
+def test_parallel_statistics_pass_is_the_same_and_raises():
+    xs = [torch.randn(1000), tied_values((30, 40), torch.bfloat16, zeros=0.1), torch.randn(7).half()]
+
+    def pieces():
+        for x in xs:
+            yield from P.tensor_pieces(x, None, chunk=333)()
+
+    for lo, shift, nbins in [(0, 16, 1 << 15), (0, 13, 1 << 18)]:
+        a = P.histogram_pass(pieces, lo, shift, nbins, False, workers=1)
+        b = P.histogram_pass(pieces, lo, shift, nbins, False, workers=3)
+        assert torch.equal(a, b) and int(a.sum()) == 1000 + 1200 + 7
+
+    def broken():
+        yield xs[0], None
+        yield "not a tensor", None  # the worker fails
+
+    with pytest.raises(AttributeError):
+        P.histogram_pass(broken, 0, 16, 1 << 15, False, workers=2)
