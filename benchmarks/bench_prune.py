@@ -108,10 +108,10 @@ def run_child(cmd: list[str]) -> tuple[float, float, dict, str]:
 
 
 def best(n: int, fn):
-    """Best work time (and wall time) of n runs, worst peak RSS, the last run's record and stdout."""
+    """Best work time (and wall time) of n runs, worst peak RSS, the best run's record and stdout."""
     runs = [fn() for _ in range(n)]
-    work = min(r[2].get("work", r[0]) for r in runs)
-    return {"wall": min(r[0] for r in runs), "work": work, "rss": max(r[1] for r in runs), "rec": runs[-1][2], "out": runs[-1][3]}
+    top = min(runs, key=lambda r: r[2].get("work", r[0]))
+    return {"wall": min(r[0] for r in runs), "work": top[2].get("work", top[0]), "rss": max(r[1] for r in runs), "rec": top[2], "out": top[3]}
 
 
 def build(path, count: int, rows: int, cols: int, dtype: str) -> None:

@@ -327,3 +327,9 @@ def test_parallel_statistics_pass_is_the_same_and_raises():
 
     with pytest.raises(AttributeError):
         P.histogram_pass(broken, 0, 16, 1 << 15, False, workers=2)
+
+
+def test_count_nonzero_treats_negative_zero_as_zero():
+    for dtype in DTYPES:
+        x = torch.tensor([0.0, -0.0, 1.0, -2.0, float("nan")]).to(dtype)
+        assert P.count_nonzero(x) == 3
