@@ -86,6 +86,16 @@ class KeyHistogram:
         if should_use_triton(x.device, self.use_triton):
             return False
         lo, shift, nbins = self.lo, self.shift, self.nbins
+        if (nbins << shift) == 1 and lo < (NAN_KEY - 1) and x.is_contiguous():  # one key below inf: compare
+            if x.dtype == torch.float32:
+                self.hist[0] += torch.count_nonzero((x.view(torch.int32) & 0x7FFFFFFF) == lo)
+                return True
+            if x.dtype in (torch.float16, torch.bfloat16):
+                pkeys = pattern_keys(x.dtype)
+                p = int(torch.searchsorted(pkeys, torch.tensor([lo]))[0])
+                if p < len(pkeys) and int(pkeys[p]) == lo:
+                    self.hist[0] += torch.count_nonzero((x.view(torch.int16) & 0x7FFF) == p)
+                return True
         if x.dtype in (torch.float16, torch.bfloat16):
             self._count(str(x.dtype), x.reshape(-1).view(torch.int16) & 0x7FFF)
             return True

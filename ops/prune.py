@@ -577,7 +577,7 @@ class PruneRun:
                     left[canon] -= 1
                     if left[canon] == 0:
                         del groups[canon]
-                while len(pending) > workers or (pending and isinstance(pending[0][1], torch.Tensor)):
+                while len(pending) >= max(workers, 2) or (pending and isinstance(pending[0][1], torch.Tensor)):
                     name_, out, nb = ready()
                     yield name_, out
                     self.advance(nb)

@@ -32,6 +32,9 @@ def windows(x):
         (0, 13, 1 << 18),  # fp16 single pass
         (0, 16, 1 << 10),  # only the small keys
         (mid, 0, 1),  # ties of one key
+        (mid + 1, 0, 1),  # a key no bf16/fp16 value has
+        (0, 0, 1),  # zeros
+        (inf, 0, 1),  # inf alone
         ((inf >> 16) << 16, 0, 1 << 16),  # the inf/NaN bucket
         (inf, 0, 2),  # inf and NaN
     ]
