@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from modelsurgeon.ops.errors import SurgeonError, UsageError
@@ -201,7 +201,3 @@ def build_config(recipe: str | Path | None = None, **flags) -> PruneConfig:
     if "sparsity" in given and "pattern" not in given:
         merged.pop("pattern", None)
     return PruneConfig(**merged)
-
-
-def with_defaults(cfg: PruneConfig, **changes) -> PruneConfig:
-    return replace(cfg, **changes)
