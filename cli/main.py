@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from . import report
+from . import merge, report
 
 app = typer.Typer(
     name="surgeon",
@@ -22,6 +22,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("report", epilog=report.EPILOG)(report.report)
+app.command("merge", epilog=merge.EPILOG)(merge.merge)
 
 
 def _print_version(value: bool) -> None:
