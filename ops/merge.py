@@ -240,18 +240,22 @@ def plan_merge(
     problems = _Problems()
     warnings: list[str] = []
 
+    _check_param_names(recipe, method, problems, warnings)
     # --- open every model (headers only)
     refs = recipe.referenced_models()
     models: list[OpenModel] = []
+    failed = False
     for ref in refs:
         try:
             models.append(OpenModel(ref, opener(ref)))
         except PlanError as e:
+            failed = True
             for p in e.problems:
                 problems.add(p)
         except SurgeonError as e:
+            failed = True
             problems.add(f"{ref}: {e}")
-    if problems:
+    if failed:  # the layout cannot be checked without every model
         for m in models:
             m.ck.close()
         raise PlanError(problems.lines(), "the merge")
@@ -260,7 +264,6 @@ def plan_merge(
         return next(i for i, m in enumerate(models) if m.ref.same_as(ref))
 
     try:
-        _check_param_names(recipe, method, problems, warnings)
         builder = _Builder(recipe, method, models, index_of, problems, warnings)
         if recipe.slices is not None:
             builder.build_slices()
@@ -353,6 +356,13 @@ class _Builder:
         self.config_model = 0
         self.tokenizer_model = 0
         self._vocab_tensors: set[str] = set()
+        self._paths: dict[int, str] = {}  # id(ModelInput or SliceDef) -> where it sits in the recipe
+        for i, m in enumerate(recipe.models or ()):
+            self._paths[id(m)] = f"models[{i}].parameters"
+        for i, sl in enumerate(recipe.slices or ()):
+            self._paths[id(sl)] = f"slices[{i}].parameters"
+            for j, src in enumerate(sl.sources):
+                self._paths[id(src)] = f"slices[{i}].sources[{j}].parameters"
 
     # --- helpers
     def ck(self, i: int):
@@ -379,15 +389,21 @@ class _Builder:
         idx = [s[0] for n in self.ck(i).names() if (s := layer_span(n))]
         return max(idx) + 1 if idx else 0
 
-    def param_value(self, p: Param, tensor: str, t: float, levels: list, where: str):
-        """Evaluate a parameter through the precedence levels; None for 'not given, no default'."""
-        for params in levels:
+    def _where(self, path: str, name: str) -> str:
+        if self.recipe.source == "flags":
+            flag = {"weight": "--weight", "density": "--density", "t": "--t"}.get(name, f"--param {name}")
+            return f"{flag}: "
+        return f"{self.recipe.locate(f'{path}.{name}')}: "
+
+    def param_value(self, p: Param, tensor: str, t: float, levels: list, who: str = ""):
+        """Evaluate a parameter through the precedence levels (params, path); None: not given, no default."""
+        for params, path in levels:
             if params and p.name in params:
                 v = evaluate(params[p.name], tensor, t)
                 if v is not None:
                     val, bad = _coerce(p, v)
                     if bad:
-                        self.problems.add(f"{p.name} {bad} ({where})", tensor)
+                        self.problems.add(f"{self._where(path, p.name)}{p.name} {bad}{who}", tensor)
                         return _MISSING
                     return val
         if p.required:
@@ -395,18 +411,20 @@ class _Builder:
         return p.default
 
     def evaluate_params(self, job: Job, t: float, slice_: SliceDef | None, inputs: list[ModelInput]) -> None:
-        top = [slice_.parameters if slice_ else None, self.recipe.parameters]
+        top = [(slice_.parameters, self._paths.get(id(slice_), "slices")) if slice_ else (None, ""), (self.recipe.parameters, "parameters")]
         job.params = {}
         for p in self.method.params:
-            v = self.param_value(p, job.name, t, top, "parameters")
+            v = self.param_value(p, job.name, t, top)
             if v is None:
-                self.problems.add(f"{self.method.name} needs the parameter {p.name} (set it under parameters:)")
+                hint = "--t" if p.name == "t" else f"--param {p.name}=..."
+                where = hint if self.recipe.source == "flags" else "parameters:"
+                self.problems.add(f"{self.method.name} needs the parameter {p.name} (set it with {where})")
             job.params[p.name] = v
         job.model_params = []
         for mi in inputs:
             mp = {}
             for p in self.method.model_params:
-                v = self.param_value(p, job.name, t, [mi.parameters] + top, str(mi.model))
+                v = self.param_value(p, job.name, t, [(mi.parameters, self._paths.get(id(mi), "models"))] + top, f" for {mi.model}")
                 if v is None and p.required:
                     self.problems.add(f"{p.name} is required for every model and {mi.model} has none (set it under its parameters:, or under parameters: for all)")
                 mp[p.name] = v
@@ -414,7 +432,7 @@ class _Builder:
         if self.method.validate and not any(v is None or v is _MISSING for v in job.params.values()) and not any(
             v is _MISSING or (v is None and self.method.param(k).required) for mp in job.model_params for k, v in mp.items()
         ):
-            for msg in self.method.validate(job.params, job.model_params):
+            for msg in self.method.validate(job.params, job.model_params, [str(mi.model) for mi in inputs]):
                 self.problems.add(msg, job.name)
 
     def out_dtype(self, src: torch.dtype, is_float: bool) -> torch.dtype:

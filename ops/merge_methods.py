@@ -68,7 +68,7 @@ class MergeMethod:
     params: tuple[Param, ...] = ()
     model_params: tuple[Param, ...] = ()
     randomized: bool = False
-    validate: Callable[[dict, list[dict]], list[str]] | None = None  # cross-parameter checks, per tensor
+    validate: Callable[[dict, list[dict], list[str]], list[str]] | None = None  # cross-parameter checks, per tensor
     settings: dict = field(default_factory=dict)  # for families: what distinguishes this member
 
     def param(self, name: str) -> Param | None:
@@ -132,19 +132,19 @@ GAMMA = Param("gamma", 0.01, check=_unit_half_open, help="fraction of largest |d
 EPSILON = Param("epsilon", 0.15, check=_unit_half_open, help="half-width of DELLA's keep-probability window")
 
 
-def _weights_sum_zero(params: dict, mps: list[dict]) -> list[str]:
+def _weights_sum_zero(params: dict, mps: list[dict], names: list[str]) -> list[str]:
     if params.get("normalize") and mps and abs(sum(mp["weight"] for mp in mps)) < 1e-8:
         ws = ", ".join(f"{mp['weight']:g}" for mp in mps)
         return [f"the weights ({ws}) sum to zero and normalize is on, so the merge divides by zero; change a weight or set normalize: false"]
     return []
 
 
-def _della_window(params: dict, mps: list[dict]) -> list[str]:
+def _della_window(params: dict, mps: list[dict], names: list[str]) -> list[str]:
     out = []
     for i, mp in enumerate(mps):
         d, e = mp["density"], mp["epsilon"]
         if d < 1 and (d + e >= 1 or d - e <= 0):
-            out.append(f"model {i + 1}: density {d:g} +/- epsilon {e:g} must stay inside (0, 1)")
+            out.append(f"{names[i]}: density {d:g} +/- epsilon {e:g} must stay inside (0, 1)")
     return out
 
 
@@ -278,7 +278,7 @@ def _gta(name, summary, paper, consensus, sparsifier, normalize, rescale):
             params=(INT8_MASK, NORMALIZE(normalize), RESCALE(rescale), LAMBDA),
             model_params=tuple(mparams),
             randomized=sparsifier in ("random", "della"),
-            validate=(lambda p, mps: [x for c in checks for x in c(p, mps)]) if checks else None,
+            validate=(lambda p, mps, names: [x for c in checks for x in c(p, mps, names)]) if checks else None,
             settings={"consensus": consensus, "sparsifier": sparsifier, "normalize": normalize, "rescale": rescale},
         )
     )
