@@ -33,6 +33,7 @@ import torch
 from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef, SliceDef, evaluate
 
 from .checkpoint import open_checkpoint
+from . import sparsify
 from .errors import PlanError, SurgeonError
 from .merge_methods import MergeInputs, MergeMethod, Param, all_param_names, get_method
 from .writer import OutputDir, TensorSpec
@@ -70,9 +71,10 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
     return None if name is None else getattr(torch, name)
 
 
-def tensor_seed(seed: int, tensor: str, model: int) -> int:
-    """A seed that depends only on (--seed, tensor name, model position): order- and device-independent."""
-    h = hashlib.sha256(f"{seed}\0{tensor}\0{model}".encode()).digest()
+def tensor_seed(seed: int, tensor: str, model: int, block: int = 0) -> int:
+    """A seed that depends only on (--seed, tensor name, model position, block of draws): independent of
+    the order tensors are processed in and of the device the math runs on."""
+    h = hashlib.sha256(f"{seed}\0{tensor}\0{model}\0{block}".encode()).digest()
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
@@ -722,6 +724,13 @@ def _read_job(plan: MergePlan, job: Job):
     return job, tensors
 
 
+def _cast_changes_math(src: torch.dtype, to: torch.dtype) -> bool:
+    """Whether casting inputs to ``to`` before float32 math changes anything (widening half to float32 does not)."""
+    if not src.is_floating_point or src == to:
+        return False
+    return not (to == torch.float32 and src in (torch.float16, torch.bfloat16))
+
+
 def compute_job(plan: MergePlan, job: Job, tensors: list[torch.Tensor]) -> torch.Tensor:
     """Merge one tensor's versions (base first when the job has one) into the output dtype, on the CPU."""
     if job.copy:
@@ -730,7 +739,7 @@ def compute_job(plan: MergePlan, job: Job, tensors: list[torch.Tensor]) -> torch
     cd = plan.compute_dtype
     xs = []
     for x in tensors:
-        if cd is not None and x.dtype != cd:
+        if cd is not None and _cast_changes_math(x.dtype, cd):
             x = x.to(cd)  # mergekit's `dtype`: inputs are cast before merging
         xs.append(x.to(dev, non_blocking=True) if dev.type != "cpu" else x)
     tensors.clear()
@@ -746,7 +755,9 @@ def compute_job(plan: MergePlan, job: Job, tensors: list[torch.Tensor]) -> torch
         base,
         job.params,
         job.model_params,
-        generator=lambda i: torch.Generator().manual_seed(tensor_seed(seed, job.name, i)),
+        generator=lambda i, block=0: torch.Generator().manual_seed(tensor_seed(seed, job.name, i, block)),
+        out_dtype=job.dtype,
+        chunk=sparsify.CHUNK if dev.type == "cpu" else 1 << 26,
     )
     out = plan.method.fn(inp)
     del inp, xs, base
@@ -758,17 +769,69 @@ def compute_job(plan: MergePlan, job: Job, tensors: list[torch.Tensor]) -> torch
     return out.to(job.dtype).to("cpu")
 
 
+def one_ahead(it, costs: list[int] | None = None, budget: float | None = None):
+    """Run ``it`` on a thread one item ahead: item k+1 is produced while the caller holds item k, and
+    item k+2 only once the caller has taken k+1, so at most two items exist at a time. With ``costs``
+    (bytes per item) and a ``budget``, item k+1 is produced early only if items k and k+1 fit in it
+    together; otherwise only once the caller is done with item k."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue()
+    permit = threading.Semaphore(1)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            while True:
+                permit.acquire()
+                if stop.is_set():
+                    return
+                try:
+                    item = next(it)
+                except StopIteration:
+                    q.put(done)
+                    return
+                q.put(item)
+        except BaseException as e:  # hand the error to the consumer
+            q.put(e)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    k = 0
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            early = costs is None or budget is None or k + 1 >= len(costs) or costs[k] + costs[k + 1] <= budget
+            if early:
+                permit.release()
+            yield item
+            del item
+            if not early:
+                permit.release()
+            k += 1
+    finally:
+        stop.set()
+        permit.release()
+        t.join(timeout=5)
+
+
 def run_merge(plan: MergePlan, advance: Callable[[int], None] | None = None, command: str = "surgeon merge") -> MergeResult:
     """Stream every job through the method into the output folder (atomic); close the inputs."""
-    from .checkpoint import prefetched
     from .flow import write_folder
-    from .writer import provenance  # noqa: F401  (write_folder adds it)
 
     t0 = time.perf_counter()
     jobs = plan.jobs
 
     def produce():
-        for job, tensors in prefetched((_read_job(plan, j) for j in jobs), depth=1):
+        costs = [plan.input_bytes(j) for j in jobs]
+        budget = 1.5 * max(costs, default=0)
+        for job, tensors in one_ahead((_read_job(plan, j) for j in jobs), costs, budget):
             nbytes = sum(t.nbytes for t in tensors)
             out = compute_job(plan, job, tensors)
             if advance is not None:
@@ -780,7 +843,7 @@ def run_merge(plan: MergePlan, advance: Callable[[int], None] | None = None, com
         target = write_folder(
             plan.out,
             plan.specs(),
-            prefetched(produce(), depth=1),
+            one_ahead(produce()),
             source=None,
             command=command,
             max_shard_size=plan.max_shard_size,

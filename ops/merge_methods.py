@@ -48,7 +48,10 @@ class MergeInputs:
     base: torch.Tensor | None
     params: dict[str, Any]
     model_params: list[dict[str, Any]]
-    generator: Callable[[int], torch.Generator] = field(default=lambda i: torch.Generator().manual_seed(i))
+    # generator(model, block): the CPU generator for one block of a model's random draws
+    generator: Callable[[int, int], torch.Generator] = field(default=lambda i, block=0: torch.Generator().manual_seed(i * 1_000_003 + block))
+    out_dtype: torch.dtype | None = None  # methods that stream may write the output dtype directly
+    chunk: int = sparsify.CHUNK  # elements per streaming step
 
     @property
     def work_dtype(self) -> torch.dtype:
@@ -153,21 +156,24 @@ def _della_window(params: dict, mps: list[dict], names: list[str]) -> list[str]:
 
 
 def linear(inp: MergeInputs) -> torch.Tensor:
-    ws = [mp["weight"] for mp in inp.model_params]
-    out = None
-    for i, w in enumerate(ws):
-        x = inp.tensors[i]
-        inp.tensors[i] = None
-        if out is None:
-            out = x.to(inp.work_dtype, copy=True)
-            if w != 1:
-                out.mul_(w)
-        else:
-            out.add_(x, alpha=w)
-        del x
-    if inp.params["normalize"]:
-        out.div_(sum(ws))
-    return out
+    """sum_i w_i x_i (divided by sum_i w_i with normalize), streamed in chunks into the output dtype."""
+    ws = [float(mp["weight"]) for mp in inp.model_params]
+    wd = inp.work_dtype
+    shape = inp.tensors[0].shape
+    xs = [x.reshape(-1) for x in inp.tensors]
+    div = sum(ws) if inp.params["normalize"] else 1.0
+    out = torch.empty(xs[0].numel(), dtype=inp.out_dtype or wd, device=xs[0].device)
+
+    def step(a: int, b: int) -> None:
+        acc = xs[0][a:b].to(wd, copy=True).mul_(ws[0])
+        for x, w in zip(xs[1:], ws[1:]):
+            acc.add_(x[a:b], alpha=w)
+        if div != 1.0:
+            acc.div_(div)
+        out[a:b] = acc
+
+    sparsify.map_chunks(step, sparsify.chunks(out.numel(), inp.chunk), out.device)
+    return out.reshape(shape)
 
 
 register(
@@ -189,70 +195,70 @@ register(
 # --------------------------------------------------------------------------------------------
 # the task-vector family
 
-SPARSIFIERS: dict[str, Callable] = {
-    "magnitude": lambda d, mp, rescale, gen: sparsify.magnitude(d, mp["density"], rescale),
-    "random": lambda d, mp, rescale, gen: sparsify.random(d, mp["density"], rescale, gen()),
-    "magnitude_outliers": lambda d, mp, rescale, gen: sparsify.magnitude_outliers(d, mp["density"], rescale, mp["gamma"]),
-    "della": lambda d, mp, rescale, gen: sparsify.della(d, mp["density"], rescale, mp["epsilon"], gen()),
-}
-CHUNK = 1 << 22  # elements per step of the sign election, to bound temporaries
-
-
 def generalized_task_arithmetic(inp: MergeInputs, *, consensus: str | None, sparsifier: str | None) -> torch.Tensor:
-    """base + lambda * combine(sparsify(w_i * (x_i - base))).
+    """base + lambda * combine(w_i * sparsify(x_i - base)), streamed through the tensor in chunks.
 
     With ``consensus="sum"`` (TIES): each entry's sign is the sign of the sum of weighted deltas (ties to
     +), only deltas agreeing with it are summed, and normalize divides by the sum of the agreeing weights.
     Without: a plain weighted sum, normalize divides by the sum of weights.
+
+    Pass 1 (per model) decides the sparsification from statistics (``sparsify.plan_mask``); pass 2 walks
+    the tensor chunk by chunk, recomputing each delta, masking, weighting and combining it, and writes
+    the result straight into the output dtype. No full-size float32 delta is ever held.
     """
     wd = inp.work_dtype
-    base = inp.base.to(wd)
+    shape = inp.base.shape
+    base = inp.base.reshape(-1)
+    xs = [x.reshape(-1) for x in inp.tensors]
     p = inp.params
     rescale, normalize, lam = bool(p["rescale"]), bool(p["normalize"]), float(p["lambda"])
     weights = [float(mp["weight"]) for mp in inp.model_params]
-    mixed = None
-    kept: list[torch.Tensor] = []
-    for i, w in enumerate(weights):
-        delta = torch.sub(inp.tensors[i], base) if inp.tensors[i].dtype == wd else torch.sub(inp.tensors[i].to(wd), base)
-        inp.tensors[i] = None
-        if sparsifier is not None:
-            delta = SPARSIFIERS[sparsifier](delta, inp.model_params[i], rescale, partial(inp.generator, i))
+    chunk = inp.chunk
+    masks = [
+        sparsify.plan_mask(sparsifier, x, base, mp, rescale, partial(inp.generator, i), wd, chunk, tuple(shape))
+        for i, (x, mp) in enumerate(zip(xs, inp.model_params))
+    ]
+    factors = [w * m.scale for w, m in zip(weights, masks)]
+    out = torch.empty(base.numel(), dtype=inp.out_dtype or wd, device=base.device)
+    divisor = sum(weights)
+    if abs(divisor) < 1e-8:
+        divisor = 1.0
+    spans = sparsify.chunks(base.numel(), chunk)
+
+    def step(a: int, b: int) -> None:
+        c = a // chunk
+        base_c = base[a:b].to(wd)
+        ds = []
+        for x, m, f in zip(xs, masks, factors):
+            d = m.apply(x[a:b].to(wd, copy=True).sub_(base_c), a, b, c)
+            ds.append(d.mul_(f) if f != 1 else d)
         if consensus is None:
-            if mixed is None:
-                mixed = delta.mul_(w)
-            else:
-                mixed.add_(delta, alpha=w)
+            mixed = ds[0]
+            for d in ds[1:]:
+                mixed.add_(d)
+            if normalize:
+                mixed.div_(divisor)
         else:
-            kept.append(delta.mul_(w))
-        del delta
-    if consensus is None:
-        divisor = sum(weights)
-        if abs(divisor) < 1e-8:
-            divisor = 1.0
-        if normalize:
-            mixed.div_(divisor)
+            total = ds[0].clone()
+            for d in ds[1:]:
+                total.add_(d)
+            elected = (total >= 0).to(wd).mul_(2).sub_(1)  # +1 / -1, ties to +
+            mixed = torch.zeros_like(base_c)
+            agreeing = torch.zeros_like(base_c) if normalize else None
+            for d, w in zip(ds, weights):
+                d.mul_(elected)  # > 0 exactly where the delta agrees with the elected sign
+                if normalize:
+                    agreeing.add_((d > 0).to(wd), alpha=w)
+                mixed.add_(d.clamp_min_(0))
+            mixed.mul_(elected)
+            if normalize:
+                mixed.div_(agreeing.masked_fill_(agreeing == 0, 1))
         if lam != 1:
             mixed.mul_(lam)
-        return mixed.add_(base)
-    # sign election and disjoint merge, a chunk at a time
-    out = torch.empty_like(base)
-    flat_out, flat_base = out.view(-1), base.reshape(-1)
-    flats = [k.view(-1) for k in kept]
-    wts = torch.tensor(weights, dtype=wd, device=base.device)
-    for a in range(0, flat_out.numel(), CHUNK):
-        b = min(a + CHUNK, flat_out.numel())
-        block = torch.stack([f[a:b] for f in flats])  # weighted deltas
-        positive = block.sum(0) >= 0
-        agree = torch.where(positive, block > 0, block < 0)
-        m = torch.where(agree, block, 0).sum(0)
-        if normalize:
-            div = (agree.to(wd) * wts[:, None]).sum(0)
-            div[div == 0] = 1
-            m.div_(div)
-        if lam != 1:
-            m.mul_(lam)
-        flat_out[a:b] = m.add_(flat_base[a:b])
-    return out
+        out[a:b] = mixed.add_(base_c)
+
+    sparsify.map_chunks(step, spans, base.device)
+    return out.reshape(shape)
 
 
 def _gta(name, summary, paper, consensus, sparsifier, normalize, rescale):

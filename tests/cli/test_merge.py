@@ -50,7 +50,7 @@ def method_out(method, base, xs, params, mps, name="w", seed=0):
     m = get_method(method)
     p = {x.name: x.default for x in m.params} | params
     mps = [{x.name: x.default for x in m.model_params} | mp for mp in mps]
-    gen = lambda i: torch.Generator().manual_seed(tensor_seed(seed, name, i))  # noqa: E731
+    gen = lambda i, block=0: torch.Generator().manual_seed(tensor_seed(seed, name, i, block))  # noqa: E731
     return m.fn(MergeInputs(name, list(xs), base, p, mps, generator=gen))
 
 

@@ -21,7 +21,7 @@ def merge(method: str, base, tensors, params=None, model_params=None, seed: int 
     mps = [{**{x.name: x.default for x in m.model_params}, **mp} for mp in mps]
     ts = [torch.as_tensor(x, dtype=torch.float32) for x in tensors]
     b = None if base is None else torch.as_tensor(base, dtype=torch.float32)
-    gen = lambda i: torch.Generator().manual_seed(seed * 1000 + i)  # noqa: E731
+    gen = lambda i, block=0: torch.Generator().manual_seed(seed * 1000 + i * 100 + block)  # noqa: E731
     return m.fn(MergeInputs(name, ts, b, p, mps, generator=gen))
 
 
@@ -104,23 +104,24 @@ def test_l1_rescale_keeps_the_norm():
     d = torch.randn(5000, generator=torch.Generator().manual_seed(2))
     for out in (
         sparsify.magnitude(d.clone(), 0.2, True),
-        sparsify.random(d.clone(), 0.2, True, torch.Generator().manual_seed(0)),
-        sparsify.della(d.clone(), 0.3, True, 0.1, torch.Generator().manual_seed(0)),
+        sparsify.random(d.clone(), 0.2, True, lambda b: torch.Generator().manual_seed(b)),
+        sparsify.della(d.clone(), 0.3, True, 0.1, lambda b: torch.Generator().manual_seed(b)),
     ):
         assert math.isclose(float(out.abs().sum()), float(d.abs().sum()), rel_tol=1e-5)
 
 
 def test_dare_properties():
     d = torch.randn(200_000, generator=torch.Generator().manual_seed(3))
-    out = sparsify.random(d.clone(), 0.3, True, torch.Generator().manual_seed(7))
+    gen = lambda seed: (lambda b: torch.Generator().manual_seed(seed * 100 + b))  # noqa: E731
+    out = sparsify.random(d.clone(), 0.3, True, gen(7))
     kept = out != 0
     assert abs(kept.float().mean().item() - 0.3) < 0.005
     ratio = out[kept] / d[kept]  # every survivor scaled by the same factor, about 1/density
     assert torch.allclose(ratio, ratio[0].expand_as(ratio)) and abs(ratio[0].item() - 1 / 0.3) < 0.05
-    again = sparsify.random(d.clone(), 0.3, True, torch.Generator().manual_seed(7))
-    other = sparsify.random(d.clone(), 0.3, True, torch.Generator().manual_seed(8))
+    again = sparsify.random(d.clone(), 0.3, True, gen(7))
+    other = sparsify.random(d.clone(), 0.3, True, gen(8))
     assert torch.equal(out, again) and not torch.equal(out, other)
-    assert torch.equal(sparsify.random(d.clone(), 1.0, True, torch.Generator()), d)  # density 1: identity
+    assert torch.equal(sparsify.random(d.clone(), 1.0, True, gen(0)), d)  # density 1: identity
 
 
 def test_breadcrumbs_count_and_band():
@@ -142,7 +143,7 @@ def test_breadcrumbs_small_tensor_is_not_zeroed():
 
 def test_della_keep_probability_rises_with_rank():
     d = torch.linspace(0.01, 1, 1000).repeat(200, 1)  # rows sorted by magnitude
-    out = sparsify.della(d.clone(), 0.5, False, 0.2, torch.Generator().manual_seed(0))
+    out = sparsify.della(d.clone(), 0.5, False, 0.2, lambda b: torch.Generator().manual_seed(b))
     kept = (out != 0).float()
     assert abs(kept.mean().item() - 0.5) < 0.01
     assert abs(kept[:, :100].mean().item() - (0.3 + 0.4 * 0.05)) < 0.02  # p = 0.3 + 0.4 * rank/999
@@ -280,3 +281,66 @@ def test_methods_keep_float64_and_upcast_half_inputs():
     p = {x.name: x.default for x in ties.params}
     inp = MergeInputs("w", [torch.ones(3, dtype=torch.float64)], torch.zeros(3, dtype=torch.float64), p, [{"weight": 1.0, "density": 1.0}])
     assert ties.fn(inp).dtype == torch.float64
+
+
+# --- the streamed task-vector family equals the whole-tensor formulas (mergekit's, stacked)
+
+
+def _gta_reference(base, xs, mps, params, consensus, sparsifier, gens):
+    deltas = []
+    for i, (x, mp) in enumerate(zip(xs, mps)):
+        d = x.float() - base.float()
+        gen = lambda block, i=i: gens(i, block)  # noqa: E731
+        if sparsifier == "magnitude":
+            d = sparsify.magnitude(d, mp["density"], params["rescale"])
+        elif sparsifier == "random":
+            d = sparsify.random(d, mp["density"], params["rescale"], gen)
+        elif sparsifier == "magnitude_outliers":
+            d = sparsify.magnitude_outliers(d, mp["density"], params["rescale"], mp["gamma"])
+        elif sparsifier == "della":
+            d = sparsify.della(d, mp["density"], params["rescale"], mp["epsilon"], gen)
+        deltas.append(d)
+    D = torch.stack(deltas)
+    W = torch.tensor([mp["weight"] for mp in mps]).reshape(-1, *([1] * base.dim()))
+    WD = D * W
+    if consensus:
+        majority = torch.where(WD.sum(0) >= 0, 1.0, -1.0)
+        mask = torch.sign(WD) == majority
+        mixed, div = (WD * mask).sum(0), (W * mask).sum(0)
+        div[div == 0] = 1
+    else:
+        mixed, div = WD.sum(0), W.sum()
+        div = div if abs(div) >= 1e-8 else torch.tensor(1.0)
+    if params["normalize"]:
+        mixed = mixed / div
+    return base.float() + params["lambda"] * mixed
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"])
+@pytest.mark.parametrize("rescale", [False, True])
+def test_streamed_family_equals_the_stacked_formula(method, rescale):
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(37, 53, generator=g).bfloat16()  # bf16: many equal |delta|, ties at the thresholds
+    xs = [(base.float() + 0.05 * torch.randn(37, 53, generator=g)).bfloat16() for _ in range(3)]
+    mps = [{"weight": w, "density": d, "gamma": 0.05, "epsilon": 0.1} for w, d in ((1.0, 0.3), (-0.5, 0.6), (0.8, 0.45))]
+    m = get_method(method)
+    params = {"int8_mask": False, "normalize": True, "rescale": rescale, "lambda": 0.9}
+    gens = lambda i, block=0: torch.Generator().manual_seed(100 + 10 * i + block)  # noqa: E731
+    want = _gta_reference(base, xs, mps, params, m.settings["consensus"], m.settings["sparsifier"], gens)
+    for chunk in (7, 1000, 1 << 18):  # chunks split rows, ties and the tensor's end anywhere
+        got = m.fn(MergeInputs("w", list(xs), base, params, [dict(mp) for mp in mps], generator=gens, chunk=chunk))
+        if rescale and m.settings["sparsifier"]:
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), method
+        else:
+            assert torch.equal(got, want), (method, chunk, (got - want).abs().max())
+
+
+def test_streamed_selection_falls_back_when_the_sample_misleads():
+    # a tensor whose strided sample sees only zeros while the tail holds the large values
+    n = 1 << 17
+    base = torch.zeros(n)
+    x = torch.zeros(n)
+    x[1::2] = torch.arange(1, n // 2 + 1, dtype=torch.float32)  # every sampled (even) position is 0
+    out = get_method("ties").fn(MergeInputs("w", [x], base, {"int8_mask": False, "normalize": True, "rescale": False, "lambda": 1.0},
+                                            [{"weight": 1.0, "density": 0.25}], chunk=4096))
+    assert int((out != 0).sum()) == n // 4 and out.max() == n // 2
