@@ -31,6 +31,21 @@ from pathlib import Path
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _util import WORK, machine, python_snippet, run_measured  # noqa: E402
 
+
+def run_timed(cmd: list[str], env: dict) -> tuple[float, float, float]:
+    """(wall s, CPU s of the child (user + system), peak RSS MiB): CPU time is the steadier number on a
+    shared machine, where other processes stretch the wall time."""
+    import time
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **env})
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd} failed: {err[-2000:]}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
 BUILD = """
 import json, shutil, sys, torch
 from pathlib import Path
@@ -130,6 +145,7 @@ def main() -> None:
             while fh.read(1 << 24):
                 pass
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    load_start = os.getloadavg()[0]
     rows = []
     for variant in a.variants.split(","):
         for method in a.methods.split(","):
@@ -141,14 +157,13 @@ def main() -> None:
                 "surgeon": [sys.executable, "-m", "modelsurgeon", "merge", str(rfile), "-o", str(outs["surgeon"]), "--force", "-q",
                             "--device", "cpu", "--seed", "0"],
             }
-            res = {}
-            for tool in ("mergekit", "surgeon"):
-                best = None
-                for _ in range(a.repeat):
+            res = {tool: None for tool in cmds}
+            for _ in range(a.repeat):  # alternate the tools, so both see the same machine load
+                for tool in ("mergekit", "surgeon"):
                     shutil.rmtree(outs[tool], ignore_errors=True)
-                    t, rss = run_measured(cmds[tool], env)
-                    best = (t, rss) if best is None else (min(best[0], t), max(best[1], rss))
-                res[tool] = best
+                    t, cpu, rss = run_timed(cmds[tool], env)
+                    best = res[tool]
+                    res[tool] = (t, cpu, rss) if best is None else (min(best[0], t), min(best[1], cpu), max(best[2], rss))
             cmp = json.loads(subprocess.run(
                 python_snippet(COMPARE) + [str(outs["surgeon"]), str(outs["mergekit"]), str(root / "base"), "1" if "dare" in method else "0"],
                 capture_output=True, text=True, check=True).stdout)
@@ -161,18 +176,21 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"inputs: base + {a.finetunes} fine-tunes, Llama {a.layers} layers, hidden {a.hidden}, intermediate {a.intermediate}, "
           f"vocab {a.vocab}, bfloat16, {model_mb:.0f} MiB each ({model_mb * (a.finetunes + 1):.0f} MiB read per merge); "
-          f"mergekit {version}; warm page cache; {a.repeat} run(s) each, best time, worst RSS\n")
-    print("| method | recipe dtype | mergekit s | surgeon s | speedup | mergekit peak RSS MiB | surgeon peak RSS MiB | RSS ratio | agreement |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"mergekit {version}; warm page cache; {a.repeat} run(s) each, alternating, best time, worst RSS; "
+          f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (2 cores)\n")
+    print("| method | recipe dtype | mergekit wall s | surgeon wall s | speedup (wall) | mergekit CPU s | surgeon CPU s | speedup (CPU) "
+          "| mergekit peak RSS MiB | surgeon peak RSS MiB | RSS ratio | agreement |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method, variant, res, cmp in rows:
-        (tm, rm), (ts, rs) = res["mergekit"], res["surgeon"]
+        (tm, cm, rm), (ts, cs, rs) = res["mergekit"], res["surgeon"]
         if "dare" in method:
             agree = (f"random masks: changed-from-base {cmp['changed_a']:.3f} vs {cmp['changed_b']:.3f}, "
                      f"L1 of change ratio {cmp['l1_ratio']:.4f}")
         else:
             agree = f"{cmp['identical']:.4%} bit-identical, max abs diff {cmp['max_abs']:.3g} (rel {cmp['max_rel']:.2g})"
         dt = "bfloat16" if variant == "bf16" else "float32 -> out bfloat16"
-        print(f"| {method} | {dt} | {tm:.1f} | {ts:.1f} | {tm / ts:.2f}x | {rm:.0f} | {rs:.0f} | {rs / rm:.2f} | {agree} |")
+        print(f"| {method} | {dt} | {tm:.1f} | {ts:.1f} | {tm / ts:.2f}x | {cm:.1f} | {cs:.1f} | {cm / cs:.2f}x | {rm:.0f} | {rs:.0f} "
+              f"| {rs / rm:.2f} | {agree} |")
 
 
 if __name__ == "__main__":

@@ -330,7 +330,7 @@ def _print_plan(s: dict) -> None:
     console = out_console()
     lines = []
     for key, value in s.items():
-        if key in ("warnings",) or value is None:
+        if key in ("warnings", "dry_run") or value is None:
             continue
         if key in ("output_bytes", "bytes_written", "peak_memory_estimate"):
             value = fmt_bytes(value)

@@ -783,6 +783,9 @@ def one_ahead(it, costs: list[int] | None = None, budget: float | None = None):
     done = object()
 
     def work():
+        # one intra-op thread here: the chunk pool does the parallel work, and OpenMP teams spinning in
+        # this thread would only take cores from it
+        torch.set_num_threads(1)
         try:
             while True:
                 permit.acquire()

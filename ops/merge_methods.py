@@ -242,17 +242,18 @@ def generalized_task_arithmetic(inp: MergeInputs, *, consensus: str | None, spar
             total = ds[0].clone()
             for d in ds[1:]:
                 total.add_(d)
-            elected = (total >= 0).to(wd).mul_(2).sub_(1)  # +1 / -1, ties to +
+            elected = total.sign_().add_(0.5).sign_()  # +1 / -1, a zero sum elects +1
             mixed = torch.zeros_like(base_c)
             agreeing = torch.zeros_like(base_c) if normalize else None
+            flag = torch.empty_like(base_c) if normalize else None
             for d, w in zip(ds, weights):
                 d.mul_(elected)  # > 0 exactly where the delta agrees with the elected sign
-                if normalize:
-                    agreeing.add_((d > 0).to(wd), alpha=w)
+                if normalize:  # float 0/1 flags: bool tensors are several times slower on the CPU
+                    agreeing.add_(torch.gt(d, 0, out=flag), alpha=w)
                 mixed.add_(d.clamp_min_(0))
             mixed.mul_(elected)
             if normalize:
-                mixed.div_(agreeing.masked_fill_(agreeing == 0, 1))
+                mixed.div_(agreeing.add_(torch.eq(agreeing, 0, out=flag)))  # no agreeing weight: divide by 1
         if lam != 1:
             mixed.mul_(lam)
         out[a:b] = mixed.add_(base_c)
