@@ -147,7 +147,8 @@ dtype: float32
     assert torch.equal(got["model.layers.0.self_attn.k_proj.weight"], b["model.layers.0.self_attn.k_proj.weight"])  # t = 0
     assert torch.allclose(got["model.layers.1.self_attn.k_proj.weight"], a["model.layers.1.self_attn.k_proj.weight"], atol=1e-6)
     n = "model.layers.1.mlp.down_proj.weight"
-    assert torch.equal(got[n], method_out("slerp", b[n], [a[n]], {"t": 0.25}, []))
+    # (float32 reductions for the angle may differ in the last bit with the number of threads)
+    assert torch.allclose(got[n], method_out("slerp", b[n], [a[n]], {"t": 0.25}, []), rtol=0, atol=1e-7)
 
 
 def test_flags_form_writes_an_equivalent_recipe(capsys, llamas, tmp_path):
