@@ -153,7 +153,8 @@ def main() -> None:
             rfile.write_text(recipe(method, variant, root, a.finetunes))
             outs = {"mergekit": root / f"out-mk-{method}-{variant}", "surgeon": root / f"out-ms-{method}-{variant}"}
             cmds = {
-                "mergekit": [a.mergekit, str(rfile), str(outs["mergekit"]), "--no-write-model-card", "--random-seed", "0", "--quiet"],
+                "mergekit": [a.mergekit, str(rfile), str(outs["mergekit"]), "--no-write-model-card", "--no-copy-tokenizer", "--random-seed", "0",
+                             "--quiet"],
                 "surgeon": [sys.executable, "-m", "modelsurgeon", "merge", str(rfile), "-o", str(outs["surgeon"]), "--force", "-q",
                             "--device", "cpu", "--seed", "0"],
             }

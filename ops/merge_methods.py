@@ -73,6 +73,7 @@ class MergeMethod:
     randomized: bool = False
     validate: Callable[[dict, list[dict], list[str]], list[str]] | None = None  # cross-parameter checks, per tensor
     settings: dict = field(default_factory=dict)  # for families: what distinguishes this member
+    streams: bool = False  # works through the tensor in chunks (no full-size float32 temporaries)
 
     def param(self, name: str) -> Param | None:
         for p in self.params + self.model_params:
@@ -188,6 +189,7 @@ register(
         params=(NORMALIZE(True),),
         model_params=(WEIGHT,),
         validate=_weights_sum_zero,
+        streams=True,
     )
 )
 
@@ -287,6 +289,7 @@ def _gta(name, summary, paper, consensus, sparsifier, normalize, rescale):
             randomized=sparsifier in ("random", "della"),
             validate=(lambda p, mps, names: [x for c in checks for x in c(p, mps, names)]) if checks else None,
             settings={"consensus": consensus, "sparsifier": sparsifier, "normalize": normalize, "rescale": rescale},
+            streams=True,
         )
     )
 
