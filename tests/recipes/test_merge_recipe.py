@@ -1,0 +1,142 @@
+"""Reading mergekit YAML: structure, values, gradients, filters, and errors with line and column."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelsurgeon.ops.errors import PlanError, SurgeonError
+from modelsurgeon.recipes.merge import Conditions, Gradient, ModelRef, evaluate, parse_recipe
+
+TIES = """\
+merge_method: ties
+base_model: org/base@main
+models:
+  - model: org/a
+    parameters:
+      weight: 0.5
+      density: [1, 0.7, 0.1]
+  - model: org/b+my/adapter
+    parameters:
+      weight:
+        - filter: self_attn
+          value: [0, 1]
+        - value: 0.3
+parameters:
+  normalize: true
+  int8_mask: true
+dtype: bfloat16
+out_dtype: float16
+tokenizer_source: base
+"""
+
+SLERP = """\
+slices:
+  - sources:
+      - model: a
+        layer_range: [0, 16]
+      - model: b
+        layer_range: [8, 24]
+merge_method: slerp
+base_model: a
+parameters:
+  t:
+    - filter: mlp
+      value: [1, 0.5, 0]
+    - value: 0.5
+"""
+
+
+def test_reads_a_ties_recipe():
+    r = parse_recipe(TIES, "ties.yml")
+    assert r.merge_method == "ties" and r.base_model == ModelRef("org/base@main")
+    assert [str(m.model) for m in r.models] == ["org/a", "org/b+my/adapter"]
+    assert r.models[1].model.lora == "my/adapter"
+    assert r.models[0].parameters["density"] == Gradient((1, 0.7, 0.1))
+    assert isinstance(r.models[1].parameters["weight"], Conditions)
+    assert dict(r.parameters) == {"normalize": True, "int8_mask": True}
+    assert (r.dtype, r.out_dtype, r.tokenizer_source) == ("bfloat16", "float16", "base")
+    assert r.text == TIES and r.locate("models[0].parameters.weight") == "ties.yml line 6, column 15"
+
+
+def test_reads_slices():
+    r = parse_recipe(SLERP)
+    assert r.models is None and len(r.slices) == 1
+    assert [s.layer_range for s in r.slices[0].sources] == [(0, 16), (8, 24)]
+
+
+def test_gradients_interpolate_across_layers_and_filters_pick_the_first_match():
+    g = Gradient((1, 0.7, 0.1))
+    assert evaluate(g, "x", 0.0) == 1 and evaluate(g, "x", 1.0) == pytest.approx(0.1)
+    assert evaluate(g, "x", 0.25) == pytest.approx(0.85) and evaluate(g, "x", 0.75) == pytest.approx(0.4)
+    r = parse_recipe(TIES)
+    w = r.models[1].parameters["weight"]
+    assert evaluate(w, "model.layers.3.self_attn.q_proj.weight", 0.5) == pytest.approx(0.5)
+    assert evaluate(w, "model.layers.3.mlp.up_proj.weight", 0.5) == 0.3
+    only = Conditions(parse_recipe(SLERP).parameters["t"].items[:1])
+    assert evaluate(only, "attn", 0.5) is None  # no condition matches: not set at this level
+
+
+def test_to_yaml_round_trips():
+    r = parse_recipe(TIES)
+    again = parse_recipe(r.to_yaml())
+    assert again.models == r.models and again.parameters == r.parameters and again.base_model == r.base_model
+    s = parse_recipe(SLERP)
+    assert parse_recipe(s.to_yaml()).slices == s.slices
+
+
+def test_invalid_yaml_gives_line_and_column():
+    with pytest.raises(SurgeonError, match=r"bad.yml is not valid YAML at line 3, column 1"):
+        parse_recipe("merge_method: ties\nmodels: [a, b\n", "bad.yml")
+
+
+def test_every_structural_problem_at_once():
+    text = "merge_methd: ties\nmodels: [a]\nslices: 3\ndtype: f8\nparameters: {t: []}\n"
+    with pytest.raises(PlanError) as e:
+        parse_recipe(text, "r.yml")
+    msg = str(e.value)
+    assert "r.yml line 1, column 1: merge_methd: unknown key; known keys here: merge_method" in msg
+    assert "did you mean merge_method?" in msg
+    assert "merge_method is missing" in msg
+    assert "line 3, column 9: slices: give models: or slices:, not both" in msg
+    assert "line 4, column 8: dtype: unknown dtype 'f8'" in msg
+    assert "line 5, column 17: parameters.t: is an empty list" in msg
+    assert len(e.value.problems) == 5
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("merge_method: x\nmodels: [a]\nmodules: {}\n", "multi-module recipes (modules:) are not supported"),
+        ("merge_method: x\nmodels: [a]\ntokenizer_source: union\n", "union (a vocabulary built from all models) is not supported"),
+        ("merge_method: x\nmodels: [a]\nchat_template: chatml\n", "named templates ('chatml') are not bundled"),
+        ("merge_method: x\nslices:\n  - sources:\n      - model: a\n", "a slice source needs layer_range"),
+        ("merge_method: x\nslices:\n  - sources:\n      - {model: a, layer_range: [4, 2]}\n", "end is exclusive and must exceed start"),
+        (
+            "merge_method: x\nslices:\n  - sources:\n      - {model: a, layer_range: [0, 2]}\n      - {model: b, layer_range: [0, 3]}\n",
+            "all sources of a slice need the same number of layers, got [2, 3]",
+        ),
+        ("merge_method: x\nmodels:\n  - model: a\n    weight: 1\n", "models[0].weight: unknown key; known keys here: model, parameters"),
+        ("merge_method: x\nmodels: [a]\nmodels: [b]\n", "models: appears twice"),
+        ("merge_method: x\nmodels: []\n", "expected a non-empty list of models"),
+        ("merge_method: x\nmodels: [a]\nparameters: {w: [1, {value: 2}]}\n", "a list must hold only numbers"),
+        ("merge_method: x\nmodels: [a]\nparameters: {w: .nan}\n", "nan is not a usable value"),
+    ],
+)
+def test_rejects(text, needle):
+    with pytest.raises(PlanError, match=None) as e:
+        parse_recipe(text, "r.yml")
+    assert needle in str(e.value), str(e.value)
+
+
+def test_empty_and_multi_document_files():
+    with pytest.raises(SurgeonError, match="is empty"):
+        parse_recipe("# nothing\n")
+    with pytest.raises(SurgeonError, match="2 YAML documents"):
+        parse_recipe("merge_method: a\nmodels: [x]\n---\nmerge_method: b\nmodels: [y]\n")
+
+
+def test_tokenizer_block_and_chat_template():
+    r = parse_recipe("merge_method: linear\nmodels: [a]\ntokenizer:\n  source: a\nchat_template: '{{ x }}'\n")
+    assert r.tokenizer_source == "a" and r.chat_template == "{{ x }}"
+    r = parse_recipe("merge_method: linear\nmodels: [a]\nchat_template: auto\n")
+    assert r.chat_template is None
