@@ -106,22 +106,22 @@ def progress(total: float, description: str, quiet: bool = False, unit: str = "b
         yield advance
 
 
-def fmt_count(n: int | float) -> str:
+def _scaled(n: int | float, units: tuple[str, ...], sep: str) -> str:
+    """n in steps of 1000 with the first unit that keeps it under 1000 (whole numbers unscaled)."""
     n = float(n)
-    for unit in ("", "K", "M", "B", "T"):
-        if abs(n) < 1000:
-            return f"{n:.0f}" if unit == "" else f"{n:.2f}{unit}"
+    for i, unit in enumerate(units):
+        if abs(n) < 1000 or i == len(units) - 1:
+            return f"{n:.0f}{sep}{unit}" if i == 0 else f"{n:.2f}{sep}{unit}"
         n /= 1000
-    return f"{n:.2f}P"
+    raise AssertionError("unreachable")
+
+
+def fmt_count(n: int | float) -> str:
+    return _scaled(n, ("", "K", "M", "B", "T", "P"), "")
 
 
 def fmt_bytes(n: int | float) -> str:
-    n = float(n)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} PB"
+    return _scaled(n, ("B", "KB", "MB", "GB", "TB", "PB"), " ")
 
 
 def fmt_float(v, digits: int = 4) -> str:

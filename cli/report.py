@@ -14,9 +14,9 @@ EPILOG = """Examples:
 
   surgeon report pruned/ --compare org/base --top 10
 
-  surgeon report pruned/ --filter 'layers\\.\\d+\\.mlp' --json | jq .sparsity
+  surgeon report pruned/ --filter 'layers?\\.\\d+\\.mlp' --json | jq .sparsity
 
-  surgeon report pruned/ --require 'sparsity>=0.5' --require 'nm_2_4_fraction==1'
+  surgeon report pruned/ --filter 'proj\\.weight$' --require 'sparsity>=0.5'
 """
 
 

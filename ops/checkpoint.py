@@ -47,10 +47,7 @@ _ST_DTYPES: dict[str, tuple[str, float]] = {
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
 
-# Files copied from a source model into every output folder (and the ones fetched from the Hub).
-AUX_FILES = (
-    "config.json",
-    "generation_config.json",
+TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -61,6 +58,12 @@ AUX_FILES = (
     "merges.txt",
     "chat_template.jinja",
     "chat_template.json",
+)
+# Files copied from a source model into every output folder (and the ones fetched from the Hub).
+AUX_FILES = (
+    "config.json",
+    "generation_config.json",
+    *TOKENIZER_FILES,
     "preprocessor_config.json",
     # sentence-transformers wrappers (MiniLM ships them); their module folders hold a config.json
     "modules.json",

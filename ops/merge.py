@@ -32,7 +32,7 @@ import torch
 
 from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef, SliceDef, evaluate
 
-from .checkpoint import open_checkpoint
+from .checkpoint import TOKENIZER_FILES, open_checkpoint
 from . import sparsify
 from .errors import PlanError, SurgeonError
 from .merge_methods import MergeInputs, MergeMethod, Param, all_param_names, get_method
@@ -42,18 +42,6 @@ LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?=\.|$)")
 ANY_INDEX_RE = re.compile(r"\.(\d+)(?=\.)")
 PRE_RE = re.compile(r"embed|(^|\.)(wte|wpe)\.|word_embeddings|position_embeddings|token_type_embeddings", re.IGNORECASE)
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-TOKENIZER_FILES = {
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-}
 _MISSING = object()
 
 

@@ -91,6 +91,23 @@ def make_tiny_llama(folder: Path, seed: int = 0, **overrides) -> Path:
     return folder
 
 
+def add_byte_level_tokenizer(folder: Path, vocab_size: int, text: str = "the quick brown fox jumps over the lazy dog") -> None:
+    """A small GPT-2 style byte-level BPE, trained here (nothing is downloaded)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([text * 20, "hello world, a tiny tokenizer for tests"] * 10, trainer)
+    assert tok.get_vocab_size() == vocab_size
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast",
+         "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}))
+
+
 @pytest.fixture
 def tiny_llama(tmp_path) -> Path:
     return make_tiny_llama(tmp_path / "tiny-llama")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_llama
+from conftest import add_byte_level_tokenizer, make_tiny_llama
 from helpers import run
 from modelsurgeon.ops.format_gguf import permute_rows
 
@@ -23,27 +23,10 @@ VOCAB = 300
 TEXT = "the quick brown fox jumps over the lazy dog"
 
 
-def _byte_level_tokenizer(folder, vocab_size):
-    """A small GPT-2 style byte-level BPE, trained here (nothing is downloaded)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([TEXT * 20, "hello world, a tiny tokenizer for tests"] * 10, trainer)
-    assert tok.get_vocab_size() == vocab_size
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "tokenizer_class": "PreTrainedTokenizerFast",
-         "chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}))
-
-
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     folder = make_tiny_llama(tmp_path_factory.mktemp("consumers") / "tiny", vocab_size=VOCAB)
-    _byte_level_tokenizer(folder, VOCAB)
+    add_byte_level_tokenizer(folder, VOCAB, TEXT)
     return folder
 
 

@@ -1,0 +1,137 @@
+"""Every `surgeon ...` line in the README's bash blocks runs as shown.
+
+The test works in a scratch folder where the README's placeholder names exist as small real inputs:
+`org/model`, `org/base`, `org/a`, `org/b`, `model/`, `a/ b/ c/ base/` are tiny Llamas (a relative path
+that exists wins over a Hub id), `recipe.yaml` is a mergekit recipe over them, `my-adapter/` a PEFT
+adapter made by peft, `finetuned/` a fine-tune of `org/base`, `pruned/` a 2:4-pruned `org/base`.
+`| jq .key` becomes "stdout parses as JSON and has that key". A line is skipped only for a reason
+listed in SKIP (a GPU, or a user's dataset that a quick test cannot stand in for).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import run
+
+from conftest import add_byte_level_tokenizer, make_tiny_llama
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+SKIP = {
+    "--device cuda": "needs a CUDA device",
+    "npz:mnist.npz": "needs the user's MNIST arrays; the npz task is covered in tests/cli/test_intrinsic_dim.py",
+    "csv:reviews.csv": "a full search fine-tuning MiniLM takes minutes; covered with small settings in test_intrinsic_dim.py",
+    "/new/place/of/the/base": "an absolute placeholder path; --base is covered in tests/cli/test_expand_subspace.py",
+}
+
+
+def readme_commands() -> list[str]:
+    text = README.read_text()
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line.startswith("surgeon "):
+                lines.append(line)
+    return lines
+
+
+def _make_inputs(root: Path) -> None:
+    for i, name in enumerate(["org/base", "org/model", "org/a", "org/b", "model", "base", "a", "b", "c"]):
+        # all share one random init (seed 0); a/ b/ c/ org/a org/b are then perturbed like fine-tunes
+        seed = 0
+        folder = make_tiny_llama(root / name, seed=seed, hidden_size=128, intermediate_size=256, vocab_size=300)
+        add_byte_level_tokenizer(folder, 300)  # GGUF output carries the tokenizer
+        if name in ("org/a", "org/b", "a", "b", "c"):
+            _perturb(folder, seed=i)
+    (root / "recipe.yaml").write_text(
+        "merge_method: ties\nbase_model: org/base\nmodels:\n"
+        "  - model: org/a\n    parameters: {weight: 0.6, density: 0.5}\n"
+        "  - model: org/b\n    parameters: {weight: 0.4, density: 0.5}\n"
+        "dtype: float32\n"
+    )
+    shutil.copytree(root / "org/base", root / "finetuned")
+    _perturb(root / "finetuned", seed=99)
+    _make_adapter(root / "org/base", root / "my-adapter")
+    shutil.copytree(README.parent / "recipes", root / "recipes")  # the examples run from the repository root
+
+
+def _perturb(folder: Path, seed: int) -> None:
+    from safetensors.torch import load_file, save_file
+
+    path = folder / "model.safetensors"
+    sd = load_file(str(path))
+    g = torch.Generator().manual_seed(seed)
+    for k, v in sd.items():
+        if v.is_floating_point() and v.dim() == 2:
+            sd[k] = v + 0.01 * torch.randn(v.shape, generator=g, dtype=v.dtype)
+    save_file(sd, str(path), metadata={"format": "pt"})
+
+
+def _make_adapter(base: Path, out: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(out)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("readme")
+    _make_inputs(root)
+    return root
+
+
+def _prepare(line: str, root: Path) -> tuple[list[str], str | None]:
+    jq = None
+    m = re.search(r"\s*\|\s*jq\s+\.(\w+)\s*$", line)
+    if m:
+        jq, line = m.group(1), line[: m.start()]
+    args = shlex.split(line)[1:]
+    if "-o" in args:  # re-running an example replaces its earlier output, as a user would
+        out = root / args[args.index("-o") + 1]
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+    return args, jq
+
+
+def test_readme_shows_commands():
+    lines = readme_commands()
+    commands = {shlex.split(line)[1] for line in lines}
+    assert {"report", "prune", "quantize", "merge", "intrinsic-dim", "expand-subspace"} <= commands
+
+
+def test_every_readme_command_runs(capsys, workdir, monkeypatch):
+    monkeypatch.chdir(workdir)
+    # `pruned/` is what the report examples inspect: org/base pruned 2:4
+    code, _, err = run(capsys, "prune", "org/base", "-o", "pruned", "--pattern", "2:4", "-q")
+    assert code == 0, err
+    ran, skipped = [], []
+    for line in readme_commands():
+        reason = next((why for key, why in SKIP.items() if key in line), None)
+        if reason is None and "expand-subspace" in line and not (workdir / "s.safetensors").exists():
+            # the example that writes s.safetensors is skipped above: make one the quick way
+            (workdir / "notes.txt").write_text("the quick brown fox jumps over the lazy dog. " * 40)
+            code, _, err = run(capsys, "intrinsic-dim", "org/base", "--task", "text:notes.txt", "--grid", "8",
+                               "--epochs", "1", "--threshold-from", "zero", "--threshold", "0.1", "--save-subspace", "s.safetensors", "-q")
+            assert code == 0, err
+        if reason:
+            skipped.append((line, reason))
+            continue
+        args, jq = _prepare(line, workdir)
+        code, out, err = run(capsys, *args)
+        assert code == 0, f"README line failed ({code}): {line}\n{err}"
+        if jq:
+            assert jq in json.loads(out), (line, out[:500])
+        ran.append(line)
+    assert len(ran) >= 20, ran
+    print("\n".join(f"skipped: {line}  ({why})" for line, why in skipped))
