@@ -115,7 +115,7 @@ def _print_table(r: dict) -> None:
         + ", ".join(f"{k} {fmt_count(v)}" for k, v in r["dtypes"].items()),
     ]
     if r.get("filter"):
-        lines.append(f"filter {r['filter']!r}: totals cover the matching tensors only")
+        lines.append(f"filter '{r['filter']}': totals cover the matching tensors only")
     if r.get("quantization_config"):
         q = r["quantization_config"]
         lines.append(f"quantization: {q.get('quant_method', '?')} {q.get('format', '')}".rstrip())
