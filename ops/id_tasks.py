@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from modelsurgeon.recipes.intrinsic_dim import parse_task_spec
 
 from .errors import SurgeonError, UsageError
+from .registry import Registry
 
 TOY_TOL = 0.01
 SPLIT_SEED = 0  # the held-out split never changes with --seeds
@@ -565,13 +566,11 @@ class TaskKind:
     summary: str
 
 
-TASKS: dict[str, TaskKind] = {}
+TASKS: Registry[TaskKind] = Registry("task", usage=False)
 
 
 def register(name: str, load, summary: str) -> None:
-    if name in TASKS:
-        raise ValueError(f"task {name!r} is already registered")
-    TASKS[name] = TaskKind(name, load, summary)
+    TASKS.add(name, TaskKind(name, load, summary))
 
 
 register("toy", _toy, "Li et al.'s D = 1000 group-sum example; d_int = 10 exactly")

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import torch
 
 from . import sparsify
-from .errors import SurgeonError
+from .registry import Registry
 
 REQUIRED = object()
 
@@ -82,28 +82,15 @@ class MergeMethod:
         return None
 
 
-REGISTRY: dict[str, MergeMethod] = {}
+REGISTRY: Registry[MergeMethod] = Registry("merge method", "surgeon merge --list-methods", usage=False)
 
 
 def register(method: MergeMethod) -> MergeMethod:
-    if method.name in REGISTRY:
-        raise ValueError(f"merge method {method.name!r} is already registered")
-    REGISTRY[method.name] = method
-    return method
+    return REGISTRY.add(method.name, method)
 
 
 def get_method(name: str) -> MergeMethod:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise SurgeonError(
-            f"unknown merge method {name!r}",
-            f"{hint}known methods: {', '.join(REGISTRY)} (surgeon merge --list-methods)",
-        ) from None
+    return REGISTRY.lookup(name)
 
 
 def all_param_names() -> set[str]:

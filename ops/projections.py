@@ -29,6 +29,7 @@ import torch
 
 from .errors import SurgeonError
 from .fwht import fastfood, fastfood_t, next_pow2
+from .registry import Registry
 
 CHUNK = 64  # dense and sparse columns are drawn 64 at a time, each chunk from its own seed
 _MASK64 = (1 << 64) - 1
@@ -228,13 +229,11 @@ class ProjectionKind:
     summary: str
 
 
-PROJECTIONS: dict[str, ProjectionKind] = {}
+PROJECTIONS: Registry[ProjectionKind] = Registry("projection", "or auto", usage=False)
 
 
 def register(name: str, build: Callable[..., Projection], summary: str) -> None:
-    if name in PROJECTIONS:
-        raise ValueError(f"projection {name!r} is already registered")
-    PROJECTIONS[name] = ProjectionKind(name, build, summary)
+    PROJECTIONS.add(name, ProjectionKind(name, build, summary))
 
 
 register("dense", DenseProjection, "Gaussian columns, 4 D d bytes, O(D d) per step")
@@ -246,9 +245,7 @@ def resolve_kind(kind: str, device: torch.device) -> str:
     """``auto``: Fastfood on CUDA (Triton FWHT, constant cost in d), sparse on the CPU (fastest measured)."""
     if kind == "auto":
         return "fastfood" if torch.device(device).type == "cuda" else "sparse"
-    if kind not in PROJECTIONS:
-        raise SurgeonError(f"unknown projection {kind!r}", "use one of: auto, " + ", ".join(PROJECTIONS))
-    return kind
+    return PROJECTIONS.lookup(kind).name
 
 
 def make_projection(kind: str, D: int, d: int, seed: int, device, **options) -> Projection:

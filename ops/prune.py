@@ -30,9 +30,10 @@ import torch
 
 from .abs_histogram import KeyHistogram, abs_histogram
 from .checkpoint import Checkpoint, prefetched
-from .errors import PlanError, SurgeonError, UsageError
+from .errors import PlanError, SurgeonError
 from .keys import abs_key, key_value, random_keys, resolution_shift
 from .nm_mask import nm_mask
+from .registry import Registry
 from .targets import select_targets
 from .threshold_mask import threshold_mask, tie_cut
 
@@ -61,28 +62,23 @@ class Criterion:
     fused: bool = False
 
 
-CRITERIA: dict[str, Criterion] = {}
+CRITERIA: Registry[Criterion] = Registry("pruning method")
 
 
 def register_criterion(name: str, summary: str, url: str | None = None, global_mode: str = "radix", fused: bool = False):
     """Decorator: register ``fn(weight, name, seed) -> keys`` (None when ``fused``) as a pruning criterion."""
 
     def deco(fn):
-        if name in CRITERIA:
-            raise ValueError(f"pruning criterion {name!r} is already registered")
         if global_mode not in ("radix", "proportional"):
             raise ValueError(f"global_mode must be radix or proportional, got {global_mode!r}")
-        CRITERIA[name] = Criterion(name, summary, url, fn, global_mode, fused)
+        CRITERIA.add(name, Criterion(name, summary, url, fn, global_mode, fused))
         return fn
 
     return deco
 
 
 def get_criterion(name: str) -> Criterion:
-    try:
-        return CRITERIA[name]
-    except KeyError:
-        raise UsageError(f"--method {name!r} is not a pruning method", f"known: {', '.join(sorted(CRITERIA))}") from None
+    return CRITERIA.lookup(name)
 
 
 @register_criterion("magnitude", "zero the smallest |w|", "https://arxiv.org/abs/1506.02626", fused=True)

@@ -25,7 +25,7 @@ import torch
 
 from modelsurgeon.kernels import should_use_triton
 
-from .errors import UsageError
+from .registry import Registry
 
 # --------------------------------------------------------------------------------------------
 # integer group-wise quantization (w4a16, w8a16, w8a8)
@@ -208,21 +208,15 @@ class Scheme:
     url: str = ""
 
 
-_REGISTRY: dict[str, Scheme] = {}
+_REGISTRY: Registry[Scheme] = Registry("quantization scheme")
 
 
 def register(scheme: Scheme) -> Scheme:
-    if scheme.name in _REGISTRY:
-        raise ValueError(f"quantization scheme {scheme.name!r} is registered twice")
-    _REGISTRY[scheme.name] = scheme
-    return scheme
+    return _REGISTRY.add(scheme.name, scheme)
 
 
 def get_scheme(name: str) -> Scheme:
-    key = name.strip().lower()
-    if key not in _REGISTRY:
-        raise UsageError(f"unknown scheme {name!r}", f"known schemes: {', '.join(_REGISTRY)}")
-    return _REGISTRY[key]
+    return _REGISTRY.lookup(name.strip().lower())
 
 
 def schemes() -> list[Scheme]:

@@ -279,7 +279,7 @@ def _bad_recipes(llamas, tmp_path) -> dict[str, tuple[str, int, list[str]]]:
     if not wide.exists():
         make_tiny_llama(wide, seed=3, intermediate_size=96)
     return {
-        "unknown-method": (f"merge_method: dare-ties\nbase_model: {b}\nmodels: [{a}]\n", 1, ["unknown merge method 'dare-ties'", "did you mean dare_ties", "known methods: linear"]),
+        "unknown-method": (f"merge_method: dare-ties\nbase_model: {b}\nmodels: [{a}]\n", 1, ["unknown merge method 'dare-ties'", "did you mean dare_ties", "known merge methods: linear"]),
         "no-base": (f"merge_method: ties\nmodels:\n  - model: {a}\n    parameters: {{weight: 1}}\n", 1, ["ties needs a base model"]),
         "shape": (f"merge_method: task_arithmetic\nbase_model: {b}\nmodels:\n  - model: {wide}\n    parameters: {{weight: 1}}\n", 1,
                   [f"{wide} has shape [96, 64] but {b} has [128, 64]", "model.layers.0.mlp.gate_proj.weight"]),

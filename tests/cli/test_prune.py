@@ -213,7 +213,7 @@ def no_output(tmp_path, keep=()):
         (["--pattern", "2:4", "--scope", "row"], 2, "mutually exclusive"),
         (["--pattern", "2:4", "--sparsity", "0.3"], 2, "contradicts"),
         (["--sparsity", "0.5", "--scope", "diagonal"], 2, "--scope"),
-        (["--sparsity", "0.5", "--method", "wanda-typo"], 2, "known: magnitude, random"),
+        (["--sparsity", "0.5", "--method", "wanda-typo"], 2, "known pruning methods: magnitude, random"),
         (["--sparsity", "0.5", "--include", "no-such-tensor"], 1, "matches no"),
         (["--sparsity", "0.5", "--exclude", "("], 2, "regular expression"),
         ([], 2, "no sparsity"),

@@ -120,7 +120,7 @@ def test_minilm_dense(capsys, tmp_path, minilm_dir):
 def test_unknown_scheme_lists_the_known_ones(capsys, tmp_path, llama):
     out = tmp_path / "x"
     code, o, e = run(capsys, "quantize", llama, "-o", out, "--scheme", "int3")
-    assert_one_line_error(code, o, e, 2, "unknown scheme 'int3'", "w4a16", "q5_1", "binary")
+    assert_one_line_error(code, o, e, 2, "unknown quantization scheme 'int3'", "w4a16", "q5_1", "binary")
     _nothing_written(out)
 
 

@@ -269,7 +269,7 @@ def test_registry_has_the_methods_with_summary_and_paper():
 def test_registry_refuses_duplicates_and_lists_known_names():
     with pytest.raises(ValueError, match="already registered"):
         register(MergeMethod("ties", "x", "https://x", lambda i: i.base, "required", 1, None))
-    with pytest.raises(SurgeonError, match="did you mean dare_ties.*known methods: linear, task_arithmetic"):
+    with pytest.raises(SurgeonError, match="did you mean dare_ties.*known merge methods: linear, task_arithmetic"):
         get_method("dare-ties")
 
 
