@@ -439,27 +439,46 @@ class Checkpoint:
         self.close()
 
 
-def prefetched(it: Iterator, depth: int = 2) -> Iterator:
-    """Run ``it`` on a background thread, ``depth`` items ahead (file reads release the GIL)."""
+def prefetched(
+    it: Iterator,
+    depth: int = 2,
+    costs: list[int] | None = None,
+    budget: float | None = None,
+    worker_threads: int | None = None,
+) -> Iterator:
+    """Run ``it`` on a background thread, up to ``depth`` items ahead of the caller (file reads release
+    the GIL). With ``costs`` (bytes per item) and a ``budget``, item k+1 is produced while the caller
+    holds item k only if both fit in the budget together; otherwise only once the caller is done with k.
+    ``worker_threads`` sets torch's intra-op threads in the worker (1 when the caller runs its own pool)."""
     import queue
     import threading
 
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
+    it = iter(it)
+    q: queue.Queue = queue.Queue()
+    permits = threading.Semaphore(depth)
     stop = threading.Event()
+    done = object()
 
     def work():
+        if worker_threads is not None:
+            torch.set_num_threads(worker_threads)
         try:
-            for item in it:
+            while True:
+                permits.acquire()
                 if stop.is_set():
                     return
+                try:
+                    item = next(it)
+                except StopIteration:
+                    q.put(done)
+                    return
                 q.put(item)
-            q.put(done)
         except BaseException as e:  # hand the error to the consumer
             q.put(e)
 
     t = threading.Thread(target=work, daemon=True)
     t.start()
+    k = 0
     try:
         while True:
             item = q.get()
@@ -467,14 +486,18 @@ def prefetched(it: Iterator, depth: int = 2) -> Iterator:
                 return
             if isinstance(item, BaseException):
                 raise item
+            early = costs is None or budget is None or k + 1 >= len(costs) or costs[k] + costs[k + 1] <= budget
+            if early:
+                permits.release()
             yield item
+            del item
+            if not early:
+                permits.release()
+            k += 1
     finally:
         stop.set()
-        while t.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(0.01)
+        permits.release()
+        t.join(timeout=5)
 
 
 # --------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import torch
 
 from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef, SliceDef, evaluate
 
-from .checkpoint import TOKENIZER_FILES, open_checkpoint
+from .checkpoint import TOKENIZER_FILES, open_checkpoint, prefetched
 from . import sparsify
 from .errors import PlanError, SurgeonError
 from .merge_methods import MergeInputs, MergeMethod, Param, all_param_names, get_method
@@ -767,61 +767,6 @@ def compute_job(plan: MergePlan, job: Job, tensors: list[torch.Tensor]) -> torch
     return out.to(job.dtype).to("cpu")
 
 
-def one_ahead(it, costs: list[int] | None = None, budget: float | None = None):
-    """Run ``it`` on a thread one item ahead: item k+1 is produced while the caller holds item k, and
-    item k+2 only once the caller has taken k+1, so at most two items exist at a time. With ``costs``
-    (bytes per item) and a ``budget``, item k+1 is produced early only if items k and k+1 fit in it
-    together; otherwise only once the caller is done with item k."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue()
-    permit = threading.Semaphore(1)
-    stop = threading.Event()
-    done = object()
-
-    def work():
-        # one intra-op thread here: the chunk pool does the parallel work, and OpenMP teams spinning in
-        # this thread would only take cores from it
-        torch.set_num_threads(1)
-        try:
-            while True:
-                permit.acquire()
-                if stop.is_set():
-                    return
-                try:
-                    item = next(it)
-                except StopIteration:
-                    q.put(done)
-                    return
-                q.put(item)
-        except BaseException as e:  # hand the error to the consumer
-            q.put(e)
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    k = 0
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            early = costs is None or budget is None or k + 1 >= len(costs) or costs[k] + costs[k + 1] <= budget
-            if early:
-                permit.release()
-            yield item
-            del item
-            if not early:
-                permit.release()
-            k += 1
-    finally:
-        stop.set()
-        permit.release()
-        t.join(timeout=5)
-
-
 def run_merge(plan: MergePlan, advance: Callable[[int], None] | None = None, command: str = "surgeon merge") -> MergeResult:
     """Stream every job through the method into the output folder (atomic); close the inputs."""
     from .flow import write_folder
@@ -832,7 +777,7 @@ def run_merge(plan: MergePlan, advance: Callable[[int], None] | None = None, com
     def produce():
         costs = [plan.input_bytes(j) for j in jobs]
         budget = 1.5 * max(costs, default=0)
-        for job, tensors in one_ahead((_read_job(plan, j) for j in jobs), costs, budget):
+        for job, tensors in prefetched((_read_job(plan, j) for j in jobs), depth=1, costs=costs, budget=budget, worker_threads=1):
             nbytes = sum(t.nbytes for t in tensors)
             out = compute_job(plan, job, tensors)
             if advance is not None:
@@ -844,7 +789,7 @@ def run_merge(plan: MergePlan, advance: Callable[[int], None] | None = None, com
         target = write_folder(
             plan.out,
             plan.specs(),
-            one_ahead(produce()),
+            prefetched(produce(), depth=1, worker_threads=1),
             source=None,
             command=command,
             max_shard_size=plan.max_shard_size,
