@@ -33,8 +33,8 @@ from _util import machine  # noqa: E402
 
 import torch  # noqa: E402
 
-from modelsurgeon.ops.fwht import fastfood, fastfood_t, fwht_kron, fwht_reference  # noqa: E402
-from modelsurgeon.ops.projections import make_projection  # noqa: E402
+from modelsurgeon.ops.intrinsic.fwht import fastfood, fastfood_t, fwht_kron, fwht_reference  # noqa: E402
+from modelsurgeon.ops.intrinsic.projections import make_projection  # noqa: E402
 
 
 def best(fn, reps: int) -> float:
@@ -83,8 +83,8 @@ def bench_fwht_gpu(sizes: list[int]) -> list[str]:
 def bench_steps(ds: list[int], dense_limit: int) -> list[str]:
     from types import SimpleNamespace
 
-    from modelsurgeon.ops.id_models import FC, he_init
-    from modelsurgeon.ops.intrinsic import Problem
+    from modelsurgeon.ops.intrinsic.models import FC, he_init
+    from modelsurgeon.ops.intrinsic.search import Problem
 
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(128, 784, generator=g), torch.randint(0, 10, (128,), generator=g)

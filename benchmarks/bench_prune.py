@@ -64,7 +64,7 @@ print("BENCH " + json.dumps({"work": time.perf_counter() - t0}), file=sys.stderr
 OURS = r"""
 import json, sys, time
 from modelsurgeon.cli.main import main
-import modelsurgeon.ops.prune, modelsurgeon.ops.flow
+import modelsurgeon.ops.prune.run, modelsurgeon.ops.io.output
 from modelsurgeon.kernels import triton_importable
 triton_importable()
 t0 = time.perf_counter()
@@ -76,9 +76,9 @@ print("BENCH " + json.dumps({"work": time.perf_counter() - t0, "rc": rc}), file=
 OUR_COPY = r"""
 import json, sys, time
 import torch
-from modelsurgeon.ops.checkpoint import open_checkpoint
-from modelsurgeon.ops.flow import write_folder
-from modelsurgeon.ops.writer import OutputDir, TensorSpec
+from modelsurgeon.ops.io.checkpoint import open_checkpoint
+from modelsurgeon.ops.io.output import write_folder
+from modelsurgeon.ops.io.writer import OutputDir, TensorSpec
 t0 = time.perf_counter()
 with open_checkpoint(sys.argv[1]) as ck:
     specs = [TensorSpec(i.name, i.shape, i.torch_dtype) for i in ck.infos()]

@@ -76,9 +76,9 @@ tok = {{"version": "1.0", "added_tokens": [{{"id": 0, "content": "<|endoftext|>"
 
 FLOOR = """
 import sys, torch
-from modelsurgeon.ops.checkpoint import open_checkpoint
-from modelsurgeon.ops.flow import write_folder
-from modelsurgeon.ops.writer import OutputDir, TensorSpec
+from modelsurgeon.ops.io.checkpoint import open_checkpoint
+from modelsurgeon.ops.io.output import write_folder
+from modelsurgeon.ops.io.writer import OutputDir, TensorSpec
 ck = open_checkpoint(sys.argv[1])
 specs = [TensorSpec(i.name, i.shape, i.torch_dtype) for i in ck.infos()]
 write_folder(OutputDir(sys.argv[2], force=True), specs, ck.iter_tensors(), source=ck, command="floor", max_shard_size=1 << 40)
@@ -104,7 +104,7 @@ def kernel_table(folder, repeat: int) -> list[str]:
     from gguf import GGMLQuantizationType, quants
     from safetensors import safe_open
 
-    from modelsurgeon.ops.gguf_blocks import quantize_blocks
+    from modelsurgeon.ops.quantize.gguf_blocks import quantize_blocks
 
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         tensors = [f.get_tensor(n).float() for n in f.keys() if "layers.0." in n and n.endswith("proj.weight")]
@@ -146,7 +146,7 @@ def main() -> None:
     size_mb = (src / "model.safetensors").stat().st_size / 2**20
     out = root / "out"
     surgeon = [sys.executable, "-m", "modelsurgeon", "quantize", str(src), "--force", "-q"]
-    imports = python_snippet("import torch, numpy, safetensors, gguf, modelsurgeon.ops.quantize")
+    imports = python_snippet("import torch, numpy, safetensors, gguf, modelsurgeon.ops.quantize.run")
 
     def best(cmd):
         return min(run_measured(cmd, env)[0] for _ in range(a.repeat))

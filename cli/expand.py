@@ -31,14 +31,14 @@ def expand_subspace(
     quiet: QuietOpt = False,
 ) -> int:
     """Rebuild theta_0 + P theta_d from a subspace file and write the full trained checkpoint."""
-    from modelsurgeon.ops.writer import OutputDir, TensorSpec, parse_size
+    from modelsurgeon.ops.io.writer import OutputDir, TensorSpec, parse_size
 
     limit = parse_size(max_shard_size)
     out = OutputDir(output, force)
 
-    from modelsurgeon.ops.device import resolve_device
-    from modelsurgeon.ops.flow import write_folder
-    from modelsurgeon.ops.intrinsic import FORMAT, expand_subspace as expand, expanded_state
+    from modelsurgeon.ops.core.device import resolve_device
+    from modelsurgeon.ops.io.output import write_folder
+    from modelsurgeon.ops.intrinsic.search import FORMAT, expand_subspace as expand, expanded_state
 
     ex = expand(subspace, base, resolve_device(device))
     state = expanded_state(ex)

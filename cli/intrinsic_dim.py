@@ -72,7 +72,7 @@ def intrinsic_dim(
     quiet: QuietOpt = False,
 ) -> int:
     """Intrinsic dimension: the smallest random subspace d whose training reaches --threshold of the baseline."""
-    from modelsurgeon.ops.errors import SurgeonError, UsageError
+    from modelsurgeon.ops.core.errors import SurgeonError, UsageError
     from modelsurgeon.recipes.intrinsic_dim import IntrinsicDimConfig, parse_baseline, parse_grid
 
     # plan: every flag checked before anything heavy is imported
@@ -113,11 +113,11 @@ def intrinsic_dim(
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from modelsurgeon.ops.device import resolve_device
-    from modelsurgeon.ops.id_models import load_tokenizer, model_for_task
-    from modelsurgeon.ops.id_tasks import load_task
-    from modelsurgeon.ops.intrinsic import Problem, check_plan, measure, save_subspace as save_sub
-    from modelsurgeon.ops.projections import resolve_kind
+    from modelsurgeon.ops.core.device import resolve_device
+    from modelsurgeon.ops.intrinsic.models import load_tokenizer, model_for_task
+    from modelsurgeon.ops.intrinsic.tasks import load_task
+    from modelsurgeon.ops.intrinsic.search import Problem, check_plan, measure, save_subspace as save_sub
+    from modelsurgeon.ops.intrinsic.projections import resolve_kind
 
     dev = resolve_device(device)
     t = load_task(cfg.task)
@@ -328,7 +328,7 @@ def _plot(out: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from modelsurgeon.ops.writer import OutputFile
+    from modelsurgeon.ops.io.writer import OutputFile
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     runs = [r for r in out["records"] if r["d"] is not None]

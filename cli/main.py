@@ -46,7 +46,7 @@ def _root(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (tests call this directly)."""
-    from modelsurgeon.ops.errors import SurgeonError
+    from modelsurgeon.ops.core.errors import SurgeonError
 
     debug = os.environ.get("SURGEON_DEBUG", "") not in ("", "0")
     try:

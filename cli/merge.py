@@ -86,7 +86,7 @@ def merge(
     quiet: QuietOpt = False,
 ) -> int:
     """Merge models (mergekit recipes or flags), fold a LoRA adapter, or extract one."""
-    from modelsurgeon.ops.errors import UsageError
+    from modelsurgeon.ops.core.errors import UsageError
 
     if list_methods:
         return _list_methods(as_json)
@@ -132,8 +132,8 @@ def merge(
     dtype_n = _dtype_flag("--dtype", dtype)
     out_dtype_n = _dtype_flag("--out-dtype", out_dtype)
 
-    from modelsurgeon.ops.device import resolve_device
-    from modelsurgeon.ops.writer import parse_size
+    from modelsurgeon.ops.core.device import resolve_device
+    from modelsurgeon.ops.io.writer import parse_size
 
     dev = resolve_device(device)
     shard = parse_size(max_shard_size)
@@ -153,7 +153,7 @@ def merge(
     overrides = {k: v for k, v in (("dtype", dtype_n), ("out_dtype", out_dtype_n), ("tokenizer_source", tokenizer_source)) if v is not None}
     if overrides:
         recipe = replace(recipe, **overrides)
-    from modelsurgeon.ops.merge import plan_merge, run_merge
+    from modelsurgeon.ops.merge.plan import plan_merge, run_merge
 
     plan = plan_merge(recipe, output=output, force=force, seed=seed, device=dev, max_shard_size=shard)
     for w in plan.warnings:
@@ -182,7 +182,7 @@ def merge(
 
 
 def _dtype_flag(flag: str, value: str | None) -> str | None:
-    from modelsurgeon.ops.errors import UsageError
+    from modelsurgeon.ops.core.errors import UsageError
     from modelsurgeon.recipes.merge import DTYPES
 
     if value is None:
@@ -195,10 +195,10 @@ def _dtype_flag(flag: str, value: str | None) -> str | None:
 def _recipe_from_flags(method, base, models, weight, density, t, param):
     import yaml
 
-    from modelsurgeon.ops.errors import UsageError
-    from modelsurgeon.ops.merge_methods import get_method
+    from modelsurgeon.ops.core.errors import UsageError
+    from modelsurgeon.ops.merge.methods import get_method
     from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef
-    from modelsurgeon.ops.errors import SurgeonError
+    from modelsurgeon.ops.core.errors import SurgeonError
 
     try:
         meth = get_method(method)
@@ -250,8 +250,8 @@ def _recipe_from_flags(method, base, models, weight, density, t, param):
 def _extract(finetune, base, rank, include, exclude, exact, output, force, dev, out_dtype, seed, dry_run, as_json, quiet) -> int:
     import torch
 
-    from modelsurgeon.ops.lora import plan_extract, run_extract
-    from modelsurgeon.ops.writer import OutputDir
+    from modelsurgeon.ops.merge.lora import plan_extract, run_extract
+    from modelsurgeon.ops.io.writer import OutputDir
 
     out = OutputDir(output, force)
     plan = plan_extract(finetune, base, rank, include, exclude)
@@ -290,7 +290,7 @@ def _extract(finetune, base, rank, include, exclude, exact, output, force, dev, 
 
 
 def _list_methods(as_json: bool) -> int:
-    from modelsurgeon.ops.merge_methods import REGISTRY
+    from modelsurgeon.ops.merge.methods import REGISTRY
 
     rows = []
     for m in REGISTRY.values():

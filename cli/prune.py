@@ -58,7 +58,7 @@ def prune(
     quiet: QuietOpt = False,
 ) -> int:
     """Zero the least important weights; write a dense safetensors checkpoint with exact zeros."""
-    from modelsurgeon.ops.errors import UsageError
+    from modelsurgeon.ops.core.errors import UsageError
     from modelsurgeon.recipes.prune import build_config
 
     cfg = build_config(
@@ -69,11 +69,11 @@ def prune(
 
     import json
 
-    from modelsurgeon.ops.checkpoint import open_checkpoint, prefetched
-    from modelsurgeon.ops.device import resolve_device
-    from modelsurgeon.ops.flow import write_folder
-    from modelsurgeon.ops.prune import PruneRun, plan_prune
-    from modelsurgeon.ops.writer import OutputDir, TensorSpec, parse_size
+    from modelsurgeon.ops.io.checkpoint import open_checkpoint, prefetched
+    from modelsurgeon.ops.core.device import resolve_device
+    from modelsurgeon.ops.io.output import write_folder
+    from modelsurgeon.ops.prune.run import PruneRun, plan_prune
+    from modelsurgeon.ops.io.writer import OutputDir, TensorSpec, parse_size
 
     shard = parse_size(max_shard_size)
     dev = resolve_device(device)

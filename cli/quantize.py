@@ -69,9 +69,9 @@ def quantize(
     quiet: QuietOpt = False,
 ) -> int:
     """Quantize a checkpoint's linear weights; report bits per weight and the error of every tensor."""
-    from modelsurgeon.ops.checkpoint import open_checkpoint
-    from modelsurgeon.ops.quantize import plan_quantize, run_quantize
-    from modelsurgeon.ops.writer import parse_size
+    from modelsurgeon.ops.io.checkpoint import open_checkpoint
+    from modelsurgeon.ops.quantize.run import plan_quantize, run_quantize
+    from modelsurgeon.ops.io.writer import parse_size
     from modelsurgeon.recipes.quantize import QuantizeConfig
 
     cfg = QuantizeConfig(scheme=scheme, format=fmt, group_size=group_size, asym=asym, optimizer=optimizer,

@@ -34,8 +34,8 @@ def report(
     quiet: QuietOpt = False,
 ) -> int:
     """Tensor-by-tensor statistics and totals; optionally compared with another checkpoint."""
-    from modelsurgeon.ops.checkpoint import open_checkpoint
-    from modelsurgeon.ops.report import build_report, compile_filter, parse_requirement
+    from modelsurgeon.ops.io.checkpoint import open_checkpoint
+    from modelsurgeon.ops.report.report import build_report, compile_filter, parse_requirement
 
     # plan: everything that can be checked before reading a tensor
     requirements = [parse_requirement(r, compare is not None) for r in (require or [])]

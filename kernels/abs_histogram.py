@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from modelsurgeon.ops.abs_histogram import check_window
+from modelsurgeon.ops.prune.abs_histogram import check_window
 
 BLOCK = 4096
 

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from modelsurgeon.ops.gguf_blocks import BLOCK, BLOCK_BYTES, row_bytes
+from modelsurgeon.ops.quantize.gguf_blocks import BLOCK, BLOCK_BYTES, row_bytes
 
 
 @triton.jit

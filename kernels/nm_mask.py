@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from modelsurgeon.ops.nm_mask import check_nm
+from modelsurgeon.ops.prune.nm_mask import check_nm
 
 
 @triton.jit

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from modelsurgeon.ops.pack import packed_cols
+from modelsurgeon.ops.quantize.pack import packed_cols
 
 
 @triton.jit

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from modelsurgeon.ops.quant import int_range, scale_dtype_for
+from modelsurgeon.ops.quantize.quant import int_range, scale_dtype_for
 
 _TL = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from modelsurgeon.ops.threshold_mask import _check
+from modelsurgeon.ops.prune.threshold_mask import _check
 
 BLOCK = 2048
 

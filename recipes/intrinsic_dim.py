@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from modelsurgeon.ops.errors import UsageError
+from modelsurgeon.ops.core.errors import UsageError
 
 VERSION = 1
 PROJECTIONS = ("auto", "dense", "sparse", "fastfood")

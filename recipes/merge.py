@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping, Union
 
-from modelsurgeon.ops.errors import PlanError, SurgeonError
+from modelsurgeon.ops.core.errors import PlanError, SurgeonError
 
 SCHEMA_VERSION = 1
 

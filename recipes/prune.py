@@ -22,7 +22,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from modelsurgeon.ops.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.errors import SurgeonError, UsageError
 
 RECIPE_VERSION = 1
 SCOPES = ("layer", "row", "global")

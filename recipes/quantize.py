@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from modelsurgeon.ops.errors import UsageError
+from modelsurgeon.ops.core.errors import UsageError
 
 CONFIG_VERSION = 1
 OPTIMIZERS = ("rtn", "hqq")

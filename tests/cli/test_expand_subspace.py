@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from helpers import assert_one_line_error, run
-from modelsurgeon.ops.id_models import model_for_task
-from modelsurgeon.ops.id_tasks import load_task
-from modelsurgeon.ops.intrinsic import Problem, save_subspace, train_run
+from modelsurgeon.ops.intrinsic.models import model_for_task
+from modelsurgeon.ops.intrinsic.tasks import load_task
+from modelsurgeon.ops.intrinsic.search import Problem, save_subspace, train_run
 from modelsurgeon.recipes.intrinsic_dim import IntrinsicDimConfig
 
 

@@ -220,7 +220,7 @@ def _reviews_csv(path: Path, n: int = 40) -> Path:
 def test_minilm_subspace_finetune_expands_to_a_loadable_checkpoint(capsys, tmp_path, minilm_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from modelsurgeon.ops.id_tasks import load_task
+    from modelsurgeon.ops.intrinsic.tasks import load_task
 
     data = _reviews_csv(tmp_path / "reviews.csv")
     sub = tmp_path / "minilm.safetensors"

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import make_tiny_llama
-from modelsurgeon.ops.merge_methods import MergeInputs, get_method
+from modelsurgeon.ops.merge.methods import MergeInputs, get_method
 
 
 def perturb(src: Path, dst: Path, seed: int, scale: float = 0.02, dtype: torch.dtype | None = None, names=None) -> Path:
@@ -45,7 +45,7 @@ def tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def method_out(method, base, xs, params, mps, name="w", seed=0):
-    from modelsurgeon.ops.merge import tensor_seed
+    from modelsurgeon.ops.merge.plan import tensor_seed
 
     m = get_method(method)
     p = {x.name: x.default for x in m.params} | params

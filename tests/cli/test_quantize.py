@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import make_tiny_llama, write_checkpoint
 from helpers import assert_one_line_error, run, run_json
-from modelsurgeon.ops.quant import group_dequantize, group_quantize, schemes
+from modelsurgeon.ops.quantize.quant import group_dequantize, group_quantize, schemes
 
 
 @pytest.fixture(scope="module")

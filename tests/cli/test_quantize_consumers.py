@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import add_byte_level_tokenizer, make_tiny_llama
 from helpers import run
-from modelsurgeon.ops.format_gguf import permute_rows
+from modelsurgeon.ops.quantize.formats.gguf import permute_rows
 
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")

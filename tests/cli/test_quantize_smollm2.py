@@ -72,8 +72,8 @@ def perplexities(smollm2_hf):
     """Perplexity of the source and of every scheme (quantized with the library call the CLI makes)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from modelsurgeon.ops.quant import QuantSpec, get_scheme, quantize_weight
-    from modelsurgeon.ops.targets import NOT_LINEAR
+    from modelsurgeon.ops.quantize.quant import QuantSpec, get_scheme, quantize_weight
+    from modelsurgeon.ops.io.targets import NOT_LINEAR
     from modelsurgeon.recipes.quantize import HQQConfig
 
     ids = AutoTokenizer.from_pretrained(smollm2_hf)(TEXT, return_tensors="pt").input_ids

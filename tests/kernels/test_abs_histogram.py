@@ -7,8 +7,8 @@ import pytest
 import torch
 from mask_cases import DTYPES, awkward
 
-from modelsurgeon.ops.abs_histogram import abs_histogram, abs_histogram_torch
-from modelsurgeon.ops.keys import abs_key, random_keys
+from modelsurgeon.ops.prune.abs_histogram import abs_histogram, abs_histogram_torch
+from modelsurgeon.ops.prune.keys import abs_key, random_keys
 
 SIZES = [
     1,  # one element
@@ -82,7 +82,7 @@ def test_more_than_2_31_elements_on_gpu():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cpu_routes_are_taken_and_sum_over_pieces(dtype):
-    from modelsurgeon.ops.abs_histogram import KeyHistogram
+    from modelsurgeon.ops.prune.abs_histogram import KeyHistogram
 
     x = awkward((3000,), dtype)
     mid = int(abs_key(x)[5])

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from modelsurgeon.kernels import should_use_triton
-from modelsurgeon.ops.fwht import fastfood_reference, fastfood_t_reference, fwht_reference
+from modelsurgeon.ops.intrinsic.fwht import fastfood_reference, fastfood_t_reference, fwht_reference
 
 if not should_use_triton("cpu" if not torch.cuda.is_available() else "cuda", True):  # pragma: no cover
     pytest.skip("Triton cannot run here", allow_module_level=True)

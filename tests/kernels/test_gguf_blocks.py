@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modelsurgeon.ops.gguf_blocks import quantize_blocks
+from modelsurgeon.ops.quantize.gguf_blocks import quantize_blocks
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # one block; a few blocks; more blocks than one program handles (64) and a remainder; a single long row

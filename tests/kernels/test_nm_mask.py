@@ -6,8 +6,8 @@ import pytest
 import torch
 from mask_cases import DTYPES, assert_equal, awkward
 
-from modelsurgeon.ops.keys import random_keys
-from modelsurgeon.ops.nm_mask import nm_mask
+from modelsurgeon.ops.prune.keys import random_keys
+from modelsurgeon.ops.prune.nm_mask import nm_mask
 
 CASES = [
     ((1, 4), 2, 4),  # one group

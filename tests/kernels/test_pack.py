@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modelsurgeon.ops.pack import pack_int32
+from modelsurgeon.ops.quantize.pack import pack_int32
 
 # one element; fewer than a word; a row that ends mid-word; spilling into a second program; odd sizes
 SHAPES = [(1, 1), (3, 7), (5, 33), (17, 100), (2, 256), (40, 520)]

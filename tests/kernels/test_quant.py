@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modelsurgeon.ops.quant import group_dequantize, group_quantize
+from modelsurgeon.ops.quantize.quant import group_dequantize, group_quantize
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (rows, cols, group): one group; fewer rows than a program's block; rows spilling into a second block;

@@ -6,8 +6,8 @@ import pytest
 import torch
 from mask_cases import DTYPES, assert_equal, awkward
 
-from modelsurgeon.ops.keys import abs_key, random_keys
-from modelsurgeon.ops.threshold_mask import threshold_mask
+from modelsurgeon.ops.prune.keys import abs_key, random_keys
+from modelsurgeon.ops.prune.threshold_mask import threshold_mask
 
 SHAPES = [
     (1, 1),  # one element
@@ -84,7 +84,7 @@ def test_more_than_2_31_elements_on_gpu():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cpu_route_equals_reference(dtype):
-    from modelsurgeon.ops.threshold_mask import _fast_cpu, threshold_mask_torch
+    from modelsurgeon.ops.prune.threshold_mask import _fast_cpu, threshold_mask_torch
 
     x = awkward((1, 5003), dtype, seed=4)
     keys = abs_key(x).view(-1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modelsurgeon.ops.errors import PlanError, SurgeonError
+from modelsurgeon.ops.core.errors import PlanError, SurgeonError
 from modelsurgeon.recipes.merge import Conditions, Gradient, ModelRef, evaluate, parse_recipe
 
 TIES = """\

@@ -1,0 +1,57 @@
+"""Which tensors a command changes. Shared by prune, quantize and any per-tensor surgery.
+
+Default targets are the 2-D float weights of linear layers: embeddings, the LM head, norms, biases
+and non-float tensors are left alone. ``include`` replaces that default rule with a regex over float
+tensors; ``exclude`` removes matches from whatever was selected. Patterns use ``re.search``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .checkpoint import Checkpoint, TensorInfo
+from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+
+# Names of 2-D weights that are not linear layers (embeddings, heads that tie to them).
+NOT_LINEAR = re.compile(
+    r"(embed|wte\.|wpe\.|word_embeddings|position_embeddings|token_type_embeddings|lm_head|shared\.weight|"
+    r"(^|\.)output\.weight$|norm|ln_f|ln_\d)",
+    re.IGNORECASE,
+)
+
+
+def compile_regex(pattern: str | None, flag: str) -> re.Pattern | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise UsageError(f"{flag} {pattern!r} is not a valid regular expression: {e}") from None
+
+
+def is_default_target(info: TensorInfo) -> bool:
+    return info.is_float and len(info.shape) == 2 and info.name.endswith("weight") and not NOT_LINEAR.search(info.name)
+
+
+def select_targets(
+    ck: Checkpoint,
+    include: str | None = None,
+    exclude: str | None = None,
+    include_flag: str = "--include",
+    exclude_flag: str = "--exclude",
+) -> list[str]:
+    """Names of the tensors to change, in checkpoint order. Raises when a pattern matches nothing."""
+    inc = compile_regex(include, include_flag)
+    exc = compile_regex(exclude, exclude_flag)
+    infos = ck.infos()
+    if inc is not None:
+        chosen = [i for i in infos if i.is_float and inc.search(i.name)]
+        if not chosen:
+            raise SurgeonError(f"{include_flag} {include!r} matches no float tensor of {ck.label}", "list names with `surgeon report MODEL`")
+    else:
+        chosen = [i for i in infos if is_default_target(i)]
+    if exc is not None:
+        if not any(exc.search(i.name) for i in infos):
+            raise SurgeonError(f"{exclude_flag} {exclude!r} matches no tensor of {ck.label}", "list names with `surgeon report MODEL`")
+        chosen = [i for i in chosen if not exc.search(i.name)]
+    return [i.name for i in chosen]

@@ -1,0 +1,137 @@
+"""Write quantized weights as compressed-tensors 0.20 checkpoints (what vLLM and transformers load).
+
+Per quantized Linear ``<prefix>.weight`` (tensor names, dtypes and shapes as compressed-tensors 0.20 writes
+them; checked against the library in tests/ops/test_format_compressed_tensors.py):
+
+    pack-quantized  (w4a16, w8a16)  weight_packed int32 (out, ceil(in*b/32))   weight_scale (out, groups)
+                                    weight_shape int64 (2,)                     weight_zero_point int32 (ceil(out*b/32), groups), asymmetric only
+    int-quantized   (w8a8)          weight int8 (out, in)                       weight_scale (out, 1) [+ weight_zero_point int8]
+    float-quantized (fp8)           weight float8_e4m3fn (out, in)              weight_scale (out, 1)
+
+Scales are stored in the weight's dtype. Symmetric zero points are not written ("vLLM does not support
+loading zero point parameters for symmetric schemes"). ``config.json`` gets the ``quantization_config``
+that ``ModelCompressor.update_config`` writes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from modelsurgeon.ops.core.errors import SurgeonError
+from modelsurgeon.ops.quantize.pack import pack_int32, packed_cols
+from modelsurgeon.ops.quantize.quant import QuantizedWeight, QuantSpec, scale_dtype_for
+from modelsurgeon.ops.io.targets import NOT_LINEAR
+from modelsurgeon.ops.io.writer import TensorSpec
+
+CT_VERSION = "0.20.0"  # the compressed-tensors release whose on-disk format this reproduces
+
+
+def module_name(tensor_name: str) -> str:
+    if not tensor_name.endswith(".weight"):
+        raise SurgeonError(
+            f"{tensor_name} is not a Linear weight (its name does not end in .weight); compressed-tensors quantizes Linear layers",
+            "leave it out with --ignore, or use --format dense",
+        )
+    return tensor_name[: -len(".weight")]
+
+
+def weight_args(spec: QuantSpec) -> dict:
+    s = spec.scheme
+    channel = spec.group_size == -1
+    return {
+        "dynamic": False,
+        "group_size": None if channel else spec.group_size,
+        "num_bits": s.bits,
+        "strategy": "channel" if channel else "group",
+        "symmetric": spec.symmetric,
+        "type": "float" if s.family == "fp8" else "int",
+    }
+
+
+def quantization_config(spec: QuantSpec, ignore: list[str]) -> dict:
+    fmt = spec.scheme.ct_format
+    return {
+        "config_groups": {
+            "group_0": {
+                "format": fmt,
+                "input_activations": dict(spec.scheme.activations) if spec.scheme.activations else None,
+                "output_activations": None,
+                "targets": ["Linear"],
+                "weights": weight_args(spec),
+            }
+        },
+        "format": fmt,
+        "global_compression_ratio": None,
+        "ignore": list(ignore),
+        "kv_cache_scheme": None,
+        "moe_sparsity_config": None,
+        "quant_method": "compressed-tensors",
+        "quantization_status": "compressed",
+        "sparsity_config": {},
+        "transform_config": {},
+        "version": CT_VERSION,
+    }
+
+
+def ignore_list(infos, quantized: set[str], config: dict | None) -> list[str]:
+    """Linear modules left unquantized, so that the loader does not expect quantized tensors for them.
+
+    Every 2-D float ``*.weight`` that is not quantized and is not an embedding or a norm, plus ``lm_head``
+    when the head is tied to the embeddings (its module exists although the checkpoint has no tensor).
+    """
+    out = []
+    for info in infos:
+        if info.name in quantized or not info.name.endswith(".weight") or len(info.shape) != 2 or not info.is_float:
+            continue
+        if NOT_LINEAR.search(info.name) and "lm_head" not in info.name and not info.name.endswith("output.weight"):
+            continue
+        out.append(info.name[: -len(".weight")])
+    names = {i.name for i in infos}
+    if "lm_head.weight" not in names and (config or {}).get("tie_word_embeddings"):
+        out.append("lm_head")
+    return out
+
+
+def output_specs(name: str, shape: tuple[int, ...], dtype: torch.dtype, spec: QuantSpec) -> list[TensorSpec]:
+    prefix = module_name(name)
+    rows, cols = shape
+    sd = scale_dtype_for(dtype)
+    groups = 1 if spec.group_size == -1 else cols // spec.group_size
+    b = spec.scheme.bits
+    fmt = spec.scheme.ct_format
+    if fmt == "pack-quantized":
+        out = [TensorSpec(f"{prefix}.weight_packed", (rows, packed_cols(cols, b)), torch.int32),
+               TensorSpec(f"{prefix}.weight_scale", (rows, groups), sd)]
+        if not spec.symmetric:
+            out.append(TensorSpec(f"{prefix}.weight_zero_point", (packed_cols(rows, b), groups), torch.int32))
+        out.append(TensorSpec(f"{prefix}.weight_shape", (2,), torch.int64))
+        return out
+    if fmt == "int-quantized":
+        out = [TensorSpec(f"{prefix}.weight", (rows, cols), torch.int8), TensorSpec(f"{prefix}.weight_scale", (rows, groups), sd)]
+        if not spec.symmetric:
+            out.append(TensorSpec(f"{prefix}.weight_zero_point", (rows, groups), torch.int8))
+        return out
+    if fmt == "float-quantized":
+        return [TensorSpec(f"{prefix}.weight", (rows, cols), torch.float8_e4m3fn), TensorSpec(f"{prefix}.weight_scale", (rows, 1), sd)]
+    raise ValueError(f"no compressed-tensors format for {spec.scheme.name}")
+
+
+def output_tensors(name: str, qw: QuantizedWeight, spec: QuantSpec, use_triton: bool | None = None) -> list[tuple[str, torch.Tensor]]:
+    """The tensors of ``output_specs``, in the same order, on the CPU."""
+    prefix = module_name(name)
+    p = qw.parts
+    codes = p["codes"]
+    fmt = spec.scheme.ct_format
+    if fmt == "pack-quantized":
+        b = spec.scheme.bits
+        out = [(f"{prefix}.weight_packed", pack_int32(codes, b, 1, use_triton)), (f"{prefix}.weight_scale", p["scale"])]
+        if not spec.symmetric:
+            out.append((f"{prefix}.weight_zero_point", pack_int32(p["zero"], b, 0, use_triton)))
+        out.append((f"{prefix}.weight_shape", torch.tensor(list(codes.shape), dtype=torch.int64)))
+    elif fmt == "int-quantized":
+        out = [(f"{prefix}.weight", codes), (f"{prefix}.weight_scale", p["scale"])]
+        if not spec.symmetric:
+            out.append((f"{prefix}.weight_zero_point", p["zero"]))
+    else:
+        out = [(f"{prefix}.weight", codes), (f"{prefix}.weight_scale", p["scale"])]
+    return [(n, t.cpu()) for n, t in out]
