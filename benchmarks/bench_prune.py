@@ -78,7 +78,8 @@ import json, sys, time
 import torch
 from modelsurgeon.ops.io.checkpoint import open_checkpoint
 from modelsurgeon.ops.io.output import write_folder
-from modelsurgeon.ops.io.writer import OutputDir, TensorSpec
+from modelsurgeon.ops.io.output import OutputDir
+from modelsurgeon.ops.io.writer import TensorSpec
 t0 = time.perf_counter()
 with open_checkpoint(sys.argv[1]) as ck:
     specs = [TensorSpec(i.name, i.shape, i.torch_dtype) for i in ck.infos()]

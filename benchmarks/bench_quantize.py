@@ -78,7 +78,8 @@ FLOOR = """
 import sys, torch
 from modelsurgeon.ops.io.checkpoint import open_checkpoint
 from modelsurgeon.ops.io.output import write_folder
-from modelsurgeon.ops.io.writer import OutputDir, TensorSpec
+from modelsurgeon.ops.io.output import OutputDir
+from modelsurgeon.ops.io.writer import TensorSpec
 ck = open_checkpoint(sys.argv[1])
 specs = [TensorSpec(i.name, i.shape, i.torch_dtype) for i in ck.infos()]
 write_folder(OutputDir(sys.argv[2], force=True), specs, ck.iter_tensors(), source=ck, command="floor", max_shard_size=1 << 40)

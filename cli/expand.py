@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-from ._common import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, OutputOpt, QuietOpt, command_line, emit_json, fmt_count, note
+from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, OutputOpt, QuietOpt, command_line
+
+from ._output import emit_json, fmt_count, note
 
 EPILOG = """Examples:
 
@@ -31,7 +33,8 @@ def expand_subspace(
     quiet: QuietOpt = False,
 ) -> int:
     """Rebuild theta_0 + P theta_d from a subspace file and write the full trained checkpoint."""
-    from modelsurgeon.ops.io.writer import OutputDir, TensorSpec, parse_size
+    from modelsurgeon.ops.io.output import OutputDir
+    from modelsurgeon.ops.io.writer import TensorSpec, parse_size
 
     limit = parse_size(max_shard_size)
     out = OutputDir(output, force)
@@ -73,7 +76,7 @@ def expand_subspace(
     if as_json:
         emit_json(summary)
     else:
-        from ._common import out_console
+        from ._output import out_console
 
         out_console().print(
             f"wrote {path}: {summary['tensors']} tensors, {fmt_count(summary['params'])} parameters from d = {rec['d']:,} numbers "

@@ -10,7 +10,9 @@ from typing import Annotated
 
 import typer
 
-from ._common import DeviceOpt, ForceOpt, JsonOpt, QuietOpt, RevisionOpt, command_line, emit_json, fmt_float, note, warn
+from ._options import DeviceOpt, ForceOpt, JsonOpt, QuietOpt, RevisionOpt, command_line
+
+from ._output import emit_json, fmt_float, note, warn
 
 EPILOG = """Examples:
 
@@ -235,7 +237,7 @@ class _RunProgress:
             return lambda *a, **k: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from ._common import err_console
+        from ._output import err_console
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
                             TimeElapsedColumn(), console=err_console(), transient=True)
@@ -281,7 +283,7 @@ def _print_summary(out: dict) -> None:
     from rich import box
     from rich.table import Table
 
-    from ._common import out_console
+    from ._output import out_console
 
     console = out_console()
     metric = out["metric"]
@@ -328,7 +330,7 @@ def _plot(out: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from modelsurgeon.ops.io.writer import OutputFile
+    from modelsurgeon.ops.io.output import OutputFile
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     runs = [r for r in out["records"] if r["d"] is not None]

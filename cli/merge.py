@@ -6,20 +6,9 @@ from typing import Annotated
 
 import typer
 
-from ._common import (
-    DEFAULT_MAX_SHARD,
-    DeviceOpt,
-    ForceOpt,
-    JsonOpt,
-    MaxShardOpt,
-    QuietOpt,
-    command_line,
-    emit_json,
-    fmt_bytes,
-    fmt_count,
-    progress,
-    warn,
-)
+from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, command_line
+
+from ._output import emit_json, fmt_bytes, fmt_count, progress, warn
 
 EPILOG = """Examples:
 
@@ -251,7 +240,7 @@ def _extract(finetune, base, rank, include, exclude, exact, output, force, dev, 
     import torch
 
     from modelsurgeon.ops.merge.lora import plan_extract, run_extract
-    from modelsurgeon.ops.io.writer import OutputDir
+    from modelsurgeon.ops.io.output import OutputDir
 
     out = OutputDir(output, force)
     plan = plan_extract(finetune, base, rank, include, exclude)
@@ -312,7 +301,7 @@ def _list_methods(as_json: bool) -> int:
     from rich import box
     from rich.table import Table
 
-    from ._common import out_console
+    from ._output import out_console
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for col in ("method", "base", "models", "parameters (default)", "per model (default)", "summary"):
@@ -325,7 +314,7 @@ def _list_methods(as_json: bool) -> int:
 
 
 def _print_plan(s: dict) -> None:
-    from ._common import out_console
+    from ._output import out_console
 
     console = out_console()
     lines = []

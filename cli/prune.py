@@ -7,20 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ._common import (
-    DEFAULT_MAX_SHARD,
-    DeviceOpt,
-    ForceOpt,
-    JsonOpt,
-    MaxShardOpt,
-    QuietOpt,
-    RevisionOpt,
-    command_line,
-    emit_json,
-    fmt_count,
-    note,
-    progress,
-)
+from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, RevisionOpt, command_line
+
+from ._output import emit_json, fmt_count, note, progress
 
 EPILOG = """Examples:
 
@@ -69,11 +58,14 @@ def prune(
 
     import json
 
-    from modelsurgeon.ops.io.checkpoint import open_checkpoint, prefetched
+    from modelsurgeon.ops.io.checkpoint import open_checkpoint
+
+    from modelsurgeon.ops.core.streaming import prefetched
     from modelsurgeon.ops.core.device import resolve_device
     from modelsurgeon.ops.io.output import write_folder
     from modelsurgeon.ops.prune.run import PruneRun, plan_prune
-    from modelsurgeon.ops.io.writer import OutputDir, TensorSpec, parse_size
+    from modelsurgeon.ops.io.output import OutputDir
+    from modelsurgeon.ops.io.writer import TensorSpec, parse_size
 
     shard = parse_size(max_shard_size)
     dev = resolve_device(device)
@@ -185,7 +177,7 @@ def _print(r: dict) -> None:
     from rich import box
     from rich.table import Table
 
-    from ._common import fmt_float, out_console
+    from ._output import fmt_float, out_console
 
     console = out_console()
     what = f"{r['method']} {r['pattern'] or r['scope']}"

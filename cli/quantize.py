@@ -6,21 +6,9 @@ from typing import Annotated
 
 import typer
 
-from ._common import (
-    DEFAULT_MAX_SHARD,
-    DeviceOpt,
-    ForceOpt,
-    JsonOpt,
-    MaxShardOpt,
-    QuietOpt,
-    RevisionOpt,
-    command_line,
-    emit_json,
-    fmt_bytes,
-    fmt_float,
-    note,
-    progress,
-)
+from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, RevisionOpt, command_line
+
+from ._output import emit_json, fmt_bytes, fmt_float, note, progress
 
 # Kept in step with ops/quant.py's registry by tests/cli/test_quantize.py (help must not import torch).
 SCHEME_NAMES = "w4a16, w8a16, w8a8, fp8, nf4, binary, q8_0, q4_0, q4_1, q5_0, q5_1"
@@ -95,7 +83,7 @@ def _print_table(r: dict) -> None:
     from rich import box
     from rich.table import Table
 
-    from ._common import out_console
+    from ._output import out_console
 
     console = out_console()
     t = Table(title=f"{r['model']} -> {r['output']}  ({r['scheme']}, {r['format']})", title_justify="left",

@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-from ._common import JsonOpt, QuietOpt, RevisionOpt, emit_json, fmt_bytes, fmt_count, fmt_float, progress
+from ._options import JsonOpt, QuietOpt, RevisionOpt
+
+from ._output import emit_json, fmt_bytes, fmt_count, fmt_float, progress
 
 EPILOG = """Examples:
 
@@ -75,7 +77,7 @@ def _print_table(r: dict) -> None:
     from rich import box
     from rich.table import Table
 
-    from ._common import out_console
+    from ._output import out_console
 
     console = out_console()
     cmp = "compare" in r

@@ -449,7 +449,8 @@ def trained_flat(problem: Problem, cfg, run: Run) -> tuple[torch.Tensor, torch.T
 def save_subspace(path: str | Path, problem: Problem, cfg, run: Run, extra: dict, command: str, force: bool = False) -> dict:
     from safetensors.torch import save_file
 
-    from modelsurgeon.ops.io.writer import OutputFile, provenance
+    from modelsurgeon.ops.io.output import OutputFile
+    from modelsurgeon.ops.io.writer import provenance
 
     theta0, flat = trained_flat(problem, cfg, run)
     rec = subspace_record(problem, cfg, run, theta0, flat, extra)

@@ -24,6 +24,8 @@ from typing import Iterable, Iterator
 import torch
 
 from modelsurgeon.ops.core.errors import CheckpointError, UsageError
+from modelsurgeon.ops.core.names import TIED_EMBEDDINGS
+from modelsurgeon.ops.core.streaming import prefetched
 
 # safetensors dtype name -> (torch dtype or None when this torch lacks it, bytes per element)
 _ST_DTYPES: dict[str, tuple[str, float]] = {
@@ -368,7 +370,7 @@ class Checkpoint:
                         seen[key] = name
         cfg = self.config or {}
         if cfg.get("tie_word_embeddings") and "lm_head.weight" in self._infos:
-            for emb in ("model.embed_tokens.weight", "transformer.wte.weight", "model.embed_in.weight"):
+            for emb in TIED_EMBEDDINGS:
                 if emb in self._infos and self._infos[emb].shape == self._infos["lm_head.weight"].shape:
                     aliases.setdefault("lm_head.weight", emb)
         return aliases
@@ -437,67 +439,6 @@ class Checkpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def prefetched(
-    it: Iterator,
-    depth: int = 2,
-    costs: list[int] | None = None,
-    budget: float | None = None,
-    worker_threads: int | None = None,
-) -> Iterator:
-    """Run ``it`` on a background thread, up to ``depth`` items ahead of the caller (file reads release
-    the GIL). With ``costs`` (bytes per item) and a ``budget``, item k+1 is produced while the caller
-    holds item k only if both fit in the budget together; otherwise only once the caller is done with k.
-    ``worker_threads`` sets torch's intra-op threads in the worker (1 when the caller runs its own pool)."""
-    import queue
-    import threading
-
-    it = iter(it)
-    q: queue.Queue = queue.Queue()
-    permits = threading.Semaphore(depth)
-    stop = threading.Event()
-    done = object()
-
-    def work():
-        if worker_threads is not None:
-            torch.set_num_threads(worker_threads)
-        try:
-            while True:
-                permits.acquire()
-                if stop.is_set():
-                    return
-                try:
-                    item = next(it)
-                except StopIteration:
-                    q.put(done)
-                    return
-                q.put(item)
-        except BaseException as e:  # hand the error to the consumer
-            q.put(e)
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    k = 0
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            early = costs is None or budget is None or k + 1 >= len(costs) or costs[k] + costs[k + 1] <= budget
-            if early:
-                permits.release()
-            yield item
-            del item
-            if not early:
-                permits.release()
-            k += 1
-    finally:
-        stop.set()
-        permits.release()
-        t.join(timeout=5)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,14 +11,7 @@ import re
 
 from .checkpoint import Checkpoint, TensorInfo
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
-
-# Names of 2-D weights that are not linear layers (embeddings, heads that tie to them).
-NOT_LINEAR = re.compile(
-    r"(embed|wte\.|wpe\.|word_embeddings|position_embeddings|token_type_embeddings|lm_head|shared\.weight|"
-    r"(^|\.)output\.weight$|norm|ln_f|ln_\d)",
-    re.IGNORECASE,
-)
-
+from modelsurgeon.ops.core.names import is_linear_weight
 
 def compile_regex(pattern: str | None, flag: str) -> re.Pattern | None:
     if pattern is None:
@@ -30,7 +23,7 @@ def compile_regex(pattern: str | None, flag: str) -> re.Pattern | None:
 
 
 def is_default_target(info: TensorInfo) -> bool:
-    return info.is_float and len(info.shape) == 2 and info.name.endswith("weight") and not NOT_LINEAR.search(info.name)
+    return info.is_float and len(info.shape) == 2 and is_linear_weight(info.name)
 
 
 def select_targets(

@@ -1,12 +1,11 @@
-"""Write checkpoints: an atomic output folder and a streaming, sharded safetensors writer.
+"""Write checkpoints: a streaming, sharded safetensors writer, provenance, and the files copied beside it.
 
 The writer is given the full list of output tensors (name, shape, dtype) before any data
 arrives, which the plan step knows anyway. With it every shard's header, and so every byte
 offset, is fixed in advance: each shard file is written front to back exactly once, tensors
 are appended as they are produced, and no shard is ever buffered in memory.
 
-Output goes into a hidden temporary folder beside the target; ``OutputDir.commit`` renames it
-into place at the very end, so an error or Ctrl-C leaves nothing behind.
+The atomic output folder the writer fills lives in ``output.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Callable, Iterable
 import torch
 
 from .checkpoint import Checkpoint, torch_dtype_to_st
-from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.errors import UsageError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
 
@@ -41,73 +39,6 @@ def parse_size(text: str | int) -> int:
     if value <= 0:
         raise UsageError(f"size {text!r} must be positive")
     return value
-
-
-# --------------------------------------------------------------------------------------------
-# the atomic output folder
-
-
-class OutputDir:
-    """A temporary folder beside ``target`` that becomes ``target`` on commit, or vanishes."""
-
-    def __init__(self, target: str | Path, force: bool = False):
-        self.target = Path(target)
-        if self.target.exists() and not force:
-            raise SurgeonError(f"output {self.target} already exists", "pass --force to replace it, or pick another -o")
-        if self.target.exists() and not self.target.is_dir():
-            raise SurgeonError(f"output {self.target} exists and is not a folder", "remove it or pick another -o")
-        self.path = self.target.parent / f".{self.target.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
-        self._done = False
-
-    def __enter__(self) -> "OutputDir":
-        try:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            self.path.mkdir()
-        except OSError as e:
-            raise SurgeonError(f"cannot create the output folder {self.target}: {e.strerror}") from None
-        return self
-
-    def commit(self) -> Path:
-        """Move the finished folder into place (replacing an old one only now, at the end)."""
-        old = None
-        if self.target.exists():
-            old = self.target.parent / f".{self.target.name}.old-{secrets.token_hex(3)}"
-            os.replace(self.target, old)
-        os.replace(self.path, self.target)
-        self._done = True
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return self.target
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._done:
-            shutil.rmtree(self.path, ignore_errors=True)
-
-
-class OutputFile:
-    """The same promise for a single output file (a GGUF, a subspace file)."""
-
-    def __init__(self, target: str | Path, force: bool = False):
-        self.target = Path(target)
-        if self.target.exists() and not force:
-            raise SurgeonError(f"output {self.target} already exists", "pass --force to replace it, or pick another -o")
-        if self.target.is_dir():
-            raise SurgeonError(f"output {self.target} is a folder", "give a file name")
-        self.path = self.target.parent / f".{self.target.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
-        self._done = False
-
-    def __enter__(self) -> "OutputFile":
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def commit(self) -> Path:
-        os.replace(self.path, self.target)
-        self._done = True
-        return self.target
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._done:
-            self.path.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------

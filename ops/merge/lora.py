@@ -235,7 +235,7 @@ class LoraCheckpoint:
                     None if m.magnitude is None else self.adapter.ck.get(m.magnitude))
 
     def iter_tensors(self, names=None, prefetch: bool = True):
-        from modelsurgeon.ops.io.checkpoint import prefetched
+        from modelsurgeon.ops.core.streaming import prefetched
 
         names = list(self.base.names() if names is None else names)
         it = ((n, self.get(n)) for n in names)
@@ -410,7 +410,7 @@ def run_extract(plan: ExtractPlan, out, *, base_spec: str, out_dtype: torch.dtyp
     """Stream the targets through a truncated SVD into a PEFT adapter folder; commit it atomically."""
     import time
 
-    from modelsurgeon.ops.io.checkpoint import prefetched
+    from modelsurgeon.ops.core.streaming import prefetched
     from modelsurgeon.ops.io.writer import ShardedWriter, TensorSpec, provenance
 
     t0 = time.perf_counter()

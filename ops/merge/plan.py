@@ -32,27 +32,17 @@ import torch
 
 from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef, SliceDef, evaluate
 
-from modelsurgeon.ops.io.checkpoint import TOKENIZER_FILES, open_checkpoint, prefetched
+from modelsurgeon.ops.io.checkpoint import TOKENIZER_FILES, open_checkpoint
+
+from modelsurgeon.ops.core.streaming import prefetched
 from . import sparsify
 from modelsurgeon.ops.core.errors import PlanError, SurgeonError
+from modelsurgeon.ops.core.names import EMBEDDING, NUM_LAYERS_KEYS, TIED_EMBEDDINGS, layer_span, with_layer
 from .methods import MergeInputs, MergeMethod, Param, all_param_names, get_method
-from modelsurgeon.ops.io.writer import OutputDir, TensorSpec
+from modelsurgeon.ops.io.output import OutputDir
+from modelsurgeon.ops.io.writer import TensorSpec
 
-LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?=\.|$)")
-ANY_INDEX_RE = re.compile(r"\.(\d+)(?=\.)")
-PRE_RE = re.compile(r"embed|(^|\.)(wte|wpe)\.|word_embeddings|position_embeddings|token_type_embeddings", re.IGNORECASE)
-LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _MISSING = object()
-
-
-def layer_span(name: str) -> tuple[int, int, int] | None:
-    """(layer index, start, end) of the layer number in a tensor name, or None."""
-    m = LAYER_RE.search(name) or ANY_INDEX_RE.search(name)
-    return (int(m.group(1)), m.start(1), m.end(1)) if m else None
-
-
-def with_layer(name: str, span: tuple[int, int, int], index: int) -> str:
-    return name[: span[1]] + str(index) + name[span[2] :]
 
 
 def torch_dtype(name: str | None) -> torch.dtype | None:
@@ -374,7 +364,7 @@ class _Builder:
             return name
         alias = ck.tied_aliases().get(name) if hasattr(ck, "tied_aliases") else None
         if alias is None and name == "lm_head.weight" and (ck.config or {}).get("tie_word_embeddings", True):
-            for emb in ("model.embed_tokens.weight", "transformer.wte.weight", "model.embed_in.weight"):
+            for emb in TIED_EMBEDDINGS:
                 if emb in ck:
                     alias = emb
                     break
@@ -382,7 +372,7 @@ class _Builder:
 
     def num_layers(self, i: int) -> int:
         cfg = self.ck(i).config or {}
-        for key in LAYER_KEYS:
+        for key in NUM_LAYERS_KEYS:
             if isinstance(cfg.get(key), int):
                 return cfg[key]
         idx = [s[0] for n in self.ck(i).names() if (s := layer_span(n))]
@@ -586,8 +576,8 @@ class _Builder:
         if self.problems:
             return
         ref_ck = self.ck(self.config_model)
-        pre = [n for n in ref_ck.names() if layer_span(n) is None and PRE_RE.search(n)]
-        post = [n for n in ref_ck.names() if layer_span(n) is None and not PRE_RE.search(n)]
+        pre = [n for n in ref_ck.names() if layer_span(n) is None and EMBEDDING.search(n)]
+        post = [n for n in ref_ck.names() if layer_span(n) is None and not EMBEDDING.search(n)]
         self._non_layer(pre, plans[0])
         out_layer = 0
         for s, base_in, others in plans:
@@ -597,7 +587,7 @@ class _Builder:
                 self._layer(s, base_in, others, i, out_layer, t)
                 out_layer += 1
         self._non_layer(post, plans[-1])
-        key = next((k for k in LAYER_KEYS if isinstance((ref_ck.config or {}).get(k), int)), None)
+        key = next((k for k in NUM_LAYERS_KEYS if isinstance((ref_ck.config or {}).get(k), int)), None)
         if key is not None:
             self.config_updates[key] = out_layer
         else:

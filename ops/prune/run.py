@@ -29,7 +29,8 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .abs_histogram import KeyHistogram, abs_histogram
-from modelsurgeon.ops.io.checkpoint import Checkpoint, prefetched
+from modelsurgeon.ops.io.checkpoint import Checkpoint
+from modelsurgeon.ops.core.streaming import prefetched
 from modelsurgeon.ops.core.errors import PlanError, SurgeonError
 from .keys import abs_key, key_value, random_keys, resolution_shift
 from .nm_mask import nm_mask

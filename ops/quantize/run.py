@@ -97,7 +97,7 @@ def check_not_quantized(ck: Checkpoint) -> None:
 
 
 def plan_quantize(ck: Checkpoint, cfg: QuantizeConfig, output: str, force: bool, max_shard_size: str = "5GB") -> QuantPlan:
-    from modelsurgeon.ops.io.writer import OutputDir, OutputFile
+    from modelsurgeon.ops.io.output import OutputDir, OutputFile
 
     notes: list[str] = []
     spec = resolve_spec(cfg, notes)

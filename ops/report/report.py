@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from modelsurgeon.ops.io.checkpoint import Checkpoint, TensorInfo, prefetched
+from modelsurgeon.ops.io.checkpoint import Checkpoint, TensorInfo
+
+from modelsurgeon.ops.core.streaming import prefetched
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
 from modelsurgeon.ops.io.targets import compile_regex
 from .stats import CompareStats, TensorStats

@@ -20,7 +20,7 @@ import torch
 from modelsurgeon.ops.core.errors import SurgeonError
 from modelsurgeon.ops.quantize.pack import pack_int32, packed_cols
 from modelsurgeon.ops.quantize.quant import QuantizedWeight, QuantSpec, scale_dtype_for
-from modelsurgeon.ops.io.targets import NOT_LINEAR
+from modelsurgeon.ops.core.names import NOT_LINEAR
 from modelsurgeon.ops.io.writer import TensorSpec
 
 CT_VERSION = "0.20.0"  # the compressed-tensors release whose on-disk format this reproduces

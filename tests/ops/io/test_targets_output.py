@@ -9,7 +9,8 @@ from modelsurgeon.ops.io.checkpoint import open_checkpoint
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
 from modelsurgeon.ops.io.output import write_folder
 from modelsurgeon.ops.io.targets import select_targets
-from modelsurgeon.ops.io.writer import OutputDir, TensorSpec
+from modelsurgeon.ops.io.output import OutputDir
+from modelsurgeon.ops.io.writer import TensorSpec
 
 
 def test_default_targets_on_minilm(minilm_dir):

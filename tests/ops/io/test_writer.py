@@ -10,7 +10,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
-from modelsurgeon.ops.io.writer import OutputDir, ShardedWriter, TensorSpec, parse_size
+from modelsurgeon.ops.io.output import OutputDir
+from modelsurgeon.ops.io.writer import ShardedWriter, TensorSpec, parse_size
 
 
 def _tensors():

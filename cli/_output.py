@@ -1,38 +1,21 @@
-"""What every command shares: output streams, the options they all take, progress, JSON.
+"""The one output module: what a command prints and where.
 
-Nothing here imports torch, so `surgeon --help` stays fast; commands import ops/ inside their
-function bodies, after their flags are checked.
+- stdout carries the result and nothing else: a Rich table for people, or exactly one JSON object with
+  ``--json`` (``render``);
+- stderr carries progress (``RichProgress``, the CLI's side of ``ops.core.progress``), notes and
+  warnings (``note``, ``warn``);
+- numbers are formatted the same way in every command (``fmt_*``).
+
+Nothing here imports torch, so ``surgeon --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shlex
 import sys
 from contextlib import contextmanager
-from typing import Annotated, Iterator
-
-import typer
-
-# --- options shared by commands (one definition, so help texts and defaults cannot drift)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
-RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit) of MODEL.")]
-MaxShardOpt = Annotated[
-    str, typer.Option("--max-shard-size", help="Largest output shard, e.g. 5GB, 500MB, 2GiB.")
-]
-DeviceOpt = Annotated[
-    str, typer.Option("--device", help="Where the math runs: auto (CUDA when present), cpu, cuda, cuda:N.")
-]
-OutputOpt = Annotated[str, typer.Option("--output", "-o", help="Output folder (written atomically).")]
-DEFAULT_MAX_SHARD = "5GB"
-
-
-def command_line() -> str:
-    """The command as the user typed it, for provenance."""
-    return " ".join(["surgeon", *map(shlex.quote, sys.argv[1:])])
+from typing import Callable, Iterator
 
 
 def err_console():
@@ -49,6 +32,16 @@ def out_console():
     if not console.is_terminal:
         console = Console(width=200)
     return console
+
+
+def render(result, as_json: bool, table: Callable[[dict], None]) -> None:
+    """Print a command's result: one JSON object (``--json``), or its table. ``result`` is a dict or an
+    object with ``to_dict()`` (every ops result)."""
+    data = result.to_dict() if hasattr(result, "to_dict") else result
+    if as_json:
+        emit_json(data)
+    else:
+        table(data)
 
 
 def note(msg: str, quiet: bool = False) -> None:
@@ -134,3 +127,59 @@ def fmt_float(v, digits: int = 4) -> str:
     if abs(v) >= 1e4 or abs(v) < 1e-3:
         return f"{v:.{digits - 1}e}"
     return f"{v:.{digits}g}"
+
+
+class RichProgress:
+    """``ops.core.progress.Progress`` as a Rich bar on stderr; notes print above it. Silent with --quiet
+    (warnings still print: they start with "warning")."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self._bar = None
+        self._task = None
+
+    def __enter__(self) -> "RichProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+            self._bar = None
+
+    def start(self, description: str, total: float | None = None, unit: str = "items") -> None:
+        if self.quiet:
+            return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+        cols = [TextColumn("{task.description}"), BarColumn()]
+        if unit == "bytes":
+            cols += [DownloadColumn(), TransferSpeedColumn()]
+        else:
+            cols += [MofNCompleteColumn(), TextColumn(unit)]
+        cols += [TimeElapsedColumn(), TimeRemainingColumn()]
+        self._bar = Progress(*cols, console=err_console(), transient=True)
+        self._bar.__enter__()
+        self._task = self._bar.add_task(description, total=total)
+
+    def advance(self, n: float = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=n)
+
+    def note(self, message: str) -> None:
+        if self.quiet and not message.startswith("warning"):
+            return
+        if self._bar is not None:
+            self._bar.console.print(message, highlight=False, markup=False, soft_wrap=True)
+        else:
+            print(message, file=sys.stderr)
