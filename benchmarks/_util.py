@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -33,7 +32,9 @@ def python_snippet(code: str) -> list[str]:
 def machine() -> str:
     """CPU, cores and versions. Asks a child for torch's version: this process must stay small,
     because a forked child inherits the parent's peak RSS in ru_maxrss."""
-    tv = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True).stdout.strip()
+    tv = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
+    ).stdout.strip()
     cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):

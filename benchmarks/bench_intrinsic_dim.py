@@ -29,9 +29,8 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import machine  # noqa: E402
-
 import torch  # noqa: E402
+from _util import machine  # noqa: E402
 
 from modelsurgeon.ops.intrinsic.fwht import fastfood, fastfood_t, fwht_kron, fwht_reference  # noqa: E402
 from modelsurgeon.ops.intrinsic.projections import make_projection  # noqa: E402
@@ -52,7 +51,10 @@ def best(fn, reps: int) -> float:
 
 
 def bench_fwht(sizes: list[int]) -> list[str]:
-    rows = ["| L | butterfly (reference) ms | Kronecker (CPU path) ms | speed-up | Kronecker GB/s (8 L bytes per pass) |", "|---|---|---|---|---|"]
+    rows = [
+        "| L | butterfly (reference) ms | Kronecker (CPU path) ms | speed-up | Kronecker GB/s (8 L bytes per pass) |",
+        "|---|---|---|---|---|",
+    ]
     for n in sizes:
         L = 1 << n
         x = torch.randn(L, generator=torch.Generator().manual_seed(0))
@@ -60,14 +62,19 @@ def bench_fwht(sizes: list[int]) -> list[str]:
         t_ref = best(lambda: fwht_reference(x), reps)
         t_kron = best(lambda: fwht_kron(x), reps)
         passes = -(-n // 5)
-        rows.append(f"| 2^{n} | {t_ref * 1e3:.1f} | {t_kron * 1e3:.1f} | {t_ref / t_kron:.2f}x | {passes * 8 * L / t_kron / 1e9:.2f} |")
+        rows.append(
+            f"| 2^{n} | {t_ref * 1e3:.1f} | {t_kron * 1e3:.1f} | {t_ref / t_kron:.2f}x | {passes * 8 * L / t_kron / 1e9:.2f} |"
+        )
     return rows
 
 
 def bench_fwht_gpu(sizes: list[int]) -> list[str]:
     from modelsurgeon.kernels.fwht import fwht_triton, pass_plan
 
-    rows = ["| L | torch butterfly ms | Triton ms | speed-up | Triton GB/s | copy GB/s | of copy |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| L | torch butterfly ms | Triton ms | speed-up | Triton GB/s | copy GB/s | of copy |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for n in sizes:
         L = 1 << n
         x = torch.randn(L, device="cuda")
@@ -76,7 +83,9 @@ def bench_fwht_gpu(sizes: list[int]) -> list[str]:
         t_copy = best(lambda: x.clone(), 20)
         moved = len(pass_plan(L)) * 8 * L
         bw, copy_bw = moved / t_tri / 1e9, 8 * L / t_copy / 1e9
-        rows.append(f"| 2^{n} | {t_ref * 1e3:.3f} | {t_tri * 1e3:.3f} | {t_ref / t_tri:.1f}x | {bw:.0f} | {copy_bw:.0f} | {bw / copy_bw:.0%} |")
+        rows.append(
+            f"| 2^{n} | {t_ref * 1e3:.3f} | {t_tri * 1e3:.3f} | {t_ref / t_tri:.1f}x | {bw:.0f} | {copy_bw:.0f} | {bw / copy_bw:.0%} |"
+        )
     return rows
 
 
@@ -151,7 +160,9 @@ def bench_minilm_projection(ds: list[int]) -> list[str]:
 
         t_sp = best(run_sparse, 3)
         xd = torch.randn(d)
-        t_ff = best(lambda: (fastfood(xd, ff.B, ff.perm, ff.G, D, ff.scale), fastfood_t(g, ff.B, ff.invperm, ff.G, d, ff.scale)), 2)
+        t_ff = best(
+            lambda: (fastfood(xd, ff.B, ff.perm, ff.G, D, ff.scale), fastfood_t(g, ff.B, ff.invperm, ff.G, d, ff.scale)), 2
+        )
         rows.append(f"| {d:,} | {t_sp * 1e3:.1f} | {t_ff * 1e3:.0f} | {4 * D * d / 1e9:.0f} GB |")
     return rows
 
@@ -160,7 +171,9 @@ def bench_cli() -> list[str]:
     rows = ["| command | wall s (incl. ~2 s start-up) | runs | d_int90 | bracket | baseline |", "|---|---|---|---|---|---|"]
     for args in (["--task", "toy"], ["--task", "digits", "--arch", "fc", "--width", "200", "--depth", "2"]):
         t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "modelsurgeon", "intrinsic-dim", *args, "--json", "-q"], capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "modelsurgeon", "intrinsic-dim", *args, "--json", "-q"], capture_output=True, text=True
+        )
         dt = time.perf_counter() - t
         if r.returncode != 0:
             raise RuntimeError(r.stderr)

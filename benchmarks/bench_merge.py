@@ -46,6 +46,7 @@ def run_timed(cmd: list[str], env: dict) -> tuple[float, float, float]:
         raise RuntimeError(f"{cmd} failed: {err[-2000:]}")
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
+
 BUILD = """
 import json, shutil, sys, torch
 from pathlib import Path
@@ -138,7 +139,9 @@ def main() -> None:
     if not (root / "done").exists():
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        run_measured(python_snippet(BUILD) + [str(root), str(a.hidden), str(a.intermediate), str(a.layers), str(a.vocab), str(a.finetunes)])
+        run_measured(
+            python_snippet(BUILD) + [str(root), str(a.hidden), str(a.intermediate), str(a.layers), str(a.vocab), str(a.finetunes)]
+        )
     model_mb = (root / "base" / "model.safetensors").stat().st_size / 2**20
     for f in root.glob("*/model.safetensors"):  # warm the page cache for both tools alike
         with open(f, "rb") as fh:
@@ -153,10 +156,31 @@ def main() -> None:
             rfile.write_text(recipe(method, variant, root, a.finetunes))
             outs = {"mergekit": root / f"out-mk-{method}-{variant}", "surgeon": root / f"out-ms-{method}-{variant}"}
             cmds = {
-                "mergekit": [a.mergekit, str(rfile), str(outs["mergekit"]), "--no-write-model-card", "--no-copy-tokenizer", "--random-seed", "0",
-                             "--quiet"],
-                "surgeon": [sys.executable, "-m", "modelsurgeon", "merge", str(rfile), "-o", str(outs["surgeon"]), "--force", "-q",
-                            "--device", "cpu", "--seed", "0"],
+                "mergekit": [
+                    a.mergekit,
+                    str(rfile),
+                    str(outs["mergekit"]),
+                    "--no-write-model-card",
+                    "--no-copy-tokenizer",
+                    "--random-seed",
+                    "0",
+                    "--quiet",
+                ],
+                "surgeon": [
+                    sys.executable,
+                    "-m",
+                    "modelsurgeon",
+                    "merge",
+                    str(rfile),
+                    "-o",
+                    str(outs["surgeon"]),
+                    "--force",
+                    "-q",
+                    "--device",
+                    "cpu",
+                    "--seed",
+                    "0",
+                ],
             }
             res = {tool: None for tool in cmds}
             for _ in range(a.repeat):  # alternate the tools, so both see the same machine load
@@ -165,33 +189,53 @@ def main() -> None:
                     t, cpu, rss = run_timed(cmds[tool], env)
                     best = res[tool]
                     res[tool] = (t, cpu, rss) if best is None else (min(best[0], t), min(best[1], cpu), max(best[2], rss))
-            cmp = json.loads(subprocess.run(
-                python_snippet(COMPARE) + [str(outs["surgeon"]), str(outs["mergekit"]), str(root / "base"), "1" if "dare" in method else "0"],
-                capture_output=True, text=True, check=True).stdout)
+            cmp = json.loads(
+                subprocess.run(
+                    python_snippet(COMPARE)
+                    + [str(outs["surgeon"]), str(outs["mergekit"]), str(root / "base"), "1" if "dare" in method else "0"],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )
             rows.append((method, variant, res, cmp))
             for o in outs.values():
                 shutil.rmtree(o, ignore_errors=True)
             print(f"{method} {variant}: {res} {cmp}", file=sys.stderr)
-    version = subprocess.run([a.mergekit.replace("mergekit-yaml", "python"), "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
-                             capture_output=True, text=True).stdout.strip() or "?"
+    version = (
+        subprocess.run(
+            [a.mergekit.replace("mergekit-yaml", "python"), "-c", "import importlib.metadata as m; print(m.version('mergekit'))"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        or "?"
+    )
     print(f"machine: {machine()}")
-    print(f"inputs: base + {a.finetunes} fine-tunes, Llama {a.layers} layers, hidden {a.hidden}, intermediate {a.intermediate}, "
-          f"vocab {a.vocab}, bfloat16, {model_mb:.0f} MiB each ({model_mb * (a.finetunes + 1):.0f} MiB read per merge); "
-          f"mergekit {version}; warm page cache; {a.repeat} run(s) each, alternating, best time, worst RSS; "
-          f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (2 cores)\n")
-    print("| method | recipe dtype | mergekit wall s | surgeon wall s | speedup (wall) | mergekit CPU s | surgeon CPU s | speedup (CPU) "
-          "| mergekit peak RSS MiB | surgeon peak RSS MiB | RSS ratio | agreement |")
+    print(
+        f"inputs: base + {a.finetunes} fine-tunes, Llama {a.layers} layers, hidden {a.hidden}, intermediate {a.intermediate}, "
+        f"vocab {a.vocab}, bfloat16, {model_mb:.0f} MiB each ({model_mb * (a.finetunes + 1):.0f} MiB read per merge); "
+        f"mergekit {version}; warm page cache; {a.repeat} run(s) each, alternating, best time, worst RSS; "
+        f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (2 cores)\n"
+    )
+    print(
+        "| method | recipe dtype | mergekit wall s | surgeon wall s | speedup (wall) | mergekit CPU s | surgeon CPU s | speedup (CPU) "
+        "| mergekit peak RSS MiB | surgeon peak RSS MiB | RSS ratio | agreement |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for method, variant, res, cmp in rows:
         (tm, cm, rm), (ts, cs, rs) = res["mergekit"], res["surgeon"]
         if "dare" in method:
-            agree = (f"random masks: changed-from-base {cmp['changed_a']:.3f} vs {cmp['changed_b']:.3f}, "
-                     f"L1 of change ratio {cmp['l1_ratio']:.4f}")
+            agree = (
+                f"random masks: changed-from-base {cmp['changed_a']:.3f} vs {cmp['changed_b']:.3f}, "
+                f"L1 of change ratio {cmp['l1_ratio']:.4f}"
+            )
         else:
             agree = f"{cmp['identical']:.4%} bit-identical, max abs diff {cmp['max_abs']:.3g} (rel {cmp['max_rel']:.2g})"
         dt = "bfloat16" if variant == "bf16" else "float32 -> out bfloat16"
-        print(f"| {method} | {dt} | {tm:.1f} | {ts:.1f} | {tm / ts:.2f}x | {cm:.1f} | {cs:.1f} | {cm / cs:.2f}x | {rm:.0f} | {rs:.0f} "
-              f"| {rs / rm:.2f} | {agree} |")
+        print(
+            f"| {method} | {dt} | {tm:.1f} | {ts:.1f} | {tm / ts:.2f}x | {cm:.1f} | {cs:.1f} | {cm / cs:.2f}x | {rm:.0f} | {rs:.0f} "
+            f"| {rs / rm:.2f} | {agree} |"
+        )
 
 
 if __name__ == "__main__":

@@ -112,18 +112,26 @@ def best(n: int, fn):
     """Best work time (and wall time) of n runs, worst peak RSS, the best run's record and stdout."""
     runs = [fn() for _ in range(n)]
     top = min(runs, key=lambda r: r[2].get("work", r[0]))
-    return {"wall": min(r[0] for r in runs), "work": top[2].get("work", top[0]), "rss": max(r[1] for r in runs), "rec": top[2], "out": top[3]}
+    return {
+        "wall": min(r[0] for r in runs),
+        "work": top[2].get("work", top[0]),
+        "rss": max(r[1] for r in runs),
+        "rec": top[2],
+        "out": top[3],
+    }
 
 
 def build(path, count: int, rows: int, cols: int, dtype: str) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    run_measured(python_snippet(
-        "import torch; from safetensors.torch import save_file; g = torch.Generator().manual_seed(0)\n"
-        f"t = {{f'layers.{{i}}.mlp.weight': (torch.randn({rows}, {cols}, generator=g) * (1 + i % 7) / 50).to(torch.{dtype}) for i in range({count})}}\n"
-        f"save_file(t, {str(path)!r})"
-    ))
+    run_measured(
+        python_snippet(
+            "import torch; from safetensors.torch import save_file; g = torch.Generator().manual_seed(0)\n"
+            f"t = {{f'layers.{{i}}.mlp.weight': (torch.randn({rows}, {cols}, generator=g) * (1 + i % 7) / 50).to(torch.{dtype}) for i in range({count})}}\n"
+            f"save_file(t, {str(path)!r})"
+        )
+    )
 
 
 def main() -> None:
@@ -143,8 +151,10 @@ def main() -> None:
     print("work s: measured inside the child after its imports; wall s: the whole child, Python start and imports included.\n")
     base = best(a.repeat, lambda: run_child(python_snippet("import torch, safetensors.torch")))
     ours_base = best(a.repeat, lambda: run_child(python_snippet(OURS.split("t0 =")[0])))
-    print(f"interpreter (python + import torch, safetensors): {base['wall']:.2f} s, {base['rss']:.0f} MiB; "
-          f"with modelsurgeon's imports (triton included): {ours_base['wall']:.2f} s, {ours_base['rss']:.0f} MiB\n")
+    print(
+        f"interpreter (python + import torch, safetensors): {base['wall']:.2f} s, {base['rss']:.0f} MiB; "
+        f"with modelsurgeon's imports (triton included): {ours_base['wall']:.2f} s, {ours_base['rss']:.0f} MiB\n"
+    )
     print("| checkpoint | what | work s | MB/s | wall s | peak RSS MiB | RSS above interpreter MiB |")
     print("|---|---|---|---|---|---|---|")
     summary = []
@@ -158,8 +168,25 @@ def main() -> None:
         run_child(python_snippet(f"open({str(src)!r}, 'rb').read()"))  # warm the page cache
         rw = best(a.repeat, lambda: run_child(python_snippet(READ_WRITE) + [str(src), str(dst / "rw.safetensors")]))
         copy = best(a.repeat, lambda: run_child(python_snippet(OUR_COPY) + [str(src.parent), str(dst / "copy")]))
-        ours = best(a.repeat, lambda: run_child(python_snippet(OURS) + ["prune", str(src.parent), "-o", str(dst / "ours"),
-                                                                   "--sparsity", "0.5", "--scope", "global", "-q", "--force", "--json"]))
+        ours = best(
+            a.repeat,
+            lambda: run_child(
+                python_snippet(OURS)
+                + [
+                    "prune",
+                    str(src.parent),
+                    "-o",
+                    str(dst / "ours"),
+                    "--sparsity",
+                    "0.5",
+                    "--scope",
+                    "global",
+                    "-q",
+                    "--force",
+                    "--json",
+                ]
+            ),
+        )
         tp = best(a.repeat, lambda: run_child(python_snippet(TORCH_PRUNE) + [str(src), str(dst / "torch.safetensors")]))
         zeros = json.loads(ours["out"])["zeros"]
         if abs(zeros - tp["rec"]["zeros"]) > 1:  # torch rounds half to even, we round half up
@@ -170,17 +197,23 @@ def main() -> None:
             ("**surgeon prune --scope global**", ours),
             ("torch global_unstructured: load + prune + save", tp),
         ]:
-            print(f"| {label} | {what} | {r['work']:.2f} | {mb / r['work']:.0f} | {r['wall']:.2f} | {r['rss']:.0f} | {r['rss'] - base['rss']:.0f} |")
-        print(f"| {label} | torch global_unstructured: the prune step alone | {tp['rec']['prune']:.2f} | {mb / tp['rec']['prune']:.0f} | | | |")
+            print(
+                f"| {label} | {what} | {r['work']:.2f} | {mb / r['work']:.0f} | {r['wall']:.2f} | {r['rss']:.0f} | {r['rss'] - base['rss']:.0f} |"
+            )
+        print(
+            f"| {label} | torch global_unstructured: the prune step alone | {tp['rec']['prune']:.2f} | {mb / tp['rec']['prune']:.0f} | | | |"
+        )
         summary.append((label, mb, rw, copy, ours, tp))
     print()
     for label, mb, rw, copy, ours, tp in summary:  # noqa: B007
-        print(f"- {label} ({mb:.0f} MiB): ours {tp['rec']['prune'] / ours['work']:.1f}x faster than torch's prune step alone "
-              f"and {tp['work'] / ours['work']:.1f}x faster than torch load + prune + save; "
-              f"throughput {rw['work'] / ours['work']:.2f}x that of safetensors read + write "
-              f"({copy['work'] / ours['work']:.2f}x our own read + write); "
-              f"peak RSS above the interpreter: ours {ours['rss'] - base['rss']:.0f} MiB "
-              f"({ours['rss'] - ours_base['rss']:.0f} MiB above its own imports), torch {tp['rss'] - base['rss']:.0f} MiB")
+        print(
+            f"- {label} ({mb:.0f} MiB): ours {tp['rec']['prune'] / ours['work']:.1f}x faster than torch's prune step alone "
+            f"and {tp['work'] / ours['work']:.1f}x faster than torch load + prune + save; "
+            f"throughput {rw['work'] / ours['work']:.2f}x that of safetensors read + write "
+            f"({copy['work'] / ours['work']:.2f}x our own read + write); "
+            f"peak RSS above the interpreter: ours {ours['rss'] - base['rss']:.0f} MiB "
+            f"({ours['rss'] - ours_base['rss']:.0f} MiB above its own imports), torch {tp['rss'] - base['rss']:.0f} MiB"
+        )
 
 
 if __name__ == "__main__":

@@ -101,7 +101,6 @@ w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); 
 
 def kernel_table(folder, repeat: int) -> list[str]:
     import numpy as np
-    import torch
     from gguf import GGMLQuantizationType, quants
     from safetensors import safe_open
 
@@ -112,6 +111,7 @@ def kernel_table(folder, repeat: int) -> list[str]:
     n = sum(t.numel() for t in tensors)
     rows = []
     for qt in GGUF_TYPES:
+
         def ours():
             return [quantize_blocks(t, qt.upper()) for t in tensors]
 
@@ -121,7 +121,9 @@ def kernel_table(folder, repeat: int) -> list[str]:
         same = all(np.array_equal(a.numpy(), b) for a, b in zip(ours(), theirs()))
         t_ours = min(_timed(ours) for _ in range(repeat))
         t_theirs = min(_timed(theirs) for _ in range(repeat))
-        rows.append(f"| {qt} | {n / 1e6:.1f} | {t_ours * 1e3:.0f} | {t_theirs * 1e3:.0f} | {t_theirs / t_ours:.2f}x | {'yes' if same else 'NO'} |")
+        rows.append(
+            f"| {qt} | {n / 1e6:.1f} | {t_ours * 1e3:.0f} | {t_theirs * 1e3:.0f} | {t_theirs / t_ours:.2f}x | {'yes' if same else 'NO'} |"
+        )
     return rows
 
 
@@ -164,8 +166,10 @@ def main() -> None:
     peer = {t: best(python_snippet(GGUF_PY) + [str(src), str(out / f"gguf-py-{t}.gguf"), t]) for t in GGUF_TYPES}
     threads = a.threads or "default"
     print(f"machine: {machine()}")
-    print(f"checkpoint: {size_mb:.0f} MiB bf16, Llama-shaped, {a.layers} layers, hidden {a.hidden}; best of {a.repeat}; "
-          f"warm page cache; torch threads: {threads}; process start + imports {t_import:.2f} s (included below)\n")
+    print(
+        f"checkpoint: {size_mb:.0f} MiB bf16, Llama-shaped, {a.layers} layers, hidden {a.hidden}; best of {a.repeat}; "
+        f"warm page cache; torch threads: {threads}; process start + imports {t_import:.2f} s (included below)\n"
+    )
     print("| what | wall s | x floor | gguf-py s | gguf-py / ours |")
     print("|---|---|---|---|---|")
     print(f"| read + write floor (same bytes out) | {t_floor:.2f} | 1.00 | | |")
@@ -178,7 +182,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for row in kernel_table(src, a.repeat):
         print(row)
-    (root / "last.json").write_text(json.dumps({"floor": t_floor, "import": t_import, "surgeon": dict(results), "gguf_py": peer}, indent=2))
+    (root / "last.json").write_text(
+        json.dumps({"floor": t_floor, "import": t_import, "surgeon": dict(results), "gguf_py": peer}, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -27,12 +27,14 @@ def main() -> None:
     if not path.exists():  # built in a child: this process must stay small (see _util.machine)
         folder.mkdir(parents=True, exist_ok=True)
         rows = a.big_mb * 2**20 // 4 // 4096
-        run_measured(python_snippet(
-            "import torch; from safetensors.torch import save_file; g = torch.Generator().manual_seed(0)\n"
-            f"t = {{'big.weight': torch.randn({rows}, 4096, generator=g)}}\n"
-            f"t.update({{f'small.{{i}}.weight': torch.randn(256, 1024, generator=g) for i in range({a.small})}})\n"
-            f"save_file(t, {str(path)!r})"
-        ))
+        run_measured(
+            python_snippet(
+                "import torch; from safetensors.torch import save_file; g = torch.Generator().manual_seed(0)\n"
+                f"t = {{'big.weight': torch.randn({rows}, 4096, generator=g)}}\n"
+                f"t.update({{f'small.{{i}}.weight': torch.randn(256, 1024, generator=g) for i in range({a.small})}})\n"
+                f"save_file(t, {str(path)!r})"
+            )
+        )
     size_mb = path.stat().st_size / 2**20
     baseline = python_snippet("import torch, safetensors.torch")
     # load_file maps the file lazily; one sum per tensor makes it actually read every byte
@@ -44,7 +46,9 @@ def main() -> None:
     t_rep, rss_rep = best_of(a.repeat, lambda: run_measured(report))
     big_mb = a.big_mb
     print(f"machine: {machine()}")
-    print(f"checkpoint: {size_mb:.0f} MiB, one {big_mb} MiB tensor + {a.small} x 1 MiB; {a.repeat} runs, best time, worst RSS, warm page cache\n")
+    print(
+        f"checkpoint: {size_mb:.0f} MiB, one {big_mb} MiB tensor + {a.small} x 1 MiB; {a.repeat} runs, best time, worst RSS, warm page cache\n"
+    )
     print("| what | wall s | minus import s | GB/s | peak RSS MiB | RSS above interpreter MiB |")
     print("|---|---|---|---|---|---|")
     for label, t, rss in [
@@ -55,8 +59,10 @@ def main() -> None:
         net = max(t - t_base, 1e-9)
         gbs = size_mb / 1024 / net if t is not t_base else float("nan")
         print(f"| {label} | {t:.2f} | {t - t_base:.2f} | {gbs:.2f} | {rss:.0f} | {rss - rss_base:.0f} |")
-    print(f"\nreport / load time (net of imports): {(t_rep - t_base) / (t_load - t_base):.2f}x; "
-          f"report RSS above interpreter: {(rss_rep - rss_base) / big_mb:.2f}x the largest tensor")
+    print(
+        f"\nreport / load time (net of imports): {(t_rep - t_base) / (t_load - t_base):.2f}x; "
+        f"report RSS above interpreter: {(rss_rep - rss_base) / big_mb:.2f}x the largest tensor"
+    )
 
 
 if __name__ == "__main__":

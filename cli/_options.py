@@ -13,12 +13,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes on stderr.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub revision (branch, tag or commit) of MODEL.")]
-MaxShardOpt = Annotated[
-    str, typer.Option("--max-shard-size", help="Largest output shard, e.g. 5GB, 500MB, 2GiB.")
-]
-DeviceOpt = Annotated[
-    str, typer.Option("--device", help="Where the math runs: auto (CUDA when present), cpu, cuda, cuda:N.")
-]
+MaxShardOpt = Annotated[str, typer.Option("--max-shard-size", help="Largest output shard, e.g. 5GB, 500MB, 2GiB.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="Where the math runs: auto (CUDA when present), cpu, cuda, cuda:N.")]
 OutputOpt = Annotated[str, typer.Option("--output", "-o", help="Output folder (written atomically).")]
 DEFAULT_MAX_SHARD = "5GB"
 

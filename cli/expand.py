@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, OutputOpt, QuietOpt, command_line
-
 from ._output import emit_json, fmt_count, note
 
 EPILOG = """Examples:
@@ -24,7 +23,9 @@ def expand_subspace(
     output: OutputOpt = ...,  # type: ignore[assignment]
     base: Annotated[
         str | None,
-        typer.Option("--base", help="The checkpoint theta_0 came from, if it moved (checked by sha256). (default the recorded path)"),
+        typer.Option(
+            "--base", help="The checkpoint theta_0 came from, if it moved (checked by sha256). (default the recorded path)"
+        ),
     ] = None,
     device: DeviceOpt = "cpu",
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
@@ -40,8 +41,9 @@ def expand_subspace(
     out = OutputDir(output, force)
 
     from modelsurgeon.ops.core.device import resolve_device
+    from modelsurgeon.ops.intrinsic.search import FORMAT, expanded_state
+    from modelsurgeon.ops.intrinsic.search import expand_subspace as expand
     from modelsurgeon.ops.io.output import write_folder
-    from modelsurgeon.ops.intrinsic.search import FORMAT, expand_subspace as expand, expanded_state
 
     ex = expand(subspace, base, resolve_device(device))
     state = expanded_state(ex)

@@ -11,7 +11,6 @@ from typing import Annotated
 import typer
 
 from ._options import DeviceOpt, ForceOpt, JsonOpt, QuietOpt, RevisionOpt, command_line
-
 from ._output import emit_json, fmt_float, note, warn
 
 EPILOG = """Examples:
@@ -33,40 +32,80 @@ EPILOG = """Examples:
 def intrinsic_dim(
     model: Annotated[
         str | None,
-        typer.Argument(help="A checkpoint folder with config.json (fine-tuning from it, Aghajanyan et al.), a Hub id or 'minilm'. "
-                       "Omit it to measure a built-in --arch from a seeded init (Li et al.)."),
+        typer.Argument(
+            help="A checkpoint folder with config.json (fine-tuning from it, Aghajanyan et al.), a Hub id or 'minilm'. "
+            "Omit it to measure a built-in --arch from a seeded init (Li et al.)."
+        ),
     ] = None,
     task: Annotated[str, typer.Option("--task", help="toy | digits | npz:PATH | csv:PATH | text:PATH | module:function")] = ...,  # type: ignore[assignment]
-    arch: Annotated[str | None, typer.Option("--arch", help="Built-in network when MODEL is omitted: fc or lenet. (default fc)")] = None,
+    arch: Annotated[
+        str | None, typer.Option("--arch", help="Built-in network when MODEL is omitted: fc or lenet. (default fc)")
+    ] = None,
     width: Annotated[int | None, typer.Option("--width", help="fc: units per hidden layer. (default 200)")] = None,
     depth: Annotated[int | None, typer.Option("--depth", help="fc: hidden layers. (default 2)")] = None,
-    projection: Annotated[str | None, typer.Option("--projection", help="auto (sparse on CPU, fastfood on CUDA), dense, sparse or fastfood.")] = None,
+    projection: Annotated[
+        str | None, typer.Option("--projection", help="auto (sparse on CPU, fastfood on CUDA), dense, sparse or fastfood.")
+    ] = None,
     said: Annotated[bool, typer.Option("--said", help="Structure-aware: one learned scale per tensor, taken out of d.")] = False,
     include: Annotated[str | None, typer.Option("--include", help="Regex: only parameters whose name matches join D.")] = None,
     exclude: Annotated[str | None, typer.Option("--exclude", help="Regex: parameters that stay frozen at theta_0.")] = None,
-    threshold: Annotated[float | None, typer.Option("--threshold", help="Fraction of the baseline to reach, in (0, 1]. (default 0.9)")] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Fraction of the baseline to reach, in (0, 1]. (default 0.9)")
+    ] = None,
     threshold_from: Annotated[
         str | None,
-        typer.Option("--threshold-from", help="zero: threshold x baseline (Li et al.); init: theta_0's metric + threshold x the improvement. (default zero; text: init)"),
+        typer.Option(
+            "--threshold-from",
+            help="zero: threshold x baseline (Li et al.); init: theta_0's metric + threshold x the improvement. (default zero; text: init)",
+        ),
     ] = None,
-    baseline: Annotated[str | None, typer.Option("--baseline", help="auto (train all D directly once) or a number (e.g. 1.0, Li's global baseline).")] = None,
-    seeds: Annotated[int | None, typer.Option("--seeds", help="Runs at each bracket end (each grid point); the mean decides. (default 1)")] = None,
-    grid: Annotated[str | None, typer.Option("--grid", help="Explicit d values, e.g. 100,200,400, instead of the search.")] = None,
+    baseline: Annotated[
+        str | None,
+        typer.Option("--baseline", help="auto (train all D directly once) or a number (e.g. 1.0, Li's global baseline)."),
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option("--seeds", help="Runs at each bracket end (each grid point); the mean decides. (default 1)")
+    ] = None,
+    grid: Annotated[
+        str | None, typer.Option("--grid", help="Explicit d values, e.g. 100,200,400, instead of the search.")
+    ] = None,
     d_start: Annotated[int | None, typer.Option("--d-start", help="First d of the doubling search. (default 32)")] = None,
     d_max: Annotated[int | None, typer.Option("--d-max", help="Largest d the search tries. (default D)")] = None,
-    rel_tol: Annotated[float | None, typer.Option("--rel-tol", help="Stop bisecting when the bracket is narrower than this fraction of d. (default 0.05)")] = None,
+    rel_tol: Annotated[
+        float | None,
+        typer.Option("--rel-tol", help="Stop bisecting when the bracket is narrower than this fraction of d. (default 0.05)"),
+    ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs per run. (default 30; toy: 3 L-BFGS rounds)")] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Learning rate of the subspace runs. (default 1e-2)")] = None,
-    baseline_lr: Annotated[float | None, typer.Option("--baseline-lr", help="Learning rate of the direct baseline. (default 1e-3; 1e-4 from a checkpoint)")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Examples per step. (default 128; text: 8 blocks, csv text: 32)")] = None,
-    optimizer: Annotated[str | None, typer.Option("--optimizer", help="adam, sgd (momentum 0.9) or lbfgs (full batch). (default adam)")] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="On the trained numbers (theta_d, or theta for the baseline). (default 0)")] = None,
+    baseline_lr: Annotated[
+        float | None,
+        typer.Option("--baseline-lr", help="Learning rate of the direct baseline. (default 1e-3; 1e-4 from a checkpoint)"),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Examples per step. (default 128; text: 8 blocks, csv text: 32)")
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option("--optimizer", help="adam, sgd (momentum 0.9) or lbfgs (full batch). (default adam)")
+    ] = None,
+    weight_decay: Annotated[
+        float | None,
+        typer.Option("--weight-decay", help="On the trained numbers (theta_d, or theta for the baseline). (default 0)"),
+    ] = None,
     proj_seed: Annotated[int | None, typer.Option("--proj-seed", help="Seed of P (run s uses seed + s). (default 0)")] = None,
-    init_seed: Annotated[int | None, typer.Option("--init-seed", help="Seed of theta_0 for --arch / a new head (run s uses seed + s). (default 0)")] = None,
-    fwht: Annotated[str | None, typer.Option("--fwht", help="Fastfood's transform: auto (Triton on CUDA), torch or triton.")] = None,
-    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="text: tokens per block; csv text: truncation. (default 128)")] = None,
+    init_seed: Annotated[
+        int | None, typer.Option("--init-seed", help="Seed of theta_0 for --arch / a new head (run s uses seed + s). (default 0)")
+    ] = None,
+    fwht: Annotated[
+        str | None, typer.Option("--fwht", help="Fastfood's transform: auto (Triton on CUDA), torch or triton.")
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="text: tokens per block; csv text: truncation. (default 128)")
+    ] = None,
     plot: Annotated[str | None, typer.Option("--plot", help="Write a PNG of the metric against d (needs matplotlib).")] = None,
-    save_subspace: Annotated[str | None, typer.Option("--save-subspace", help="Write theta_d at d_int (seed 0) with its seeds and settings (safetensors).")] = None,
+    save_subspace: Annotated[
+        str | None,
+        typer.Option("--save-subspace", help="Write theta_d at d_int (seed 0) with its seeds and settings (safetensors)."),
+    ] = None,
     device: DeviceOpt = "auto",
     revision: RevisionOpt = None,
     force: ForceOpt = False,
@@ -79,11 +118,29 @@ def intrinsic_dim(
 
     # plan: every flag checked before anything heavy is imported
     given = {
-        "task": task, "threshold_from": threshold_from, "arch": arch, "width": width, "depth": depth, "projection": projection, "threshold": threshold,
-        "seeds": seeds, "d_start": d_start, "d_max": d_max, "rel_tol": rel_tol, "epochs": epochs, "lr": lr,
-        "baseline_lr": baseline_lr, "batch_size": batch_size, "optimizer": optimizer, "weight_decay": weight_decay,
-        "proj_seed": proj_seed, "init_seed": init_seed, "fwht": fwht, "max_tokens": max_tokens,
-        "include": include, "exclude": exclude,
+        "task": task,
+        "threshold_from": threshold_from,
+        "arch": arch,
+        "width": width,
+        "depth": depth,
+        "projection": projection,
+        "threshold": threshold,
+        "seeds": seeds,
+        "d_start": d_start,
+        "d_max": d_max,
+        "rel_tol": rel_tol,
+        "epochs": epochs,
+        "lr": lr,
+        "baseline_lr": baseline_lr,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "weight_decay": weight_decay,
+        "proj_seed": proj_seed,
+        "init_seed": init_seed,
+        "fwht": fwht,
+        "max_tokens": max_tokens,
+        "include": include,
+        "exclude": exclude,
     }
     kwargs = {k: v for k, v in given.items() if v is not None}
     if said:
@@ -117,9 +174,10 @@ def intrinsic_dim(
 
     from modelsurgeon.ops.core.device import resolve_device
     from modelsurgeon.ops.intrinsic.models import load_tokenizer, model_for_task
-    from modelsurgeon.ops.intrinsic.tasks import load_task
-    from modelsurgeon.ops.intrinsic.search import Problem, check_plan, measure, save_subspace as save_sub
     from modelsurgeon.ops.intrinsic.projections import resolve_kind
+    from modelsurgeon.ops.intrinsic.search import Problem, check_plan, measure
+    from modelsurgeon.ops.intrinsic.search import save_subspace as save_sub
+    from modelsurgeon.ops.intrinsic.tasks import load_task
 
     dev = resolve_device(device)
     t = load_task(cfg.task)
@@ -149,18 +207,29 @@ def intrinsic_dim(
     out = _result_json(result, problem, built, t, cfg, dev)
     bad = [r for r in ([result.baseline_run] if result.baseline_run else []) + result.runs if r.diverged]
     if bad:
-        warn(f"{len(bad)} run(s) hit a non-finite loss and stopped early (d = {', '.join(str(r.d or 'all') for r in bad)}); "
-             "lower --lr / --baseline-lr")
+        warn(
+            f"{len(bad)} run(s) hit a non-finite loss and stopped early (d = {', '.join(str(r.d or 'all') for r in bad)}); "
+            "lower --lr / --baseline-lr"
+        )
     if result.non_monotone:
-        warn(f"metric not monotone in d: d = {', '.join(map(str, result.non_monotone))} fail above d_int = {result.d_int}; "
-             "the runs are noisy here, try --seeds 3")
+        warn(
+            f"metric not monotone in d: d = {', '.join(map(str, result.non_monotone))} fail above d_int = {result.d_int}; "
+            "the runs are noisy here, try --seeds 3"
+        )
     if save_subspace is not None:
         if result.d_int is None:
             warn("no d reached the threshold; --save-subspace wrote nothing")
         else:
             run = result.run_at(result.d_int, 0)
-            save_sub(save_subspace, problem, cfg, run, {"task": t.spec, "metric": t.metric_name, "metric_value": run.metric},
-                     command_line(), force)
+            save_sub(
+                save_subspace,
+                problem,
+                cfg,
+                run,
+                {"task": t.spec, "metric": t.metric_name, "metric_value": run.metric},
+                command_line(),
+                force,
+            )
             out["subspace_file"] = str(save_subspace)
     if plot is not None:
         _plot(out, plot)
@@ -239,8 +308,15 @@ class _RunProgress:
 
         from ._output import err_console
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs"),
-                            TimeElapsedColumn(), console=err_console(), transient=True)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("epochs"),
+            TimeElapsedColumn(),
+            console=err_console(),
+            transient=True,
+        )
         self.bar.__enter__()
         self.task = self.bar.add_task("starting", total=self.epochs)
         return self.event
@@ -289,13 +365,29 @@ def _print_summary(out: dict) -> None:
     metric = out["metric"]
     name = out["d_int_name"]
     t = Table(title=f"{out['model']} on {out['task']['spec']}", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col, j in (("run", "left"), ("d", "right"), ("seed", "right"), (metric, "right"), ("eval loss", "right"),
-                   ("train loss", "right"), ("seconds", "right"), ("pass", "center")):
+    for col, j in (
+        ("run", "left"),
+        ("d", "right"),
+        ("seed", "right"),
+        (metric, "right"),
+        ("eval loss", "right"),
+        ("train loss", "right"),
+        ("seconds", "right"),
+        ("pass", "center"),
+    ):
         t.add_column(col, justify=j, no_wrap=True)
     for r in out["records"]:
         passed = {True: "yes", False: "no", None: "-"}[r["passed"]]
-        t.add_row(r["kind"], "all" if r["d"] is None else f"{r['d']:,}", str(r["seed"]), f"{r['metric']:.4f}",
-                  fmt_float(r["loss"]), fmt_float(r["train_loss"]), f"{r['seconds']:.2f}", passed)
+        t.add_row(
+            r["kind"],
+            "all" if r["d"] is None else f"{r['d']:,}",
+            str(r["seed"]),
+            f"{r['metric']:.4f}",
+            fmt_float(r["loss"]),
+            fmt_float(r["train_loss"]),
+            f"{r['seconds']:.2f}",
+            passed,
+        )
     console.print(t)
     d_int = out["d_int"]
     lo, hi = out["bracket"] or (None, None)
@@ -304,12 +396,19 @@ def _print_summary(out: dict) -> None:
     else:
         head = f"{name} = {d_int:,}  bracket ({lo:,}, {hi:,}]   D = {out['D']:,}   compression D/d = {out['compression']:,.1f}x"
     p = out["projection"]
-    extra = f", L = {p['L']:,}" if p.get("L") else (f", {p['nonzeros_per_column']} nonzeros per column" if p.get("nonzeros_per_column") else "")
+    extra = (
+        f", L = {p['L']:,}"
+        if p.get("L")
+        else (f", {p['nonzeros_per_column']} nonzeros per column" if p.get("nonzeros_per_column") else "")
+    )
     lines = [
         head,
         f"baseline {metric} {out['baseline']['value']:.4f}: {out['baseline']['how']}",
-        (f"threshold {out['threshold']:g} x baseline = {out['threshold_value']:.4f}" if out["threshold_from"] == "zero" else
-         f"threshold theta_0 + {out['threshold']:g} x (baseline - theta_0) = {out['threshold_value']:.4f}")
+        (
+            f"threshold {out['threshold']:g} x baseline = {out['threshold_value']:.4f}"
+            if out["threshold_from"] == "zero"
+            else f"threshold theta_0 + {out['threshold']:g} x (baseline - theta_0) = {out['threshold_value']:.4f}"
+        )
         + f" on {out['task']['eval_split']}; theta_0 (d = 0) scores {out['theta0_metric']:.4f}",
         f"projection {p['kind']}{extra}, seeds {p['seeds']}{', SAID (' + str(p['said_scales']) + ' scales)' if p['said'] else ''}; "
         f"{out['search']['runs']} runs in {out['seconds']:.1f} s on {out['device']}",
@@ -352,4 +451,3 @@ def _plot(out: dict, path: str) -> None:
         fig.savefig(str(f.path), format="png")
         f.commit()
     plt.close(fig)
-

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, command_line
-
 from ._output import emit_json, fmt_bytes, fmt_count, progress, warn
 
 EPILOG = """Examples:
@@ -37,7 +36,9 @@ _RECIPE_SUFFIXES = (".yaml", ".yml")
 def merge(
     inputs: Annotated[
         list[str] | None,
-        typer.Argument(help="A mergekit recipe (.yaml), or with --method the models to merge (path, org/name[@rev], or MODEL+ADAPTER)."),
+        typer.Argument(
+            help="A mergekit recipe (.yaml), or with --method the models to merge (path, org/name[@rev], or MODEL+ADAPTER)."
+        ),
     ] = None,
     output: Annotated[str | None, typer.Option("--output", "-o", help="Output folder (written atomically).")] = None,
     method: Annotated[str | None, typer.Option("--method", "-m", help="Merge method (flag form); see --list-methods.")] = None,
@@ -46,26 +47,42 @@ def merge(
         list[float] | None, typer.Option("--weight", "-w", help="Model weight: once for all models, or once per model in order.")
     ] = None,
     density: Annotated[
-        list[float] | None, typer.Option("--density", help="Fraction of each task vector kept, in (0, 1]: once, or once per model.")
+        list[float] | None,
+        typer.Option("--density", help="Fraction of each task vector kept, in (0, 1]: once, or once per model."),
     ] = None,
-    t: Annotated[float | None, typer.Option("--t", help="Interpolation factor for slerp (0 = base, 1 = the other model).")] = None,
+    t: Annotated[
+        float | None, typer.Option("--t", help="Interpolation factor for slerp (0 = base, 1 = the other model).")
+    ] = None,
     param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="Any global parameter as KEY=VALUE (e.g. lambda=0.8, normalize=false); repeatable.")
+        list[str] | None,
+        typer.Option("--param", "-p", help="Any global parameter as KEY=VALUE (e.g. lambda=0.8, normalize=false); repeatable."),
     ] = None,
     lora: Annotated[str | None, typer.Option("--lora", help="Fold this PEFT LoRA adapter folder into --base.")] = None,
     extract_lora: Annotated[
         str | None, typer.Option("--extract-lora", help="Extract a LoRA adapter of --rank from this fine-tune of --base.")
     ] = None,
     rank: Annotated[int | None, typer.Option("--rank", "-r", min=1, help="LoRA rank for --extract-lora.")] = None,
-    include: Annotated[str | None, typer.Option("--include", help="--extract-lora: regex of the weights to factor (default: all linear weights).")] = None,
-    exclude: Annotated[str | None, typer.Option("--exclude", help="--extract-lora: regex of weights to leave out.")] = None,
-    exact_svd: Annotated[bool, typer.Option("--exact-svd", help="--extract-lora: full SVD instead of the randomized one.")] = False,
-    tokenizer_source: Annotated[
-        str | None, typer.Option("--tokenizer-source", help="base, or one of the models: its tokenizer and vocabulary order are kept.")
+    include: Annotated[
+        str | None,
+        typer.Option("--include", help="--extract-lora: regex of the weights to factor (default: all linear weights)."),
     ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the random methods (dare_*, della*): same seed, same output.")] = 0,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="Cast inputs to this before merging (float32, bfloat16, float16).")] = None,
-    out_dtype: Annotated[str | None, typer.Option("--out-dtype", help="Saved dtype (default: --dtype, else each tensor's source dtype).")] = None,
+    exclude: Annotated[str | None, typer.Option("--exclude", help="--extract-lora: regex of weights to leave out.")] = None,
+    exact_svd: Annotated[
+        bool, typer.Option("--exact-svd", help="--extract-lora: full SVD instead of the randomized one.")
+    ] = False,
+    tokenizer_source: Annotated[
+        str | None,
+        typer.Option("--tokenizer-source", help="base, or one of the models: its tokenizer and vocabulary order are kept."),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for the random methods (dare_*, della*): same seed, same output.")
+    ] = 0,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="Cast inputs to this before merging (float32, bfloat16, float16).")
+    ] = None,
+    out_dtype: Annotated[
+        str | None, typer.Option("--out-dtype", help="Saved dtype (default: --dtype, else each tensor's source dtype).")
+    ] = None,
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and print the plan; write nothing.")] = False,
@@ -85,12 +102,18 @@ def merge(
     recipe_file = inputs[0] if len(inputs) == 1 and inputs[0].lower().endswith(_RECIPE_SUFFIXES) else None
     modes = [
         name
-        for name, on in (("a recipe file", recipe_file is not None), ("--method", method is not None), ("--lora", lora is not None),
-                         ("--extract-lora", extract_lora is not None))
+        for name, on in (
+            ("a recipe file", recipe_file is not None),
+            ("--method", method is not None),
+            ("--lora", lora is not None),
+            ("--extract-lora", extract_lora is not None),
+        )
         if on
     ]
     if len(modes) > 1:
-        raise UsageError(f"give {' or '.join(modes)}, not both", "a recipe holds the method and models; flags describe them without one")
+        raise UsageError(
+            f"give {' or '.join(modes)}, not both", "a recipe holds the method and models; flags describe them without one"
+        )
     if not modes:
         if inputs:
             raise UsageError(
@@ -113,7 +136,9 @@ def merge(
         raise UsageError("--rank, --include, --exclude and --exact-svd go with --extract-lora")
     if mode in ("--lora", "--extract-lora"):
         if inputs:
-            raise UsageError(f"{mode} takes no model arguments", f"give the base with --base, e.g. surgeon merge {mode} X --base B -o OUT")
+            raise UsageError(
+                f"{mode} takes no model arguments", f"give the base with --base, e.g. surgeon merge {mode} X --base B -o OUT"
+            )
         if base is None:
             raise UsageError(f"{mode} needs --base")
     if mode == "--extract-lora" and rank is None:
@@ -127,7 +152,9 @@ def merge(
     dev = resolve_device(device)
     shard = parse_size(max_shard_size)
     if mode == "--extract-lora":
-        return _extract(extract_lora, base, rank, include, exclude, exact_svd, output, force, dev, out_dtype_n, seed, dry_run, as_json, quiet)
+        return _extract(
+            extract_lora, base, rank, include, exclude, exact_svd, output, force, dev, out_dtype_n, seed, dry_run, as_json, quiet
+        )
 
     from dataclasses import replace
 
@@ -139,7 +166,9 @@ def merge(
         recipe = MergeRecipe("passthrough", models=(ModelInput(ModelRef(base, lora)),), source="--lora")
     else:
         recipe = _recipe_from_flags(method, base, inputs, weight, density, t, param)
-    overrides = {k: v for k, v in (("dtype", dtype_n), ("out_dtype", out_dtype_n), ("tokenizer_source", tokenizer_source)) if v is not None}
+    overrides = {
+        k: v for k, v in (("dtype", dtype_n), ("out_dtype", out_dtype_n), ("tokenizer_source", tokenizer_source)) if v is not None
+    }
     if overrides:
         recipe = replace(recipe, **overrides)
     from modelsurgeon.ops.merge.plan import plan_merge, run_merge
@@ -160,7 +189,13 @@ def merge(
     with progress(total, f"merge ({plan.method.name})", quiet) as advance:
         result = run_merge(plan, advance, command=command_line())
     summary.update(
-        {"dry_run": False, "output": result.output, "files": result.files, "bytes_written": result.bytes_written, "seconds": round(result.seconds, 3)}
+        {
+            "dry_run": False,
+            "output": result.output,
+            "files": result.files,
+            "bytes_written": result.bytes_written,
+            "seconds": round(result.seconds, 3),
+        }
     )
     summary.pop("peak_memory_estimate", None)
     if as_json:
@@ -184,20 +219,25 @@ def _dtype_flag(flag: str, value: str | None) -> str | None:
 def _recipe_from_flags(method, base, models, weight, density, t, param):
     import yaml
 
-    from modelsurgeon.ops.core.errors import UsageError
+    from modelsurgeon.ops.core.errors import SurgeonError, UsageError
     from modelsurgeon.ops.merge.methods import get_method
     from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef
-    from modelsurgeon.ops.core.errors import SurgeonError
 
     try:
         meth = get_method(method)
     except SurgeonError as e:
         raise UsageError(e.message, e.hint) from None
     if not models:
-        raise UsageError(f"--method {method} needs the models to merge", f"e.g. surgeon merge --method {method} --base B A C -o OUT")
+        raise UsageError(
+            f"--method {method} needs the models to merge", f"e.g. surgeon merge --method {method} --base B A C -o OUT"
+        )
     # the models merged besides the base; the base may also be listed among them
     base_ref = ModelRef.parse(base) if base else None
-    others = [m for m in models if base_ref is None or not ModelRef.parse(m).same_as(base_ref)] if meth.base != "unused" else list(models)
+    others = (
+        [m for m in models if base_ref is None or not ModelRef.parse(m).same_as(base_ref)]
+        if meth.base != "unused"
+        else list(models)
+    )
     global_params: dict = {}
     per_model: list[dict] = [{} for _ in models]
     for flag, values, name in (("--weight", weight, "weight"), ("--density", density, "density")):
@@ -212,7 +252,10 @@ def _recipe_from_flags(method, base, models, weight, density, t, param):
                     per_model[i][name] = values[k]
                     k += 1
         else:
-            raise UsageError(f"{flag} was given {len(values)} times for {len(others)} model(s)", f"give it once for all, or once per model ({len(others)})")
+            raise UsageError(
+                f"{flag} was given {len(values)} times for {len(others)} model(s)",
+                f"give it once for all, or once per model ({len(others)})",
+            )
     if not weight and meth.param("weight") is not None and meth.param("weight").required:
         global_params["weight"] = 1.0  # flag form: equal weights unless told otherwise
     if t is not None:
@@ -239,8 +282,8 @@ def _recipe_from_flags(method, base, models, weight, density, t, param):
 def _extract(finetune, base, rank, include, exclude, exact, output, force, dev, out_dtype, seed, dry_run, as_json, quiet) -> int:
     import torch
 
-    from modelsurgeon.ops.merge.lora import plan_extract, run_extract
     from modelsurgeon.ops.io.output import OutputDir
+    from modelsurgeon.ops.merge.lora import plan_extract, run_extract
 
     out = OutputDir(output, force)
     plan = plan_extract(finetune, base, rank, include, exclude)
@@ -259,8 +302,15 @@ def _extract(finetune, base, rank, include, exclude, exact, output, force, dev, 
         return 0
     with progress(len(plan.ranks), "extract LoRA", quiet, unit="modules") as advance:
         res = run_extract(
-            plan, out, base_spec=base, out_dtype=getattr(torch, out_dtype) if out_dtype else None, device=dev, exact=exact, seed=seed,
-            command=command_line(), advance=advance,
+            plan,
+            out,
+            base_spec=base,
+            out_dtype=getattr(torch, out_dtype) if out_dtype else None,
+            device=dev,
+            exact=exact,
+            seed=seed,
+            command=command_line(),
+            advance=advance,
         )
     summary.update(
         {
@@ -289,7 +339,9 @@ def _list_methods(as_json: bool) -> int:
                 "summary": m.summary,
                 "paper": m.paper,
                 "base": m.base,
-                "models": f"{m.min_models}+" if m.max_models is None else (str(m.min_models) if m.min_models == m.max_models else f"{m.min_models}-{m.max_models}"),
+                "models": f"{m.min_models}+"
+                if m.max_models is None
+                else (str(m.min_models) if m.min_models == m.max_models else f"{m.min_models}-{m.max_models}"),
                 "parameters": {p.name: (None if p.required else p.default) for p in m.params},
                 "model_parameters": {p.name: (None if p.required else p.default) for p in m.model_params},
                 "randomized": m.randomized,

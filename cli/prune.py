@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, RevisionOpt, command_line
-
 from ._output import emit_json, fmt_count, note, progress
 
 EPILOG = """Examples:
@@ -28,17 +27,33 @@ EPILOG = """Examples:
 def prune(
     model: Annotated[str, typer.Argument(help="A .safetensors file, a model folder, a Hub id (org/name[@rev]) or 'minilm'.")],
     output: Annotated[str | None, typer.Option("--output", "-o", help="Output folder (written atomically).")] = None,
-    sparsity: Annotated[float | None, typer.Option("--sparsity", help="Fraction of each targeted tensor to zero, in [0, 1).")] = None,
-    method: Annotated[str | None, typer.Option("--method", help="What to prune first: magnitude (smallest |w|) or random.")] = None,
-    scope: Annotated[
-        str | None, typer.Option("--scope", help="Where the count is exact: layer (each tensor), row (each output row), global (all targets).")
+    sparsity: Annotated[
+        float | None, typer.Option("--sparsity", help="Fraction of each targeted tensor to zero, in [0, 1).")
     ] = None,
-    pattern: Annotated[str | None, typer.Option("--pattern", help="Keep the N largest of every M weights along the input dimension (N:M, e.g. 2:4).")] = None,
-    include: Annotated[str | None, typer.Option("--include", help="Regex: prune these float tensors instead of the linear weights.")] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="What to prune first: magnitude (smallest |w|) or random.")
+    ] = None,
+    scope: Annotated[
+        str | None,
+        typer.Option(
+            "--scope", help="Where the count is exact: layer (each tensor), row (each output row), global (all targets)."
+        ),
+    ] = None,
+    pattern: Annotated[
+        str | None,
+        typer.Option("--pattern", help="Keep the N largest of every M weights along the input dimension (N:M, e.g. 2:4)."),
+    ] = None,
+    include: Annotated[
+        str | None, typer.Option("--include", help="Regex: prune these float tensors instead of the linear weights.")
+    ] = None,
     exclude: Annotated[str | None, typer.Option("--exclude", help="Regex: leave these tensors alone.")] = None,
-    recipe: Annotated[str | None, typer.Option("--recipe", help="YAML recipe (settings and per-tensor sparsity overrides); flags override it.")] = None,
+    recipe: Annotated[
+        str | None, typer.Option("--recipe", help="YAML recipe (settings and per-tensor sparsity overrides); flags override it.")
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for --method random (default 0).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (targets and their sparsities); write nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (targets and their sparsities); write nothing.")
+    ] = False,
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
     force: ForceOpt = False,
@@ -58,14 +73,12 @@ def prune(
 
     import json
 
-    from modelsurgeon.ops.io.checkpoint import open_checkpoint
-
-    from modelsurgeon.ops.core.streaming import prefetched
     from modelsurgeon.ops.core.device import resolve_device
-    from modelsurgeon.ops.io.output import write_folder
-    from modelsurgeon.ops.prune.run import PruneRun, plan_prune
-    from modelsurgeon.ops.io.output import OutputDir
+    from modelsurgeon.ops.core.streaming import prefetched
+    from modelsurgeon.ops.io.checkpoint import open_checkpoint
+    from modelsurgeon.ops.io.output import OutputDir, write_folder
     from modelsurgeon.ops.io.writer import TensorSpec, parse_size
+    from modelsurgeon.ops.prune.run import PruneRun, plan_prune
 
     shard = parse_size(max_shard_size)
     dev = resolve_device(device)
@@ -145,12 +158,27 @@ def _plan_result(ck, plan) -> dict:
             planned = t.k * (t.numel // (t.shape[-1] if t.shape and t.shape[-1] else 1))
         else:
             planned = t.k
-        rows.append({"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "numel": t.numel,
-                     "sparsity_target": t.sparsity, "mode": t.mode, "pruned": planned, "aliases": t.aliases})
+        rows.append(
+            {
+                "name": t.name,
+                "shape": list(t.shape),
+                "dtype": t.dtype,
+                "numel": t.numel,
+                "sparsity_target": t.sparsity,
+                "mode": t.mode,
+                "pruned": planned,
+                "aliases": t.aliases,
+            }
+        )
     fixed = sum(r["pruned"] for r in rows if r["pruned"] is not None)
-    return {**_head(ck, plan), "dry_run": True, "output": None, "pruned": fixed + plan.pool_k,
-            "global_pool": {"tensors": len(plan.pool), "params": plan.pool_numel, "pruned": plan.pool_k} if plan.pool else None,
-            "tensors": rows}
+    return {
+        **_head(ck, plan),
+        "dry_run": True,
+        "output": None,
+        "pruned": fixed + plan.pool_k,
+        "global_pool": {"tensors": len(plan.pool), "params": plan.pool_numel, "pruned": plan.pool_k} if plan.pool else None,
+        "tensors": rows,
+    }
 
 
 def _run_result(ck, plan, run, output: str) -> dict:
@@ -193,19 +221,28 @@ def _print(r: dict) -> None:
         t.add_column("sparsity", justify="right", no_wrap=True)
     for row in r["tensors"]:
         name = row["name"] + (f" (= {', '.join(row['aliases'])})" if row["aliases"] else "")
-        cells = [name, "x".join(map(str, row["shape"])) or "()", fmt_count(row["numel"]),
-                 f"{row['sparsity_target']:.2%}", "pool" if row["pruned"] is None else fmt_count(row["pruned"])]
+        cells = [
+            name,
+            "x".join(map(str, row["shape"])) or "()",
+            fmt_count(row["numel"]),
+            f"{row['sparsity_target']:.2%}",
+            "pool" if row["pruned"] is None else fmt_count(row["pruned"]),
+        ]
         if not r["dry_run"]:
             cells += [fmt_count(row["zeros_before"]), f"{row['sparsity']:.2%}"]
         t.add_row(*cells)
     console.print(t)
     share = r["target_params"] / r["total_params"] if r["total_params"] else 0
-    lines = [f"targets {r['num_targets']}   params {fmt_count(r['target_params'])} of {fmt_count(r['total_params'])} ({share:.1%})"]
+    lines = [
+        f"targets {r['num_targets']}   params {fmt_count(r['target_params'])} of {fmt_count(r['total_params'])} ({share:.1%})"
+    ]
     if r["dry_run"]:
         lines[0] += f"   would prune {fmt_count(r['pruned'])}"
         if r.get("global_pool"):
             g = r["global_pool"]
-            lines.append(f"global pool: {g['tensors']} tensors, {fmt_count(g['params'])} params, {fmt_count(g['pruned'])} to prune by one threshold")
+            lines.append(
+                f"global pool: {g['tensors']} tensors, {fmt_count(g['params'])} params, {fmt_count(g['pruned'])} to prune by one threshold"
+            )
         lines.append("dry run: nothing was written")
     else:
         lines[0] += f"   pruned {fmt_count(r['pruned'])}   zeros {fmt_count(r['zeros'])}   sparsity {r['target_sparsity']:.4%}"

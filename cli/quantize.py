@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, RevisionOpt, command_line
-
 from ._output import emit_json, fmt_bytes, fmt_float, note, progress
 
 # Kept in step with ops/quant.py's registry by tests/cli/test_quantize.py (help must not import torch).
@@ -29,14 +28,19 @@ EPILOG = """Examples:
 
 def quantize(
     model: Annotated[str, typer.Argument(help="A .safetensors file, a model folder, a Hub id (org/name[@rev]) or 'minilm'.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Output folder (a .gguf file with --format gguf), written atomically.")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Output folder (a .gguf file with --format gguf), written atomically.")
+    ],
     scheme: Annotated[str, typer.Option("--scheme", "-s", help=f"Quantization scheme: {SCHEME_NAMES}.")],
     fmt: Annotated[
         str,
-        typer.Option("--format", "-f", help="compressed-tensors, gguf, dense (quantize then dequantize), or auto: the scheme's own format."),
+        typer.Option(
+            "--format", "-f", help="compressed-tensors, gguf, dense (quantize then dequantize), or auto: the scheme's own format."
+        ),
     ] = "auto",
     group_size: Annotated[
-        int | None, typer.Option("--group-size", "-g", help="Values per scale along each row; -1 = one per row. Default: the scheme's.")
+        int | None,
+        typer.Option("--group-size", "-g", help="Values per scale along each row; -1 = one per row. Default: the scheme's."),
     ] = None,
     asym: Annotated[bool, typer.Option("--asym", help="Asymmetric (scale and zero point) for w4a16, w8a16, w8a8.")] = False,
     optimizer: Annotated[
@@ -47,7 +51,8 @@ def quantize(
         typer.Option("--ignore", help="Regex of tensors to leave as they are (on top of embeddings, lm_head, norms, biases)."),
     ] = None,
     include: Annotated[
-        str | None, typer.Option("--include", help="Regex of float tensors to quantize, replacing the default (2-D linear weights).")
+        str | None,
+        typer.Option("--include", help="Regex of float tensors to quantize, replacing the default (2-D linear weights)."),
     ] = None,
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
@@ -58,12 +63,20 @@ def quantize(
 ) -> int:
     """Quantize a checkpoint's linear weights; report bits per weight and the error of every tensor."""
     from modelsurgeon.ops.io.checkpoint import open_checkpoint
-    from modelsurgeon.ops.quantize.run import plan_quantize, run_quantize
     from modelsurgeon.ops.io.writer import parse_size
+    from modelsurgeon.ops.quantize.run import plan_quantize, run_quantize
     from modelsurgeon.recipes.quantize import QuantizeConfig
 
-    cfg = QuantizeConfig(scheme=scheme, format=fmt, group_size=group_size, asym=asym, optimizer=optimizer,
-                         include=include, ignore=ignore, device=device)
+    cfg = QuantizeConfig(
+        scheme=scheme,
+        format=fmt,
+        group_size=group_size,
+        asym=asym,
+        optimizer=optimizer,
+        include=include,
+        ignore=ignore,
+        device=device,
+    )
     parse_size(max_shard_size)
     with open_checkpoint(model, revision) as ck:
         plan = plan_quantize(ck, cfg, output, force, max_shard_size)
@@ -86,8 +99,12 @@ def _print_table(r: dict) -> None:
     from ._output import out_console
 
     console = out_console()
-    t = Table(title=f"{r['model']} -> {r['output']}  ({r['scheme']}, {r['format']})", title_justify="left",
-              box=box.SIMPLE_HEAD, pad_edge=False)
+    t = Table(
+        title=f"{r['model']} -> {r['output']}  ({r['scheme']}, {r['format']})",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     t.add_column("tensor", overflow="fold", ratio=1, min_width=20)
     t.add_column("shape", no_wrap=True)
     for c in ("bits/w", "before", "after", "SQNR dB", "rel L2"):
@@ -97,8 +114,15 @@ def _print_table(r: dict) -> None:
         if not row["scheme"]:
             kept += 1
             continue
-        t.add_row(row["name"], "x".join(map(str, row["shape"])), f"{row['bits_per_weight']:.3f}", fmt_bytes(row["bytes_before"]),
-                  fmt_bytes(row["bytes_after"]), fmt_float(row["sqnr_db"], 4), fmt_float(row["rel_l2"], 3))
+        t.add_row(
+            row["name"],
+            "x".join(map(str, row["shape"])),
+            f"{row['bits_per_weight']:.3f}",
+            fmt_bytes(row["bytes_before"]),
+            fmt_bytes(row["bytes_after"]),
+            fmt_float(row["sqnr_db"], 4),
+            fmt_float(row["rel_l2"], 3),
+        )
     console.print(t)
     group = "per row" if r["group_size"] == -1 else f"group {r['group_size']}"
     lines = [

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from ._options import JsonOpt, QuietOpt, RevisionOpt
-
 from ._output import emit_json, fmt_bytes, fmt_count, fmt_float, progress
 
 EPILOG = """Examples:
@@ -25,8 +24,12 @@ EPILOG = """Examples:
 def report(
     model: Annotated[str, typer.Argument(help="A .safetensors file, a model folder, a Hub id (org/name[@rev]) or 'minilm'.")],
     compare: Annotated[str | None, typer.Option("--compare", help="Another checkpoint to compare each tensor against.")] = None,
-    name_filter: Annotated[str | None, typer.Option("--filter", help="Only tensors whose name matches this regex (totals too).")] = None,
-    top: Annotated[int | None, typer.Option("--top", min=1, help="List only the N largest tensors (most changed with --compare).")] = None,
+    name_filter: Annotated[
+        str | None, typer.Option("--filter", help="Only tensors whose name matches this regex (totals too).")
+    ] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", min=1, help="List only the N largest tensors (most changed with --compare).")
+    ] = None,
     require: Annotated[
         list[str] | None,
         typer.Option("--require", help="A gate such as 'sparsity>=0.5'; repeatable. Exit 1 if one fails."),
@@ -100,13 +103,30 @@ def _print_table(r: dict) -> None:
         for c in ("mean|w|", "std", "min", "max"):
             t.add_column(c, justify="right", no_wrap=True)
     for row in r["tensors"]:
-        cells = [row["name"], "x".join(map(str, row["shape"])) or "()", row["dtype"], fmt_count(row["numel"]), f"{1 - row['sparsity']:.1%}"]
+        cells = [
+            row["name"],
+            "x".join(map(str, row["shape"])) or "()",
+            row["dtype"],
+            fmt_count(row["numel"]),
+            f"{1 - row['sparsity']:.1%}",
+        ]
         if cmp:
             pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
-            cells += [fmt_float(row["rel_l2"], 3), fmt_float(row["cosine"], 5), pct(row["changed_fraction"]), pct(row["sign_agreement"])]
+            cells += [
+                fmt_float(row["rel_l2"], 3),
+                fmt_float(row["cosine"], 5),
+                pct(row["changed_fraction"]),
+                pct(row["sign_agreement"]),
+            ]
         else:
             nm = {True: "yes", False: "no", None: "-"}[row["nm_2_4"]]
-            cells += [nm, fmt_float(row["mean_abs"], 3), fmt_float(row["std"], 3), fmt_float(row["min"], 3), fmt_float(row["max"], 3)]
+            cells += [
+                nm,
+                fmt_float(row["mean_abs"], 3),
+                fmt_float(row["std"], 3),
+                fmt_float(row["min"], 3),
+                fmt_float(row["max"], 3),
+            ]
         t.add_row(*cells)
     console.print(t)
     shown = f" (showing top {r['top']})" if r.get("top") else ""

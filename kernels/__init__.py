@@ -41,6 +41,10 @@ def should_use_triton(device, use_triton: bool | None = None) -> bool:
     if use_triton is None:
         return possible and dev_type == "cuda"
     if not possible:
-        why = "triton is not installed" if not triton_importable() else "Triton needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)"
+        why = (
+            "triton is not installed"
+            if not triton_importable()
+            else "Triton needs a CUDA device (or TRITON_INTERPRET=1 on the CPU)"
+        )
         raise RuntimeError(f"use_triton=True but {why}")
     return True

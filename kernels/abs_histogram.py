@@ -47,9 +47,7 @@ def _abs_histogram_kernel(
     tl.atomic_add(hist_ptr + idx, local.to(tl.int64), mask=(idx < NBINS) & (local > 0))
 
 
-def abs_histogram(
-    x: torch.Tensor, lo: int, shift: int, nbins: int, keys: torch.Tensor | None = None
-) -> torch.Tensor:
+def abs_histogram(x: torch.Tensor, lo: int, shift: int, nbins: int, keys: torch.Tensor | None = None) -> torch.Tensor:
     span_bits = check_window(lo, shift, nbins)
     x = x.reshape(-1)
     if not x.is_contiguous():

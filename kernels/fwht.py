@@ -186,6 +186,18 @@ def fastfood_t_triton(g, B, invperm, G, d: int, scale: float, block_log: int = B
     out = torch.empty((rows, d), dtype=g.dtype, device=g.device)
     work = torch.empty_like(first) if multi else None
     _transform(
-        first, out, L, rows, n_in=L, n_out=d, gather=invperm, mul=G, mul_at_src=True, post=B, scale=scale, work=work, block_log=block_log
+        first,
+        out,
+        L,
+        rows,
+        n_in=L,
+        n_out=d,
+        gather=invperm,
+        mul=G,
+        mul_at_src=True,
+        post=B,
+        scale=scale,
+        work=work,
+        block_log=block_log,
     )
     return out.reshape(*g.shape[:-1], d)

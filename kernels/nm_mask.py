@@ -61,7 +61,15 @@ def nm_mask(
         mp = triton.next_power_of_2(m)
         block_g = max(1, 1024 // mp)
         _nm_mask_kernel[(triton.cdiv(groups, block_g),)](
-            out, kept, x, keys if keys is not None else x, groups,
-            N=n, M=m, MP=mp, HAS_KEYS=keys is not None, BLOCK_G=block_g,
+            out,
+            kept,
+            x,
+            keys if keys is not None else x,
+            groups,
+            N=n,
+            M=m,
+            MP=mp,
+            HAS_KEYS=keys is not None,
+            BLOCK_G=block_g,
         )
     return out, kept[0]

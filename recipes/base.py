@@ -19,9 +19,10 @@ import dataclasses
 import difflib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
 
@@ -46,9 +47,7 @@ def _loader():
                 try:
                     hash(key)
                 except TypeError:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, "keys must be plain names", key_node.start_mark
-                    ) from None
+                    raise yaml.constructor.ConstructorError(None, None, "keys must be plain names", key_node.start_mark) from None
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
                         None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1})", key_node.start_mark
@@ -149,7 +148,9 @@ class Config:
                 "upgrade: pip install -U modelsurgeon",
             )
         if self.version < self.VERSION:
-            raise UsageError(f"{self.KIND} recipe version {self.version} is no longer read", f"rewrite it for version {self.VERSION}")
+            raise UsageError(
+                f"{self.KIND} recipe version {self.version} is no longer read", f"rewrite it for version {self.VERSION}"
+            )
         self.validate()
 
     def validate(self) -> None:

@@ -74,8 +74,14 @@ class IntrinsicDimConfig:
         _choice("--optimizer", self.optimizer, OPTIMIZERS)
         _choice("--arch", self.arch, ARCHS)
         _choice("--fwht", self.fwht, FWHT)
-        for flag, v in (("--seeds", self.seeds), ("--epochs", self.epochs), ("--batch-size", self.batch_size),
-                        ("--d-start", self.d_start), ("--width", self.width), ("--depth", self.depth)):
+        for flag, v in (
+            ("--seeds", self.seeds),
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+            ("--d-start", self.d_start),
+            ("--width", self.width),
+            ("--depth", self.depth),
+        ):
             if v < 1:
                 raise UsageError(f"{flag} must be at least 1, got {v}")
         if self.d_max is not None and self.d_max < 1:
@@ -91,7 +97,7 @@ class IntrinsicDimConfig:
             raise UsageError(f"--grid values must be positive integers, got {list(self.grid)}")
         parse_task_spec(self.task)
 
-    def with_task_defaults(self, defaults: dict) -> "IntrinsicDimConfig":
+    def with_task_defaults(self, defaults: dict) -> IntrinsicDimConfig:
         """Apply a task's defaults to the fields the user did not set."""
         changes = {k: v for k, v in defaults.items() if k not in self.explicit}
         return replace(self, **changes) if changes else self
@@ -126,7 +132,9 @@ def parse_baseline(text: str | None) -> float | None:
     try:
         return float(text)
     except ValueError:
-        raise UsageError(f"--baseline {text!r} is neither auto nor a number", "e.g. --baseline 1.0 (Li et al.'s global baseline)") from None
+        raise UsageError(
+            f"--baseline {text!r} is neither auto nor a number", "e.g. --baseline 1.0 (Li et al.'s global baseline)"
+        ) from None
 
 
 def parse_task_spec(spec: str) -> tuple[str, str | None]:
@@ -138,7 +146,9 @@ def parse_task_spec(spec: str) -> tuple[str, str | None]:
         raise UsageError(f"unknown task {spec!r}", f"use one of: {TASK_FORMS}")
     if head in ("npz", "csv", "text"):
         if not rest:
-            raise UsageError(f"task {spec!r} needs a path after the colon", f"e.g. --task {head}:data.{head if head != 'text' else 'txt'}")
+            raise UsageError(
+                f"task {spec!r} needs a path after the colon", f"e.g. --task {head}:data.{head if head != 'text' else 'txt'}"
+            )
         return head, rest
     if head in ("toy", "digits"):
         raise UsageError(f"task {head} takes no argument, got {spec!r}")

@@ -19,10 +19,11 @@ Nothing here imports torch: the CLI parses a recipe before any heavy import.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping, Union
+from typing import Any
 
 from modelsurgeon.ops.core.errors import PlanError, SurgeonError
 
@@ -82,7 +83,7 @@ class Gradient:
 @dataclass(frozen=True)
 class Condition:
     filter: str | None  # None or "*" matches every tensor
-    value: "Setting"
+    value: Setting
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class Conditions:
         return "[" + ", ".join(f"{c.filter or '*'}: {c.value}" for c in self.items) + "]"
 
 
-Setting = Union[float, int, bool, str, None, Gradient, Conditions]
+Setting = float | int | bool | str | None | Gradient | Conditions
 Params = Mapping[str, Setting]
 NO_PARAMS: Params = MappingProxyType({})
 
@@ -144,7 +145,7 @@ class ModelRef:
     lora: str | None = None
 
     @classmethod
-    def parse(cls, spec: str) -> "ModelRef":
+    def parse(cls, spec: str) -> ModelRef:
         spec = spec.strip()
         if "+" in spec and not Path(spec).expanduser().exists():
             model, _, lora = spec.partition("+")
@@ -154,7 +155,7 @@ class ModelRef:
     def __str__(self) -> str:
         return f"{self.model}+{self.lora}" if self.lora else self.model
 
-    def same_as(self, other: "ModelRef | None") -> bool:
+    def same_as(self, other: ModelRef | None) -> bool:
         if other is None:
             return False
         return _canon(self.model) == _canon(other.model) and _canon(self.lora) == _canon(other.lora)
@@ -199,7 +200,9 @@ class MergeRecipe:
     source: str = "<flags>"  # where it came from, for messages
     text: str | None = None  # the recipe file as written, kept verbatim beside the output
     schema: int = SCHEMA_VERSION
-    where: Mapping[str, str] = field(default_factory=lambda: NO_PARAMS, compare=False)  # "models[1].parameters.density" -> "line 7, column 5"
+    where: Mapping[str, str] = field(
+        default_factory=lambda: NO_PARAMS, compare=False
+    )  # "models[1].parameters.density" -> "line 7, column 5"
 
     def referenced_models(self) -> list[ModelRef]:
         """Every distinct model the recipe names, base first."""
@@ -471,7 +474,11 @@ class _Reader:
         import yaml
 
         vals = None
-        if isinstance(node, yaml.SequenceNode) and len(node.value) == 2 and all(isinstance(e, yaml.ScalarNode) for e in node.value):
+        if (
+            isinstance(node, yaml.SequenceNode)
+            and len(node.value) == 2
+            and all(isinstance(e, yaml.ScalarNode) for e in node.value)
+        ):
             vals = [_construct_scalar(e) for e in node.value]
         if vals is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
             self.bad(node, path, "expected [start, end] (two whole numbers, end exclusive)")
@@ -524,7 +531,11 @@ class _Reader:
                     )
                     lengths = {s.layer_range[1] - s.layer_range[0] for s in srcs if s.layer_range}
                     if len(lengths) > 1:
-                        self.bad(srcs_node, f"slices[{i}].sources", f"all sources of a slice need the same number of layers, got {sorted(lengths)}")
+                        self.bad(
+                            srcs_node,
+                            f"slices[{i}].sources",
+                            f"all sources of a slice need the same number of layers, got {sorted(lengths)}",
+                        )
                     sb = self.model_ref(sm["base_model"], f"slices[{i}].base_model") if "base_model" in sm else None
                     sp = self.params(sm["parameters"], f"slices[{i}].parameters") if "parameters" in sm else NO_PARAMS
                     out.append(SliceDef(srcs, sb, sp))
@@ -542,13 +553,19 @@ class _Reader:
             if tm is not None and "source" in tm:
                 tok = self.string(tm["source"], "tokenizer.source")
         if tok is not None and tok.strip().lower() == "union":
-            self.bad(top.get("tokenizer_source", top.get("tokenizer")), "tokenizer_source",
-                     "union (a vocabulary built from all models) is not supported; use base or the name of one model")
+            self.bad(
+                top.get("tokenizer_source", top.get("tokenizer")),
+                "tokenizer_source",
+                "union (a vocabulary built from all models) is not supported; use base or the name of one model",
+            )
             tok = None
         chat = self.string(top["chat_template"], "chat_template") if "chat_template" in top else None
         if chat is not None and "{" not in chat and chat.strip() != "auto":
-            self.bad(top["chat_template"], "chat_template",
-                     f"named templates ({chat!r}) are not bundled; give the Jinja template text, or auto to keep the tokenizer source's")
+            self.bad(
+                top["chat_template"],
+                "chat_template",
+                f"named templates ({chat!r}) are not bundled; give the Jinja template text, or auto to keep the tokenizer source's",
+            )
             chat = None
         return MergeRecipe(
             merge_method=(method or "").strip(),
@@ -578,7 +595,9 @@ def _construct_scalar(node):
 def _kind(node) -> str:
     import yaml
 
-    return {yaml.ScalarNode: "a single value", yaml.SequenceNode: "a list", yaml.MappingNode: "a mapping"}.get(type(node), "something else")
+    return {yaml.ScalarNode: "a single value", yaml.SequenceNode: "a list", yaml.MappingNode: "a mapping"}.get(
+        type(node), "something else"
+    )
 
 
 def _did_you_mean(word: str, known) -> str:

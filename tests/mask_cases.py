@@ -25,7 +25,13 @@ def awkward(shape, dtype, seed=0) -> torch.Tensor:
 
 def assert_equal(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
     """torch.equal, treating NaN == NaN; on failure name how many differ and the first few."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype, (what, actual.shape, expected.shape, actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype, (
+        what,
+        actual.shape,
+        expected.shape,
+        actual.dtype,
+        expected.dtype,
+    )
     a, e = actual.reshape(-1), expected.reshape(-1)
     if a.is_floating_point():
         same = (a == e) | (torch.isnan(a) & torch.isnan(e))
@@ -35,4 +41,6 @@ def assert_equal(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -
     if not bool(same.all()):
         bad = torch.nonzero(~same).view(-1)
         first = bad[:5].tolist()
-        raise AssertionError(f"{what}: {bad.numel()} of {a.numel()} differ; first at {first}: {a[first].tolist()} vs {e[first].tolist()}")
+        raise AssertionError(
+            f"{what}: {bad.numel()} of {a.numel()} differ; first at {first}: {a[first].tolist()} vs {e[first].tolist()}"
+        )

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run
-
 from conftest import add_byte_level_tokenizer, make_tiny_llama
+from helpers import run
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -80,7 +79,9 @@ def _make_adapter(base: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     peft_model.save_pretrained(out)
 
 
@@ -121,8 +122,24 @@ def test_every_readme_command_runs(capsys, workdir, monkeypatch):
         if reason is None and "expand-subspace" in line and not (workdir / "s.safetensors").exists():
             # the example that writes s.safetensors is skipped above: make one the quick way
             (workdir / "notes.txt").write_text("the quick brown fox jumps over the lazy dog. " * 40)
-            code, _, err = run(capsys, "intrinsic-dim", "org/base", "--task", "text:notes.txt", "--grid", "8",
-                               "--epochs", "1", "--threshold-from", "zero", "--threshold", "0.1", "--save-subspace", "s.safetensors", "-q")
+            code, _, err = run(
+                capsys,
+                "intrinsic-dim",
+                "org/base",
+                "--task",
+                "text:notes.txt",
+                "--grid",
+                "8",
+                "--epochs",
+                "1",
+                "--threshold-from",
+                "zero",
+                "--threshold",
+                "0.1",
+                "--save-subspace",
+                "s.safetensors",
+                "-q",
+            )
             assert code == 0, err
         if reason:
             skipped.append((line, reason))

@@ -20,9 +20,10 @@ import os
 import queue
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -40,7 +41,9 @@ def worker_pool() -> ThreadPoolExecutor:
     want = max(1, torch.get_num_threads())
     with _POOL_LOCK:
         if _POOL is None or _POOL_SIZE < want:
-            _POOL = ThreadPoolExecutor(want, thread_name_prefix="surgeon-worker", initializer=torch.set_num_threads, initargs=(1,))
+            _POOL = ThreadPoolExecutor(
+                want, thread_name_prefix="surgeon-worker", initializer=torch.set_num_threads, initargs=(1,)
+            )
             _POOL_SIZE = want
         return _POOL
 

@@ -20,9 +20,9 @@ import contextlib
 import hashlib
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -142,7 +142,9 @@ def _image_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     n = math.prod(shape)
     s = math.isqrt(n)
     if s * s != n:
-        raise SurgeonError(f"--arch lenet needs images: {n} features per example is not a square", "give X as (N, H, W) or (N, C, H, W)")
+        raise SurgeonError(
+            f"--arch lenet needs images: {n} features per example is not a square", "give X as (N, H, W) or (N, C, H, W)"
+        )
     return (1, s, s)
 
 
@@ -175,7 +177,11 @@ def model_for_task(task, cfg, model_spec: str | None, revision: str | None = Non
         in_shape = _image_shape(tuple(in_shape))
     source = _arch_source(cfg.arch, cfg.width, cfg.depth, in_shape, n_out)
     module = build_arch(source)
-    label = f"{cfg.arch} " + (f"{math.prod(in_shape)}-" + "-".join([str(cfg.width)] * cfg.depth) + f"-{n_out}" if cfg.arch == "fc" else f"on {tuple(in_shape)}")
+    label = f"{cfg.arch} " + (
+        f"{math.prod(in_shape)}-" + "-".join([str(cfg.width)] * cfg.depth) + f"-{n_out}"
+        if cfg.arch == "fc"
+        else f"on {tuple(in_shape)}"
+    )
     return BuiltModel(module, source, lambda s: he_init(module, s), label=label)
 
 
@@ -189,7 +195,9 @@ def _quiet_transformers():
     try:
         import transformers
     except ImportError:
-        raise SurgeonError("a checkpoint MODEL is built with transformers, which is not installed", "run: pip install transformers") from None
+        raise SurgeonError(
+            "a checkpoint MODEL is built with transformers, which is not installed", "run: pip install transformers"
+        ) from None
 
     transformers.logging.set_verbosity_error()
     try:
@@ -227,7 +235,12 @@ def load_transformers(ck, task=None, auto_class: str | None = None, kwargs: dict
         cls = getattr(transformers, auto_class)
         try:
             module, info = cls.from_pretrained(
-                str(ck.folder), output_loading_info=True, local_files_only=True, trust_remote_code=False, dtype=torch.float32, **kwargs
+                str(ck.folder),
+                output_loading_info=True,
+                local_files_only=True,
+                trust_remote_code=False,
+                dtype=torch.float32,
+                **kwargs,
             )
         except (ValueError, RuntimeError, OSError, KeyError, TypeError) as e:
             msg = " ".join(str(e).split())
@@ -235,15 +248,26 @@ def load_transformers(ck, task=None, auto_class: str | None = None, kwargs: dict
                 raise SurgeonError(f"cannot build a model from {ck.label}'s config.json with {auto_class}: {msg[:300]}") from None
             try:  # load again, tolerating the mismatch, only to name the tensor
                 module, info = cls.from_pretrained(
-                    str(ck.folder), output_loading_info=True, local_files_only=True, trust_remote_code=False,
-                    dtype=torch.float32, ignore_mismatched_sizes=True, **kwargs,
+                    str(ck.folder),
+                    output_loading_info=True,
+                    local_files_only=True,
+                    trust_remote_code=False,
+                    dtype=torch.float32,
+                    ignore_mismatched_sizes=True,
+                    **kwargs,
                 )
             except Exception:
-                raise SurgeonError(f"{ck.label}'s tensors do not match its config.json: {msg[:300]}", "fix config.json or the weights") from None
+                raise SurgeonError(
+                    f"{ck.label}'s tensors do not match its config.json: {msg[:300]}", "fix config.json or the weights"
+                ) from None
     mismatched = sorted(info.get("mismatched_keys") or [], key=str)
     if mismatched:
         first = mismatched[0]
-        what = f"{first[0]} is {list(first[1])} in the weights but {list(first[2])} by config.json" if isinstance(first, tuple) and len(first) == 3 else str(first)
+        what = (
+            f"{first[0]} is {list(first[1])} in the weights but {list(first[2])} by config.json"
+            if isinstance(first, tuple) and len(first) == 3
+            else str(first)
+        )
         more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
         raise SurgeonError(f"{ck.label}'s tensors do not match its config.json: {what}{more}", "fix config.json or the weights")
     missing = sorted(info.get("missing_keys") or [])
@@ -316,7 +340,11 @@ def _module_with_checkpoint(task, ck) -> BuiltModel:
     source = {
         "kind": "module",
         "task": task.spec,
-        "checkpoint": {"label": ck.label, "path": str(ck.folder.resolve()), "files": {f.name: sha256_file(f) for f in ck.weight_files}},
+        "checkpoint": {
+            "label": ck.label,
+            "path": str(ck.folder.resolve()),
+            "files": {f.name: sha256_file(f) for f in ck.weight_files},
+        },
     }
     return BuiltModel(module, source, None, checkpoint=ck, default_baseline_lr=1e-4, label=f"{ck.label} in {task.spec}")
 

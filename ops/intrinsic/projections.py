@@ -22,14 +22,15 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from modelsurgeon.ops.core.errors import SurgeonError
-from .fwht import fastfood, fastfood_t, next_pow2
 from modelsurgeon.ops.core.registry import Registry
+
+from .fwht import fastfood, fastfood_t, next_pow2
 
 CHUNK = 64  # dense and sparse columns are drawn 64 at a time, each chunk from its own seed
 _MASK64 = (1 << 64) - 1
@@ -81,8 +82,7 @@ class DenseProjection(Projection):
         need = 4 * D * d
         if need > max_bytes:
             raise SurgeonError(
-                f"a dense projection at d = {d} needs {need / 2**30:.1f} GiB for D = {D:,} "
-                f"(limit {max_bytes / 2**30:.1f} GiB)",
+                f"a dense projection at d = {d} needs {need / 2**30:.1f} GiB for D = {D:,} (limit {max_bytes / 2**30:.1f} GiB)",
                 "use --projection sparse or fastfood",
             )
         rows = []

@@ -22,15 +22,16 @@ import hashlib
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
-from .projections import Projection, make_projection
 from modelsurgeon.ops.io.targets import compile_regex
+
+from .projections import Projection, make_projection
 
 FORMAT = "modelsurgeon.subspace"
 FORMAT_VERSION = 1
@@ -53,12 +54,16 @@ class Problem:
         if inc is not None:
             named = [(n, p) for n, p in named if inc.search(n)]
             if not named:
-                raise SurgeonError(f"--include {include!r} matches no parameter of the model", "names look like " + _examples(module))
+                raise SurgeonError(
+                    f"--include {include!r} matches no parameter of the model", "names look like " + _examples(module)
+                )
         if exc is not None:
             before = len(named)
             named = [(n, p) for n, p in named if not exc.search(n)]
             if len(named) == before:
-                raise SurgeonError(f"--exclude {exclude!r} matches no parameter of the model", "names look like " + _examples(module))
+                raise SurgeonError(
+                    f"--exclude {exclude!r} matches no parameter of the model", "names look like " + _examples(module)
+                )
             if not named:
                 raise SurgeonError(f"--exclude {exclude!r} leaves no parameter to train")
         self.names = [n for n, _ in named]
@@ -151,14 +156,26 @@ def _optimizer(name: str, params, lr: float, weight_decay: float, cfg):
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     return torch.optim.LBFGS(
-        params, lr=lr, max_iter=cfg.lbfgs_max_iter, history_size=50, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe"
+        params,
+        lr=lr,
+        max_iter=cfg.lbfgs_max_iter,
+        history_size=50,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
     )
 
 
 def build_projection(problem: Problem, cfg, d: int, seed: int) -> Projection:
     use_triton = {"auto": None, "torch": False, "triton": True}[cfg.fwht]
     return make_projection(
-        cfg.projection, problem.D, d - problem.m, cfg.proj_seed + seed, problem.device, max_bytes=cfg.max_dense_bytes, use_triton=use_triton
+        cfg.projection,
+        problem.D,
+        d - problem.m,
+        cfg.proj_seed + seed,
+        problem.device,
+        max_bytes=cfg.max_dense_bytes,
+        use_triton=use_triton,
     )
 
 
@@ -199,7 +216,7 @@ def train_run(problem: Problem, cfg, d: int | None, seed: int, events: Events = 
         if cfg.optimizer == "lbfgs":
             batches = list(task.batches("train", cfg.batch_size, g))
 
-            def closure():
+            def closure(batches=batches):
                 opt.zero_grad()
                 flat = flat_now()
                 total = sum(task.loss(problem.forward(flat, b), b.target) * _weight(b, task) for b in batches)
@@ -229,7 +246,9 @@ def train_run(problem: Problem, cfg, d: int | None, seed: int, events: Events = 
     with torch.no_grad():
         flat = flat_now().detach()
         metric, loss = task.evaluate(lambda b: problem.forward(flat, b), eval_batch(task, cfg))
-    run = Run("direct" if d is None else "subspace", d, seed, metric, loss, train_loss, time.perf_counter() - t0, diverged=diverged)
+    run = Run(
+        "direct" if d is None else "subspace", d, seed, metric, loss, train_loss, time.perf_counter() - t0, diverged=diverged
+    )
     if d is not None:
         run.theta_d = trainable[0].detach().cpu().clone()
         run.scales = scales.detach().cpu().clone() if scales is not None else None
@@ -295,7 +314,9 @@ def check_plan(problem: Problem, cfg) -> None:
         if v > D:
             raise UsageError(f"{flag} {v} is larger than D = {D:,}, the number of parameters being trained", "give d <= D")
     if cfg.grid and min(cfg.grid) <= d_floor:
-        raise UsageError(f"--grid {min(cfg.grid)} leaves no subspace: --said spends {d_floor} of d on per-tensor scales", f"give d > {d_floor}")
+        raise UsageError(
+            f"--grid {min(cfg.grid)} leaves no subspace: --said spends {d_floor} of d on per-tensor scales", f"give d > {d_floor}"
+        )
     if d_floor >= d_max:
         raise UsageError(f"--said needs d > {d_floor} (one scale per tensor) but d can be at most {d_max}")
 
@@ -324,7 +345,11 @@ def measure(problem: Problem, cfg, events: Events = _nothing) -> Measurement:
         base.passed = None
         baseline = base.metric
         opt = cfg.optimizer
-        rounds = f"{cfg.epochs} L-BFGS round{'s' if cfg.epochs > 1 else ''}" if opt == "lbfgs" else f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}"
+        rounds = (
+            f"{cfg.epochs} L-BFGS round{'s' if cfg.epochs > 1 else ''}"
+            if opt == "lbfgs"
+            else f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''}"
+        )
         how = f"direct training of all {D:,} parameters ({opt}, lr {cfg.baseline_lr:g}, {rounds}, seed 0)"
         if not baseline > 0 and cfg.threshold_from == "zero":
             raise SurgeonError(
@@ -395,7 +420,15 @@ def _summarise(m: Measurement, thr: float, d_floor: int) -> None:
         vals = by_d[d]
         mean = statistics.fmean(vals)
         m.curve.append(
-            {"d": d, "runs": len(vals), "mean": mean, "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0, "min": min(vals), "max": max(vals), "passed": mean >= thr}
+            {
+                "d": d,
+                "runs": len(vals),
+                "mean": mean,
+                "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0,
+                "min": min(vals),
+                "max": max(vals),
+                "passed": mean >= thr,
+            }
         )
     passing = [c["d"] for c in m.curve if c["passed"]]
     m.d_int = passing[0] if passing else None
@@ -442,7 +475,9 @@ def trained_flat(problem: Problem, cfg, run: Run) -> tuple[torch.Tensor, torch.T
     theta0 = problem.theta0(run.seed, cfg.init_seed)
     proj = build_projection(problem, cfg, run.d, run.seed)  # type: ignore[arg-type]
     with torch.no_grad():
-        flat = problem.flat(theta0, proj(run.theta_d.to(problem.device)), None if run.scales is None else run.scales.to(problem.device))
+        flat = problem.flat(
+            theta0, proj(run.theta_d.to(problem.device)), None if run.scales is None else run.scales.to(problem.device)
+        )
     return theta0, flat
 
 
@@ -478,13 +513,18 @@ def read_subspace(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     _, meta = read_safetensors_header(p)
     raw = meta.get(FORMAT)
     if raw is None:
-        raise SurgeonError(f"{p} is a safetensors file but not a subspace file", "write one with `surgeon intrinsic-dim ... --save-subspace FILE`")
+        raise SurgeonError(
+            f"{p} is a safetensors file but not a subspace file",
+            "write one with `surgeon intrinsic-dim ... --save-subspace FILE`",
+        )
     try:
         rec = json.loads(raw)
     except json.JSONDecodeError:
         raise SurgeonError(f"{p}: its subspace record is not valid JSON") from None
     if rec.get("version") != FORMAT_VERSION:
-        raise SurgeonError(f"{p} is subspace format version {rec.get('version')}; this modelsurgeon reads version {FORMAT_VERSION}")
+        raise SurgeonError(
+            f"{p} is subspace format version {rec.get('version')}; this modelsurgeon reads version {FORMAT_VERSION}"
+        )
     with safe_open(str(p), "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if "theta_d" not in tensors:
@@ -526,7 +566,9 @@ def expand_subspace(path: str | Path, base: str | None = None, device: str | tor
             for name in rec.get("head") or []:
                 t = tensors.get(f"init.{name}")
                 if t is None or name not in params or tuple(t.shape) != tuple(params[name].shape):
-                    raise SurgeonError(f"{path}: the initial value of the new head tensor {name} is missing or has the wrong shape")
+                    raise SurgeonError(
+                        f"{path}: the initial value of the new head tensor {name} is missing or has the wrong shape"
+                    )
                 params[name].copy_(t)
     elif kind == "module":
         from .tasks import load_task
@@ -543,23 +585,42 @@ def expand_subspace(path: str | Path, base: str | None = None, device: str | tor
     problem = Problem(built, dummy_task, device, rec.get("include"), rec.get("exclude"), bool(rec.get("said")))
     if problem.layout() != rec["layout"]:
         diff = next((a, b) for a, b in zip(problem.layout() + [None], rec["layout"] + [None]) if a != b)
-        raise SurgeonError(f"the rebuilt model's parameters differ from the subspace's layout (first difference: {diff[0]} vs {diff[1]})")
+        raise SurgeonError(
+            f"the rebuilt model's parameters differ from the subspace's layout (first difference: {diff[0]} vs {diff[1]})"
+        )
     theta0 = problem.theta0(0, 0, reinit=False)
     if sha256_tensor(theta0) != rec["theta0_sha256"]:
         raise SurgeonError(
             f"theta_0 rebuilt for {path} differs from the one it was trained from (sha256)",
-            f"it was written with torch {rec.get('torch')}; this is torch {torch.__version__}" if rec.get("torch") != torch.__version__ else "pass --base with the original checkpoint",
+            f"it was written with torch {rec.get('torch')}; this is torch {torch.__version__}"
+            if rec.get("torch") != torch.__version__
+            else "pass --base with the original checkpoint",
         )
     pset = rec["projection"]
-    cfg = SimpleNamespace(projection=pset["kind"], proj_seed=rec["proj_seed"], init_seed=rec["init_seed"], fwht=rec.get("fwht", "auto"), max_dense_bytes=1 << 62)
+    cfg = SimpleNamespace(
+        projection=pset["kind"],
+        proj_seed=rec["proj_seed"],
+        init_seed=rec["init_seed"],
+        fwht=rec.get("fwht", "auto"),
+        max_dense_bytes=1 << 62,
+    )
     theta_d = tensors["theta_d"].float()
     if theta_d.numel() != pset["d"]:
         raise SurgeonError(f"{path}: theta_d has {theta_d.numel()} numbers but its projection says d = {pset['d']}")
-    proj = make_projection(pset["kind"], problem.D, pset["d"], pset["seed"], problem.device, max_bytes=1 << 62,
-                           use_triton={"auto": None, "torch": False, "triton": True}[cfg.fwht])
+    proj = make_projection(
+        pset["kind"],
+        problem.D,
+        pset["d"],
+        pset["seed"],
+        problem.device,
+        max_bytes=1 << 62,
+        use_triton={"auto": None, "torch": False, "triton": True}[cfg.fwht],
+    )
     scales = tensors.get("said_scales")
     with torch.no_grad():
-        flat = problem.flat(theta0, proj(theta_d.to(problem.device)), None if scales is None else scales.float().to(problem.device))
+        flat = problem.flat(
+            theta0, proj(theta_d.to(problem.device)), None if scales is None else scales.float().to(problem.device)
+        )
     exact = sha256_tensor(flat) == rec["weights_sha256"]
     if not exact:
         rel = abs(float(flat.double().norm()) - rec["weights_norm"]) / max(rec["weights_norm"], 1e-30)
@@ -573,13 +634,17 @@ def expand_subspace(path: str | Path, base: str | None = None, device: str | tor
 
 def _open_base(src: dict, base: str | None):
     from modelsurgeon.ops.io.checkpoint import open_checkpoint
+
     from .models import sha256_file
 
     where = base or src["path"]
     try:
         ck = open_checkpoint(where)
     except SurgeonError as e:
-        raise SurgeonError(f"cannot open the base checkpoint {where} ({e.message})", "pass --base with the checkpoint the subspace was trained from") from None
+        raise SurgeonError(
+            f"cannot open the base checkpoint {where} ({e.message})",
+            "pass --base with the checkpoint the subspace was trained from",
+        ) from None
     have = {f.name: sha256_file(f) for f in ck.weight_files}
     if have != src["files"]:
         raise SurgeonError(
@@ -601,4 +666,3 @@ def expanded_state(ex: Expanded) -> list[tuple[str, torch.Tensor]]:
         seen.add(key)
         out.append((name, trained[name] if name in trained else t.detach().cpu()))
     return out
-

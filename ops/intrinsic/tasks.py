@@ -32,17 +32,16 @@ import importlib.util
 import math
 import sys
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
-from modelsurgeon.recipes.intrinsic_dim import parse_task_spec
-
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
 from modelsurgeon.ops.core.registry import Registry
+from modelsurgeon.recipes.intrinsic_dim import parse_task_spec
 
 TOY_TOL = 0.01
 SPLIT_SEED = 0  # the held-out split never changes with --seeds
@@ -99,7 +98,7 @@ class Task:
         x = self.train.get("x")
         return int(x[0].numel()) if x is not None else 0
 
-    def to(self, device) -> "Task":
+    def to(self, device) -> Task:
         self.train = {k: v.to(device) for k, v in self.train.items()}
         self.test = {k: v.to(device) for k, v in self.test.items()}
         return self
@@ -373,14 +372,19 @@ def _npz(spec: str, arg: str | None) -> Task:
 
     p = _path(spec, arg)
     if not zipfile.is_zipfile(p):
-        raise SurgeonError(f"task {spec} cannot be loaded: {p} is not a .npz file", "write it with numpy.savez(PATH, X=..., y=...)")
+        raise SurgeonError(
+            f"task {spec} cannot be loaded: {p} is not a .npz file", "write it with numpy.savez(PATH, X=..., y=...)"
+        )
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except ValueError as e:
         raise SurgeonError(f"task {spec} cannot be loaded: {e}", "save plain numeric arrays with numpy.savez") from None
     except Exception as e:
-        raise SurgeonError(f"task {spec} cannot be loaded: {p} is not a .npz file ({type(e).__name__})", "write it with numpy.savez(PATH, X=..., y=...)") from None
+        raise SurgeonError(
+            f"task {spec} cannot be loaded: {p} is not a .npz file ({type(e).__name__})",
+            "write it with numpy.savez(PATH, X=..., y=...)",
+        ) from None
 
     def pick(keys, suffix=""):
         for k in keys:
@@ -463,7 +467,9 @@ def _csv(spec: str, arg: str | None) -> Task:
     try:
         X = torch.tensor([[float(r[c]) for c in feats] for r in body], dtype=torch.float32)
     except ValueError as e:
-        raise SurgeonError(f"task {spec}: a feature is not a number ({e})", "features must be numeric, or name a text column") from None
+        raise SurgeonError(
+            f"task {spec}: a feature is not a number ({e})", "features must be numeric, or name a text column"
+        ) from None
     task = _features_task(spec, X, y)
     task.class_names = class_names
     return task
@@ -550,7 +556,9 @@ def _import_function(spec: str, mod_name: str, fn_name: str):
     except SurgeonError:
         raise
     except ImportError as e:
-        raise SurgeonError(f"task {spec} cannot be loaded: cannot import {mod_name} ({e})", "check the name and PYTHONPATH") from None
+        raise SurgeonError(
+            f"task {spec} cannot be loaded: cannot import {mod_name} ({e})", "check the name and PYTHONPATH"
+        ) from None
     except Exception as e:
         raise SurgeonError(f"task {spec} cannot be loaded: importing {mod_name} raised {type(e).__name__}: {e}") from None
     fn = getattr(module, fn_name, None)
@@ -578,6 +586,7 @@ register("digits", _digits, "scikit-learn's 8x8 digits, 10 classes")
 register("npz", _npz, "npz:PATH with arrays X, y (optional X_test, y_test)")
 register("csv", _csv, "csv:PATH, numeric features or a text column, and a label column")
 register("text", _text, "text:PATH, a UTF-8 text for a causal LM (1 / perplexity)")
+
 
 def load_task(spec: str) -> Task:
     kind, arg = parse_task_spec(spec)

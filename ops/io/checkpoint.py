@@ -17,9 +17,9 @@ import math
 import os
 import re
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator
 
 import torch
 
@@ -174,23 +174,17 @@ def hub_allow_patterns(weights: str) -> list[str]:
 def _resolve_hub(repo_id: str, revision: str | None) -> Resolved:
     # Only this function knows about the Hub. huggingface_hub honours HF_TOKEN, HF_HUB_OFFLINE,
     # HF_HUB_CACHE and HF_HOME by itself.
-    from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hf_errors
+    from huggingface_hub import snapshot_download
 
     label = f"{repo_id}@{revision}" if revision else repo_id
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
     try:
-        folder = Path(
-            snapshot_download(repo_id, revision=revision, allow_patterns=hub_allow_patterns("safetensors"))
-        )
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=hub_allow_patterns("safetensors")))
         if not any(folder.glob("*.safetensors")):
-            folder = Path(
-                snapshot_download(repo_id, revision=revision, allow_patterns=hub_allow_patterns("bin"))
-            )
+            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=hub_allow_patterns("bin")))
     except hf_errors.GatedRepoError:
-        raise CheckpointError(
-            f"{label} is gated on the Hub", "accept its licence on the model page and set HF_TOKEN"
-        ) from None
+        raise CheckpointError(f"{label} is gated on the Hub", "accept its licence on the model page and set HF_TOKEN") from None
     except hf_errors.RepositoryNotFoundError:
         raise CheckpointError(
             f"{label} was not found on the Hub (or is private)",
@@ -434,7 +428,7 @@ class Checkpoint:
             self._handles.clear()
         self._torch_sd.clear()
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -513,9 +507,7 @@ def _open_index(index_path: Path):
     for shard, tensors in shards.items():
         p = _safe_member(folder, shard, index_path)
         if not p.is_file():
-            raise CheckpointError(
-                f"{index_path} names shard {shard}, which is missing", "re-download the checkpoint"
-            )
+            raise CheckpointError(f"{index_path} names shard {shard}, which is missing", "re-download the checkpoint")
         files.append(p)
         shard_infos = _torch_infos(p) if torch_kind else read_safetensors_header(p)[0]
         for t in tensors:

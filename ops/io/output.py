@@ -17,9 +17,9 @@ import json
 import os
 import secrets
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
@@ -40,20 +40,18 @@ class Output:
     max_shard_size: int = 5 * 10**9
 
     @classmethod
-    def of(cls, path: str | Path, force: bool = False, max_shard_size: str | int = DEFAULT_MAX_SHARD) -> "Output":
+    def of(cls, path: str | Path, force: bool = False, max_shard_size: str | int = DEFAULT_MAX_SHARD) -> Output:
         return cls(Path(path), force, parse_size(max_shard_size))
 
     def check(self, kind: str = "dir") -> None:
         """Refuse now, before any work, what the final rename would refuse."""
         (OutputDir if kind == "dir" else OutputFile)(self.path, self.force)
 
-    def folder(self) -> "OutputDir":
+    def folder(self) -> OutputDir:
         return OutputDir(self.path, self.force)
 
-    def file(self) -> "OutputFile":
+    def file(self) -> OutputFile:
         return OutputFile(self.path, self.force)
-
-
 
 
 class OutputDir:
@@ -68,7 +66,7 @@ class OutputDir:
         self.path = self.target.parent / f".{self.target.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
         self._done = False
 
-    def __enter__(self) -> "OutputDir":
+    def __enter__(self) -> OutputDir:
         try:
             self.target.parent.mkdir(parents=True, exist_ok=True)
             self.path.mkdir()
@@ -105,7 +103,7 @@ class OutputFile:
         self.path = self.target.parent / f".{self.target.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}"
         self._done = False
 
-    def __enter__(self) -> "OutputFile":
+    def __enter__(self) -> OutputFile:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -120,7 +118,7 @@ class OutputFile:
 
 
 def write_folder(
-    out: "OutputDir | Output",
+    out: OutputDir | Output,
     specs: list[TensorSpec],
     tensors: Iterable[tuple[str, torch.Tensor]],
     *,

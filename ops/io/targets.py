@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 
-from .checkpoint import Checkpoint, TensorInfo
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
 from modelsurgeon.ops.core.names import is_linear_weight
+
+from .checkpoint import Checkpoint, TensorInfo
+
 
 def compile_regex(pattern: str | None, flag: str) -> re.Pattern | None:
     if pattern is None:
@@ -40,11 +42,15 @@ def select_targets(
     if inc is not None:
         chosen = [i for i in infos if i.is_float and inc.search(i.name)]
         if not chosen:
-            raise SurgeonError(f"{include_flag} {include!r} matches no float tensor of {ck.label}", "list names with `surgeon report MODEL`")
+            raise SurgeonError(
+                f"{include_flag} {include!r} matches no float tensor of {ck.label}", "list names with `surgeon report MODEL`"
+            )
     else:
         chosen = [i for i in infos if is_default_target(i)]
     if exc is not None:
         if not any(exc.search(i.name) for i in infos):
-            raise SurgeonError(f"{exclude_flag} {exclude!r} matches no tensor of {ck.label}", "list names with `surgeon report MODEL`")
+            raise SurgeonError(
+                f"{exclude_flag} {exclude!r} matches no tensor of {ck.label}", "list names with `surgeon report MODEL`"
+            )
         chosen = [i for i in chosen if not exc.search(i.name)]
     return [i.name for i in chosen]

@@ -11,17 +11,17 @@ The atomic output folder the writer fills lives in ``output.py``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 
-from .checkpoint import Checkpoint, torch_dtype_to_st
 from modelsurgeon.ops.core.errors import UsageError
+
+from .checkpoint import Checkpoint, torch_dtype_to_st
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
 
@@ -59,7 +59,7 @@ class TensorSpec:
         return n * torch.empty((), dtype=self.dtype).element_size()
 
     @classmethod
-    def like(cls, name: str, t: torch.Tensor) -> "TensorSpec":
+    def like(cls, name: str, t: torch.Tensor) -> TensorSpec:
         return cls(name, tuple(t.shape), t.dtype)
 
 
@@ -127,9 +127,7 @@ class ShardedWriter:
         if name != spec.name:
             raise RuntimeError(f"writer expected {spec.name!r} next, got {name!r}")
         if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
-            raise RuntimeError(
-                f"{name}: planned {spec.dtype}{list(spec.shape)}, got {tensor.dtype}{list(tensor.shape)}"
-            )
+            raise RuntimeError(f"{name}: planned {spec.dtype}{list(spec.shape)}, got {tensor.dtype}{list(tensor.shape)}")
         shard = self._shard_of[name]
         if shard != self._open_shard:
             self._close_shard()

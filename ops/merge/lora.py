@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint
 from modelsurgeon.ops.core.errors import CheckpointError, PlanError
+from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint
 
 PREFIX = "base_model.model."
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -82,17 +82,21 @@ def resolve_adapter(spec: str) -> Path:
     from modelsurgeon.ops.io.checkpoint import HUB_ID
 
     if HUB_ID.match(spec) and not spec.startswith((".", "/")):
-        from huggingface_hub import snapshot_download
         from huggingface_hub import errors as hf_errors
+        from huggingface_hub import snapshot_download
 
         repo, _, rev = spec.partition("@")
         try:
             return Path(snapshot_download(repo, revision=rev or None, allow_patterns=["adapter_config.json", *ADAPTER_FILES]))
         except hf_errors.RepositoryNotFoundError:
-            raise CheckpointError(f"LoRA adapter {spec} was not found on the Hub (or is private)", "check the name, or set HF_TOKEN") from None
+            raise CheckpointError(
+                f"LoRA adapter {spec} was not found on the Hub (or is private)", "check the name, or set HF_TOKEN"
+            ) from None
         except (hf_errors.HfHubHTTPError, hf_errors.LocalEntryNotFoundError, FileNotFoundError) as e:
             raise CheckpointError(f"could not download LoRA adapter {spec}: {e}") from None
-    raise CheckpointError(f"LoRA adapter {spec} does not exist", "give a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
+    raise CheckpointError(
+        f"LoRA adapter {spec} does not exist", "give a PEFT adapter folder (adapter_config.json + adapter_model.safetensors)"
+    )
 
 
 def open_adapter(spec: str) -> Adapter:
@@ -128,7 +132,7 @@ def bind_adapter(adapter: Adapter, base: Checkpoint) -> list[str]:
         problems.append(f"{where}: DoRA with fan_in_fan_out is not supported")
     groups: dict[str, dict[str, str]] = {}
     for name in adapter.ck.names():
-        key = name[len(PREFIX):] if name.startswith(PREFIX) else name
+        key = name[len(PREFIX) :] if name.startswith(PREFIX) else name
         m = _KEY.match(key)
         if m:
             groups.setdefault(m["module"], {})[m["part"].split(".")[0] + ("_bias" if m["part"] == "lora_B.bias" else "")] = name
@@ -144,7 +148,9 @@ def bind_adapter(adapter: Adapter, base: Checkpoint) -> list[str]:
                 adapter.full[target] = name
     for module, parts in groups.items():
         emb = "lora_embedding_A" in parts or "lora_embedding_B" in parts
-        a, b = (parts.get("lora_embedding_A"), parts.get("lora_embedding_B")) if emb else (parts.get("lora_A"), parts.get("lora_B"))
+        a, b = (
+            (parts.get("lora_embedding_A"), parts.get("lora_embedding_B")) if emb else (parts.get("lora_A"), parts.get("lora_B"))
+        )
         if a is None or b is None:
             problems.append(f"{where}: module {module} has only one of its two LoRA factors")
             continue
@@ -165,9 +171,7 @@ def bind_adapter(adapter: Adapter, base: Checkpoint) -> list[str]:
             want = (tuple(W[::-1]) if fifo else tuple(W)) if len(W) == 2 else None
             got = (B[0], A[1])
         if want is None or got != want or A[0] != B[1]:
-            problems.append(
-                f"{where}: {module} factors A{list(A)} B{list(B)} do not fit the base's {weight} {list(W)}"
-            )
+            problems.append(f"{where}: {module} factors A{list(A)} B{list(B)} do not fit the base's {weight} {list(W)}")
             continue
         if A[0] != r:
             problems.append(f"{where}: {module} has rank {A[0]} but adapter_config.json says r={r}")
@@ -230,9 +234,15 @@ class LoraCheckpoint:
         m = self.adapter.modules.get(name)
         if m is None:
             return w
-        return fold(w, self.adapter.ck.get(m.a), self.adapter.ck.get(m.b), m.scaling, m.kind,
-                    bool(self.adapter.config.get("fan_in_fan_out")),
-                    None if m.magnitude is None else self.adapter.ck.get(m.magnitude))
+        return fold(
+            w,
+            self.adapter.ck.get(m.a),
+            self.adapter.ck.get(m.b),
+            m.scaling,
+            m.kind,
+            bool(self.adapter.config.get("fan_in_fan_out")),
+            None if m.magnitude is None else self.adapter.ck.get(m.magnitude),
+        )
 
     def iter_tensors(self, names=None, prefetch: bool = True):
         from modelsurgeon.ops.core.streaming import prefetched
@@ -289,7 +299,9 @@ def open_with_adapter(model_spec: str, adapter_spec: str, revision: str | None =
 # extraction
 
 
-def truncated_svd(m: torch.Tensor, k: int, exact: bool, generator: torch.Generator | None = None, oversample: int = 16, iters: int = 4):
+def truncated_svd(
+    m: torch.Tensor, k: int, exact: bool, generator: torch.Generator | None = None, oversample: int = 16, iters: int = 4
+):
     """(U_k, S_k, Vh_k) of a 2-D float tensor; randomized (Halko et al.) unless ``exact`` or small."""
     rows, cols = m.shape
     q = min(k + oversample, rows, cols)
@@ -320,7 +332,9 @@ def module_of(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
-def adapter_config(base_spec: str, rank: int, ranks: dict[str, int], full_modules: list[str], lora_bias: bool, task_type: str | None) -> dict:
+def adapter_config(
+    base_spec: str, rank: int, ranks: dict[str, int], full_modules: list[str], lora_bias: bool, task_type: str | None
+) -> dict:
     targets = [module_of(n) for n in ranks]
     odd = {re.escape(module_of(n)): r for n, r in ranks.items() if r != rank}
     return {
@@ -370,7 +384,9 @@ def plan_extract(finetune: str, base: str, rank: int, include: str | None = None
             if name not in ft:
                 problems.append(f"{ft.label} has no tensor {name} (which {bs.label} has)")
             elif ft.info(name).shape != bs.info(name).shape:
-                problems.append(f"{name}: {ft.label} has shape {list(ft.info(name).shape)} but {bs.label} has {list(bs.info(name).shape)}")
+                problems.append(
+                    f"{name}: {ft.label} has shape {list(ft.info(name).shape)} but {bs.label} has {list(bs.info(name).shape)}"
+                )
         tset = set(targets)
         candidates = []
         for info in bs.infos():
@@ -405,8 +421,18 @@ class ExtractResult:
     config: dict
 
 
-def run_extract(plan: ExtractPlan, out, *, base_spec: str, out_dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
-                exact: bool = False, seed: int = 0, command: str = "surgeon merge --extract-lora", advance=None) -> ExtractResult:
+def run_extract(
+    plan: ExtractPlan,
+    out,
+    *,
+    base_spec: str,
+    out_dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    exact: bool = False,
+    seed: int = 0,
+    command: str = "surgeon merge --extract-lora",
+    advance=None,
+) -> ExtractResult:
     """Stream the targets through a truncated SVD into a PEFT adapter folder; commit it atomically."""
     import time
 
@@ -425,14 +451,21 @@ def run_extract(plan: ExtractPlan, out, *, base_spec: str, out_dtype: torch.dtyp
         target_modules = {module_of(n) for n in plan.targets}
         lora_bias = [n for n in changed if n.endswith(".bias") and module_of(n) in target_modules]
         full_modules = sorted({module_of(n) for n in changed if n not in lora_bias})
-        full = [i.name for i in bs.infos() if i.is_float and i.name in ft and module_of(i.name) in full_modules and i.name not in plan.ranks]
+        full = [
+            i.name
+            for i in bs.infos()
+            if i.is_float and i.name in ft and module_of(i.name) in full_modules and i.name not in plan.ranks
+        ]
         dt = lambda name: out_dtype or ft.info(name).torch_dtype  # noqa: E731
         specs, work = [], []
         for name in bs.names():
             if name in plan.ranks:
                 k, (rows, cols) = plan.ranks[name], bs.info(name).shape
                 mod = PREFIX + module_of(name)
-                specs += [TensorSpec(f"{mod}.lora_A.weight", (k, cols), dt(name)), TensorSpec(f"{mod}.lora_B.weight", (rows, k), dt(name))]
+                specs += [
+                    TensorSpec(f"{mod}.lora_A.weight", (k, cols), dt(name)),
+                    TensorSpec(f"{mod}.lora_B.weight", (rows, k), dt(name)),
+                ]
                 work.append(("lora", name))
             elif name in full:
                 specs.append(TensorSpec(PREFIX + name, tuple(bs.info(name).shape), dt(name)))

@@ -14,14 +14,16 @@ default normalize/rescale), as in mergekit. Defaults follow mergekit's so a reci
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from . import sparsify
 from modelsurgeon.ops.core.registry import Registry
+
+from . import sparsify
 
 REQUIRED = object()
 
@@ -49,7 +51,9 @@ class MergeInputs:
     params: dict[str, Any]
     model_params: list[dict[str, Any]]
     # generator(model, block): the CPU generator for one block of a model's random draws
-    generator: Callable[[int, int], torch.Generator] = field(default=lambda i, block=0: torch.Generator().manual_seed(i * 1_000_003 + block))
+    generator: Callable[[int, int], torch.Generator] = field(
+        default=lambda i, block=0: torch.Generator().manual_seed(i * 1_000_003 + block)
+    )
     out_dtype: torch.dtype | None = None  # methods that stream may write the output dtype directly
     chunk: int = sparsify.CHUNK  # elements per streaming step
 
@@ -126,7 +130,9 @@ EPSILON = Param("epsilon", 0.15, check=_unit_half_open, help="half-width of DELL
 def _weights_sum_zero(params: dict, mps: list[dict], names: list[str]) -> list[str]:
     if params.get("normalize") and mps and abs(sum(mp["weight"] for mp in mps)) < 1e-8:
         ws = ", ".join(f"{mp['weight']:g}" for mp in mps)
-        return [f"the weights ({ws}) sum to zero and normalize is on, so the merge divides by zero; change a weight or set normalize: false"]
+        return [
+            f"the weights ({ws}) sum to zero and normalize is on, so the merge divides by zero; change a weight or set normalize: false"
+        ]
     return []
 
 
@@ -183,6 +189,7 @@ register(
 
 # --------------------------------------------------------------------------------------------
 # the task-vector family
+
 
 def generalized_task_arithmetic(inp: MergeInputs, *, consensus: str | None, sparsifier: str | None) -> torch.Tensor:
     """base + lambda * combine(w_i * sparsify(x_i - base)), streamed through the tensor in chunks.
@@ -282,12 +289,60 @@ def _gta(name, summary, paper, consensus, sparsifier, normalize, rescale):
 
 
 _gta("task_arithmetic", "base + weighted sum of task vectors", "https://arxiv.org/abs/2212.04089", None, None, False, False)
-_gta("ties", "trim task vectors by magnitude, elect signs, average the agreeing ones", "https://arxiv.org/abs/2306.01708", "sum", "magnitude", True, False)
-_gta("dare_ties", "drop task-vector entries at random, rescale, TIES sign election", "https://arxiv.org/abs/2311.03099", "sum", "random", False, True)
-_gta("dare_linear", "drop task-vector entries at random, rescale, weighted sum", "https://arxiv.org/abs/2311.03099", None, "random", False, True)
-_gta("breadcrumbs", "drop the largest and the smallest task-vector entries, weighted sum", "https://arxiv.org/abs/2312.06795", None, "magnitude_outliers", False, False)
-_gta("breadcrumbs_ties", "Model Breadcrumbs with TIES sign election", "https://arxiv.org/abs/2312.06795", "sum", "magnitude_outliers", False, False)
-_gta("della", "drop entries with rank-dependent probability (MagPrune), TIES sign election", "https://arxiv.org/abs/2406.11617", "sum", "della", True, True)
+_gta(
+    "ties",
+    "trim task vectors by magnitude, elect signs, average the agreeing ones",
+    "https://arxiv.org/abs/2306.01708",
+    "sum",
+    "magnitude",
+    True,
+    False,
+)
+_gta(
+    "dare_ties",
+    "drop task-vector entries at random, rescale, TIES sign election",
+    "https://arxiv.org/abs/2311.03099",
+    "sum",
+    "random",
+    False,
+    True,
+)
+_gta(
+    "dare_linear",
+    "drop task-vector entries at random, rescale, weighted sum",
+    "https://arxiv.org/abs/2311.03099",
+    None,
+    "random",
+    False,
+    True,
+)
+_gta(
+    "breadcrumbs",
+    "drop the largest and the smallest task-vector entries, weighted sum",
+    "https://arxiv.org/abs/2312.06795",
+    None,
+    "magnitude_outliers",
+    False,
+    False,
+)
+_gta(
+    "breadcrumbs_ties",
+    "Model Breadcrumbs with TIES sign election",
+    "https://arxiv.org/abs/2312.06795",
+    "sum",
+    "magnitude_outliers",
+    False,
+    False,
+)
+_gta(
+    "della",
+    "drop entries with rank-dependent probability (MagPrune), TIES sign election",
+    "https://arxiv.org/abs/2406.11617",
+    "sum",
+    "della",
+    True,
+    True,
+)
 _gta("della_linear", "DELLA MagPrune, weighted sum", "https://arxiv.org/abs/2406.11617", None, "della", False, True)
 
 
@@ -533,7 +588,12 @@ register(
         max_models=None,
         params=(
             Param("pcb_ratio", 0.1, check=_unit_open_closed, help="fraction of each task vector's entries kept"),
-            Param("clip_ratio", 0.0001, check=lambda v: None if 0 <= v < 0.5 else f"{v} is outside [0, 0.5)", help="outlier quantile clipped at both ends"),
+            Param(
+                "clip_ratio",
+                0.0001,
+                check=lambda v: None if 0 <= v < 0.5 else f"{v} is outside [0, 0.5)",
+                help="outlier quantile clipped at both ends",
+            ),
             LAMBDA,
         ),
         model_params=(Param("weight", 1.0, help="per-task scale inside the sum (the paper's lambda_i)"),),

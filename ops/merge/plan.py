@@ -23,24 +23,23 @@ tensors outside the layers), as mergekit does for its known architectures.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef, SliceDef, evaluate
-
-from modelsurgeon.ops.io.checkpoint import TOKENIZER_FILES, open_checkpoint
-
-from modelsurgeon.ops.core.streaming import prefetched
-from . import sparsify
 from modelsurgeon.ops.core.errors import PlanError, SurgeonError
 from modelsurgeon.ops.core.names import EMBEDDING, NUM_LAYERS_KEYS, TIED_EMBEDDINGS, layer_span, with_layer
-from .methods import MergeInputs, MergeMethod, Param, all_param_names, get_method
+from modelsurgeon.ops.core.streaming import prefetched
+from modelsurgeon.ops.io.checkpoint import TOKENIZER_FILES, open_checkpoint
 from modelsurgeon.ops.io.output import OutputDir
 from modelsurgeon.ops.io.writer import TensorSpec
+from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef, SliceDef, evaluate
+
+from . import sparsify
+from .methods import MergeInputs, MergeMethod, Param, all_param_names, get_method
 
 _MISSING = object()
 
@@ -294,14 +293,19 @@ def _check_param_names(recipe: MergeRecipe, method: MergeMethod, problems: _Prob
             where = recipe.locate(f"{path}.{name}")
             if name in known_global | known_model:
                 if model_level and name in known_global and name not in known_model:
-                    warnings.append(f"{where}: {name} is a global parameter of {method.name}; set per model it is ignored (as in mergekit): move it to parameters:")
+                    warnings.append(
+                        f"{where}: {name} is a global parameter of {method.name}; set per model it is ignored (as in mergekit): move it to parameters:"
+                    )
                 continue
             if name in everywhere:
                 warnings.append(f"{where}: {method.name} does not use {name}; ignored")
             else:
                 from modelsurgeon.recipes.merge import did_you_mean
 
-                problems.add(f"{where}: unknown parameter {name!r}; {method.name} takes {takes}" + did_you_mean(name, known_global | known_model))
+                problems.add(
+                    f"{where}: unknown parameter {name!r}; {method.name} takes {takes}"
+                    + did_you_mean(name, known_global | known_model)
+                )
 
     check(recipe.parameters, "parameters", False)
     for i, m in enumerate(recipe.models or ()):
@@ -400,7 +404,10 @@ class _Builder:
         return p.default
 
     def evaluate_params(self, job: Job, t: float, slice_: SliceDef | None, inputs: list[ModelInput]) -> None:
-        top = [(slice_.parameters, self._paths.get(id(slice_), "slices")) if slice_ else (None, ""), (self.recipe.parameters, "parameters")]
+        top = [
+            (slice_.parameters, self._paths.get(id(slice_), "slices")) if slice_ else (None, ""),
+            (self.recipe.parameters, "parameters"),
+        ]
         job.params = {}
         for p in self.method.params:
             v = self.param_value(p, job.name, t, top)
@@ -413,13 +420,21 @@ class _Builder:
         for mi in inputs:
             mp = {}
             for p in self.method.model_params:
-                v = self.param_value(p, job.name, t, [(mi.parameters, self._paths.get(id(mi), "models"))] + top, f" for {mi.model}")
+                v = self.param_value(
+                    p, job.name, t, [(mi.parameters, self._paths.get(id(mi), "models"))] + top, f" for {mi.model}"
+                )
                 if v is None and p.required:
-                    self.problems.add(f"{p.name} is required for every model and {mi.model} has none (set it under its parameters:, or under parameters: for all)")
+                    self.problems.add(
+                        f"{p.name} is required for every model and {mi.model} has none (set it under its parameters:, or under parameters: for all)"
+                    )
                 mp[p.name] = v
             job.model_params.append(mp)
-        if self.method.validate and not any(v is None or v is _MISSING for v in job.params.values()) and not any(
-            v is _MISSING or (v is None and self.method.param(k).required) for mp in job.model_params for k, v in mp.items()
+        if (
+            self.method.validate
+            and not any(v is None or v is _MISSING for v in job.params.values())
+            and not any(
+                v is _MISSING or (v is None and self.method.param(k).required) for mp in job.model_params for k, v in mp.items()
+            )
         ):
             for msg in self.method.validate(job.params, job.model_params, [str(mi.model) for mi in inputs]):
                 self.problems.add(msg, job.name)
@@ -497,7 +512,9 @@ class _Builder:
         base_in, others = self.split_base(listed, r.base_model, "models", may_add=True)
         self.count_check(len(others), "models")
         if self.method.base == "unused" and r.base_model is not None and not any(m.model.same_as(r.base_model) for m in listed):
-            self.warnings.append(f"{self.method.name} does not merge base_model {r.base_model}; it supplies config.json and the tokenizer only")
+            self.warnings.append(
+                f"{self.method.name} does not merge base_model {r.base_model}; it supplies config.json and the tokenizer only"
+            )
         cfg_ref = r.base_model if r.base_model is not None else listed[0].model
         self.config_model = self.index_of(cfg_ref)
         self._set_tokenizer_model()
@@ -537,7 +554,8 @@ class _Builder:
                 cfg_label = self.models[self.config_model].label
                 self.warnings.append(
                     f"{self.models[m].label} has {len(extra)} tensor(s) that {cfg_label} lacks; the output follows {cfg_label} and leaves them out: "
-                    + ", ".join(extra[:3]) + (" ..." if len(extra) > 3 else "")
+                    + ", ".join(extra[:3])
+                    + (" ..." if len(extra) > 3 else "")
                 )
 
     def _set_tokenizer_model(self) -> None:
@@ -550,7 +568,9 @@ class _Builder:
         ref = ModelRef.parse(tok)
         idx = next((i for i, m in enumerate(self.models) if m.ref.same_as(ref) or m.ref.model == tok), None)
         if idx is None:
-            self.problems.add(f"tokenizer_source {tok} is not one of the recipe's models; use base or one of: {', '.join(m.label for m in self.models)}")
+            self.problems.add(
+                f"tokenizer_source {tok} is not one of the recipe's models; use base or one of: {', '.join(m.label for m in self.models)}"
+            )
             self.tokenizer_model = self.config_model
         else:
             self.tokenizer_model = idx
@@ -604,14 +624,21 @@ class _Builder:
         for name in names:
             info = self.ck(self.config_model).info(name)
             if not info.is_float:
-                self.jobs.append(Job(name, tuple(info.shape), info.torch_dtype, None, [Source(self.config_model, name)], copy=True))
+                self.jobs.append(
+                    Job(name, tuple(info.shape), info.torch_dtype, None, [Source(self.config_model, name)], copy=True)
+                )
                 continue
             srcs = self.resolve_sources(name, [(m, name) for m in participants])
             if srcs is None:
                 continue
             first = self.ck(srcs[0].model).info(srcs[0].name)
-            job = Job(name, tuple(first.shape), self.out_dtype(first.torch_dtype, True),
-                      srcs[0] if base_idx is not None else None, srcs[1:] if base_idx is not None else srcs)
+            job = Job(
+                name,
+                tuple(first.shape),
+                self.out_dtype(first.torch_dtype, True),
+                srcs[0] if base_idx is not None else None,
+                srcs[1:] if base_idx is not None else srcs,
+            )
             self.check_tensor(job)
             self.evaluate_params(job, 0.0, s, others)
             self.jobs.append(job)
@@ -639,8 +666,13 @@ class _Builder:
             srcs = self.resolve_sources(out_name, [(m, with_layer(name, span, start(mi))) for m, mi in members])
             if srcs is None:
                 continue
-            job = Job(out_name, tuple(info.shape), self.out_dtype(info.torch_dtype, True),
-                      srcs[0] if base_idx is not None else None, srcs[1:] if base_idx is not None else srcs)
+            job = Job(
+                out_name,
+                tuple(info.shape),
+                self.out_dtype(info.torch_dtype, True),
+                srcs[0] if base_idx is not None else None,
+                srcs[1:] if base_idx is not None else srcs,
+            )
             self.check_tensor(job)
             self.evaluate_params(job, t, s, others)
             self.jobs.append(job)
@@ -651,7 +683,9 @@ class _Builder:
         if tok is None:
             for job in self.jobs:
                 if job.name in self._vocab_tensors:
-                    desc = ", ".join(f"{self.models[s.model].label} {self.ck(s.model).info(s.name).shape[0]}" for s in job.sources)
+                    desc = ", ".join(
+                        f"{self.models[s.model].label} {self.ck(s.model).info(s.name).shape[0]}" for s in job.sources
+                    )
                     self.problems.add(
                         f"the vocabularies differ in size ({desc} rows); add tokenizer_source: base (or a model) to the recipe, "
                         "or --tokenizer-source, to align rows by token",
@@ -841,7 +875,9 @@ def _model_card(plan: MergePlan, recipe_text: str) -> str:
     if base is not None:
         lines.append(f"base_model: {base.model}")
     lines += ["library_name: transformers", "tags:", "- merge", "- modelsurgeon", "---", "", "# Merged model", ""]
-    lines.append(f"Made with modelsurgeon {__version__} (`surgeon merge`), method **{plan.method.name}** ({plan.method.paper}), seed {plan.seed}.")
+    lines.append(
+        f"Made with modelsurgeon {__version__} (`surgeon merge`), method **{plan.method.name}** ({plan.method.paper}), seed {plan.seed}."
+    )
     lines += ["", "Models:", ""] + [f"- {m.label}" for m in plan.models]
     lines += ["", "Recipe (also in mergekit_config.yml):", "", "```yaml", recipe_text.rstrip(), "```", ""]
     return "\n".join(lines)

@@ -181,8 +181,9 @@ def _pool():
             from concurrent.futures import ThreadPoolExecutor
 
             workers = max(1, torch.get_num_threads())
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="surgeon-chunk",
-                                       initializer=torch.set_num_threads, initargs=(1,))
+            _POOL = ThreadPoolExecutor(
+                max_workers=workers, thread_name_prefix="surgeon-chunk", initializer=torch.set_num_threads, initargs=(1,)
+            )
         return _POOL
 
 
@@ -236,8 +237,9 @@ def _quotas(eq_counts: list[int], need: int) -> list[int]:
     return out
 
 
-def select_top(score, spans: list[tuple[int, int]], n: int, ks: list[int], sample: torch.Tensor, device="cpu",
-               sums: bool = True) -> tuple[list[TopK], float]:
+def select_top(
+    score, spans: list[tuple[int, int]], n: int, ks: list[int], sample: torch.Tensor, device="cpu", sums: bool = True
+) -> tuple[list[TopK], float]:
     """TopK deciders for several k over the same scores (``score(a, b)`` gives a chunk), from one pass.
 
     A sorted strided ``sample`` brackets each threshold; the pass counts and sums the scores above each
@@ -361,8 +363,17 @@ def random_mask(n: int, density: float, generator) -> torch.Tensor:
     return mask
 
 
-def plan_mask(kind: str | None, x: torch.Tensor, base: torch.Tensor, params: dict, rescale: bool, generator, dtype,
-              chunk: int = CHUNK, shape: tuple | None = None) -> DeltaMask:
+def plan_mask(
+    kind: str | None,
+    x: torch.Tensor,
+    base: torch.Tensor,
+    params: dict,
+    rescale: bool,
+    generator,
+    dtype,
+    chunk: int = CHUNK,
+    shape: tuple | None = None,
+) -> DeltaMask:
     """Decide how model ``x``'s delta from ``base`` (both flat; ``shape`` the tensor's) is sparsified.
 
     ``generator(block)`` gives the CPU generator for a block of random draws.

@@ -63,7 +63,7 @@ def row_maps(target_vocab: dict[str, int], target_rows: int, vocabs: list[dict[s
     model that has that many rows.
     """
     has_token = torch.zeros(target_rows, dtype=torch.bool)
-    for tok, i in target_vocab.items():
+    for i in target_vocab.values():
         if 0 <= i < target_rows:
             has_token[i] = True
     maps = []

@@ -17,7 +17,7 @@ a weight once pruned stays pruned as s_t grows.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -47,7 +47,11 @@ def cubic_sparsity(t: int, initial: float, final: float, start: int, end: int, f
 
 def _named_params(params) -> list[tuple[str, torch.nn.Parameter]]:
     if isinstance(params, torch.nn.Module):
-        return [(f"{name}.weight" if name else "weight", m.weight) for name, m in params.named_modules() if isinstance(m, torch.nn.Linear)]
+        return [
+            (f"{name}.weight" if name else "weight", m.weight)
+            for name, m in params.named_modules()
+            if isinstance(m, torch.nn.Linear)
+        ]
     out = []
     for i, p in enumerate(params):
         out.append(p if isinstance(p, tuple) else (f"param{i}", p))

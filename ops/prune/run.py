@@ -23,19 +23,20 @@ Criteria live in a registry (``register_criterion``); Wanda and SparseGPT add en
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
 import torch
 
-from .abs_histogram import KeyHistogram, abs_histogram
-from modelsurgeon.ops.io.checkpoint import Checkpoint
-from modelsurgeon.ops.core.streaming import prefetched
 from modelsurgeon.ops.core.errors import PlanError, SurgeonError
+from modelsurgeon.ops.core.registry import Registry
+from modelsurgeon.ops.core.streaming import prefetched
+from modelsurgeon.ops.io.checkpoint import Checkpoint
+from modelsurgeon.ops.io.targets import select_targets
+
+from .abs_histogram import KeyHistogram, abs_histogram
 from .keys import abs_key, key_value, random_keys, resolution_shift
 from .nm_mask import nm_mask
-from modelsurgeon.ops.core.registry import Registry
-from modelsurgeon.ops.io.targets import select_targets
 from .threshold_mask import threshold_mask, tie_cut
 
 CHUNK = 1 << 22  # values per piece in statistics passes and applies: temporaries stay at a few 10 MB
@@ -229,8 +230,13 @@ def select_in_tensor(x: torch.Tensor, k: int, keys: torch.Tensor | None = None, 
 
 
 def apply_selection(
-    x: torch.Tensor, sel: Selection, cut: int, keys: torch.Tensor | None = None, out: torch.Tensor | None = None,
-    use_triton: bool | None = None, chunk: int | None = None,
+    x: torch.Tensor,
+    sel: Selection,
+    cut: int,
+    keys: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    use_triton: bool | None = None,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Zero keys below ``sel.t`` and the keys equal to it before flat index ``cut``; return (out, kept)."""
     chunk = chunk or CHUNK
@@ -243,8 +249,12 @@ def apply_selection(
         piece = flat[s : s + chunk]
         tie = torch.tensor([min(max(cut - s, 0), piece.numel())], dtype=torch.int64, device=x.device)
         _, n = threshold_mask(
-            piece.view(1, -1), t, tie, keys=None if kflat is None else kflat[s : s + chunk].view(1, -1),
-            out=res[s : s + chunk].view(1, -1), use_triton=use_triton,
+            piece.view(1, -1),
+            t,
+            tie,
+            keys=None if kflat is None else kflat[s : s + chunk].view(1, -1),
+            out=res[s : s + chunk].view(1, -1),
+            use_triton=use_triton,
         )
         kept += int(n)
     return res.view(x.shape), kept
@@ -470,8 +480,14 @@ class TensorResult:
 class PruneRun:
     """Runs a plan: ``select()`` (global statistics passes), then ``tensors()`` streams the output."""
 
-    def __init__(self, ck: Checkpoint, plan: PrunePlan, device: torch.device | str = "cpu", use_triton: bool | None = None,
-                 advance: Callable[[int], None] = lambda n: None):
+    def __init__(
+        self,
+        ck: Checkpoint,
+        plan: PrunePlan,
+        device: torch.device | str = "cpu",
+        use_triton: bool | None = None,
+        advance: Callable[[int], None] = lambda n: None,
+    ):
         from modelsurgeon.kernels import should_use_triton
 
         self.ck, self.plan, self.device = ck, plan, torch.device(device)
@@ -639,6 +655,18 @@ class PruneRun:
 
             nn, mm = cfg.nm
             compliant = nm_compliant(out.reshape(-1), nn, mm) if n else True
-        result = TensorResult(target.name, target.shape, target.dtype, n, target.sparsity, target.mode, n - kept,
-                              zeros_before, zeros, threshold, list(target.aliases), compliant)
+        result = TensorResult(
+            target.name,
+            target.shape,
+            target.dtype,
+            n,
+            target.sparsity,
+            target.mode,
+            n - kept,
+            zeros_before,
+            zeros,
+            threshold,
+            list(target.aliases),
+            compliant,
+        )
         return (out.to("cpu") if out.device.type != "cpu" else out), result

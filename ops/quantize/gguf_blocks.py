@@ -83,7 +83,9 @@ def _codes(x: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, qtype: str,
     return buf.to(torch.uint8).clamp_(max=qmax)  # in [0, qmax + 1.5) here: the conversion truncates
 
 
-def pack_blocks(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, qtype: str, out: torch.Tensor | None = None) -> torch.Tensor:
+def pack_blocks(
+    q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, qtype: str, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Codes (nb, 32) in the type's stored range and fp32 d (and m) -> (nb, bytes) uint8 in ggml's layout."""
     nb = q.shape[0]
     if out is None:

@@ -56,8 +56,19 @@ def hqq_refine(
     """
     step = max(1, (1 << 22) // x.shape[1])
     if x.shape[0] > step:
-        parts = [hqq_refine(x[i : i + step], scale[i : i + step], zero[i : i + step], qmin, qmax, cfg,
-                            fit_zero=fit_zero, integer_zero=integer_zero) for i in range(0, x.shape[0], step)]
+        parts = [
+            hqq_refine(
+                x[i : i + step],
+                scale[i : i + step],
+                zero[i : i + step],
+                qmin,
+                qmax,
+                cfg,
+                fit_zero=fit_zero,
+                integer_zero=integer_zero,
+            )
+            for i in range(0, x.shape[0], step)
+        ]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     s = torch.where(scale == 0, torch.ones_like(scale), scale)
     z = zero.clone()
@@ -103,8 +114,7 @@ def hqq_int_quantize(
     scale0, zero0 = int_params(xg, bits, symmetric, sd)
     x2 = xg.reshape(-1, g)
     z_init = torch.zeros(rows * ng, 1, device=w.device) if zero0 is None else zero0.reshape(-1, 1)
-    s, z = hqq_refine(x2, scale0.float().reshape(-1, 1), z_init, qmin, qmax, cfg,
-                      fit_zero=not symmetric, integer_zero=True)
+    s, z = hqq_refine(x2, scale0.float().reshape(-1, 1), z_init, qmin, qmax, cfg, fit_zero=not symmetric, integer_zero=True)
     s = s.to(sd)
     s = torch.where((s.float() > 0) & torch.isfinite(s.float()), s, scale0.reshape(-1, 1))
     s = s.reshape(rows, ng)

@@ -18,13 +18,12 @@ computes them (same dtype roundings), so ``weight_scale`` and ``weight_zero_poin
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
 from modelsurgeon.kernels import should_use_triton
-
 from modelsurgeon.ops.core.registry import Registry
 
 # --------------------------------------------------------------------------------------------
@@ -225,22 +224,83 @@ def schemes() -> list[Scheme]:
 
 _CT_URL = "https://github.com/vllm-project/compressed-tensors"
 _TOKEN_ACT = {"dynamic": True, "group_size": None, "num_bits": 8, "strategy": "token", "symmetric": True}
-register(Scheme("w4a16", "int4 weights, group 128, symmetric (compressed-tensors W4A16)", "int", 4, 128,
-                formats=("compressed-tensors", "dense"), asym_capable=True, hqq_capable=True,
-                ct_format="pack-quantized", url=_CT_URL))
-register(Scheme("w8a16", "int8 weights, group 128, symmetric (compressed-tensors W8A16)", "int", 8, 128,
-                formats=("compressed-tensors", "dense"), asym_capable=True, hqq_capable=True,
-                ct_format="pack-quantized", url=_CT_URL))
-register(Scheme("w8a8", "int8 weights per channel + dynamic int8 activations per token (W8A8)", "int", 8, -1,
-                formats=("compressed-tensors", "dense"), asym_capable=True, hqq_capable=True,
-                ct_format="int-quantized", activations={**_TOKEN_ACT, "type": "int"}, url=_CT_URL))
-register(Scheme("fp8", "fp8 e4m3 weights per channel + dynamic fp8 activations per token (FP8_DYNAMIC)", "fp8", 8, -1,
-                formats=("compressed-tensors", "dense"), group_fixed=True,
-                ct_format="float-quantized", activations={**_TOKEN_ACT, "type": "float"}, url=_CT_URL))
-register(Scheme("nf4", "4-bit NormalFloat code book, absmax per block of 64 (bitsandbytes)", "nf4", 4, 64,
-                url="https://arxiv.org/abs/2305.14314"))
-register(Scheme("binary", "1 bit: sign times the error-minimising scale mean|w| per group of 128", "binary", 1, 128,
-                url="https://arxiv.org/abs/2402.10193"))
+register(
+    Scheme(
+        "w4a16",
+        "int4 weights, group 128, symmetric (compressed-tensors W4A16)",
+        "int",
+        4,
+        128,
+        formats=("compressed-tensors", "dense"),
+        asym_capable=True,
+        hqq_capable=True,
+        ct_format="pack-quantized",
+        url=_CT_URL,
+    )
+)
+register(
+    Scheme(
+        "w8a16",
+        "int8 weights, group 128, symmetric (compressed-tensors W8A16)",
+        "int",
+        8,
+        128,
+        formats=("compressed-tensors", "dense"),
+        asym_capable=True,
+        hqq_capable=True,
+        ct_format="pack-quantized",
+        url=_CT_URL,
+    )
+)
+register(
+    Scheme(
+        "w8a8",
+        "int8 weights per channel + dynamic int8 activations per token (W8A8)",
+        "int",
+        8,
+        -1,
+        formats=("compressed-tensors", "dense"),
+        asym_capable=True,
+        hqq_capable=True,
+        ct_format="int-quantized",
+        activations={**_TOKEN_ACT, "type": "int"},
+        url=_CT_URL,
+    )
+)
+register(
+    Scheme(
+        "fp8",
+        "fp8 e4m3 weights per channel + dynamic fp8 activations per token (FP8_DYNAMIC)",
+        "fp8",
+        8,
+        -1,
+        formats=("compressed-tensors", "dense"),
+        group_fixed=True,
+        ct_format="float-quantized",
+        activations={**_TOKEN_ACT, "type": "float"},
+        url=_CT_URL,
+    )
+)
+register(
+    Scheme(
+        "nf4",
+        "4-bit NormalFloat code book, absmax per block of 64 (bitsandbytes)",
+        "nf4",
+        4,
+        64,
+        url="https://arxiv.org/abs/2305.14314",
+    )
+)
+register(
+    Scheme(
+        "binary",
+        "1 bit: sign times the error-minimising scale mean|w| per group of 128",
+        "binary",
+        1,
+        128,
+        url="https://arxiv.org/abs/2402.10193",
+    )
+)
 _GGUF_URL = "https://github.com/ggml-org/ggml/blob/master/docs/gguf.md"
 for _name, _bits, _sym, _summary in (
     ("q8_0", 8, True, "GGUF Q8_0: int8, one fp16 scale per block of 32 (8.5 bpw)"),
@@ -249,8 +309,21 @@ for _name, _bits, _sym, _summary in (
     ("q5_0", 5, True, "GGUF Q5_0: 5 bits, one fp16 scale per block of 32 (5.5 bpw)"),
     ("q5_1", 5, False, "GGUF Q5_1: 5 bits, fp16 scale and minimum per block of 32 (6.0 bpw)"),
 ):
-    register(Scheme(_name, _summary, "gguf", _bits, 32, symmetric=_sym, formats=("gguf", "dense"),
-                    group_fixed=True, hqq_capable=True, gguf_type=_name.upper(), url=_GGUF_URL))
+    register(
+        Scheme(
+            _name,
+            _summary,
+            "gguf",
+            _bits,
+            32,
+            symmetric=_sym,
+            formats=("gguf", "dense"),
+            group_fixed=True,
+            hqq_capable=True,
+            gguf_type=_name.upper(),
+            url=_GGUF_URL,
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +367,9 @@ class QuantizedWeight:
     extra: dict = field(default_factory=dict)
 
 
-def quantize_weight(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None = None, need_dequant: bool = True) -> QuantizedWeight:
+def quantize_weight(
+    w: torch.Tensor, spec: QuantSpec, use_triton: bool | None = None, need_dequant: bool = True
+) -> QuantizedWeight:
     """Quantize one 2-D float weight (on any device) and dequantize it back into its own dtype.
 
     Sets ``extra["signal"]``, ``extra["noise"]`` (energies of ``w`` and of the error). With
@@ -323,22 +398,27 @@ def _int_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_
 
 def _fp8_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
     codes, scale = fp8_quantize(w)
-    return QuantizedWeight({"codes": codes, "scale": scale}, fp8_dequantize(codes, scale, w.dtype),
-                           spec.bits_per_weight(tuple(w.shape), scale.element_size()))
+    return QuantizedWeight(
+        {"codes": codes, "scale": scale},
+        fp8_dequantize(codes, scale, w.dtype),
+        spec.bits_per_weight(tuple(w.shape), scale.element_size()),
+    )
 
 
 def _nf4_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
     g = spec.group_for(w.shape[-1])
     codes, absmax = nf4_quantize(w, g)
-    return QuantizedWeight({"codes": codes, "absmax": absmax}, nf4_dequantize(codes, absmax, g, w.dtype),
-                           spec.bits_per_weight(tuple(w.shape), 4))
+    return QuantizedWeight(
+        {"codes": codes, "absmax": absmax}, nf4_dequantize(codes, absmax, g, w.dtype), spec.bits_per_weight(tuple(w.shape), 4)
+    )
 
 
 def _binary_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
     g = spec.group_for(w.shape[-1])
     signs, scale = binary_quantize(w, g)
-    return QuantizedWeight({"signs": signs, "scale": scale}, binary_dequantize(signs, scale, g, w.dtype),
-                           spec.bits_per_weight(tuple(w.shape), 2))
+    return QuantizedWeight(
+        {"signs": signs, "scale": scale}, binary_dequantize(signs, scale, g, w.dtype), spec.bits_per_weight(tuple(w.shape), 2)
+    )
 
 
 def _gguf_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:

@@ -13,22 +13,24 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from modelsurgeon.recipes.quantize import QuantizeConfig
-
-from modelsurgeon.ops.io.checkpoint import Checkpoint
 from modelsurgeon.ops.core.device import resolve_device
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
-from .quant import QuantSpec, Scheme, get_scheme, quantize_weight, schemes, sqnr_db
+from modelsurgeon.ops.io.checkpoint import Checkpoint
 from modelsurgeon.ops.io.targets import select_targets
+from modelsurgeon.recipes.quantize import QuantizeConfig
+
+from .quant import QuantSpec, Scheme, get_scheme, quantize_weight, schemes, sqnr_db
 
 _QUANTIZED_DTYPES = {"I8", "U8", "I32", "F8_E4M3", "F8_E5M2", "F8_E8M0"}
-_QUANTIZED_NAMES = re.compile(r"(weight_packed|weight_scale|weight_zero_point|qweight|qzeros|\.scales|\.absmax|quant_state|\.SCB)$")
+_QUANTIZED_NAMES = re.compile(
+    r"(weight_packed|weight_scale|weight_zero_point|qweight|qzeros|\.scales|\.absmax|quant_state|\.SCB)$"
+)
 
 
 @dataclass
@@ -66,14 +68,19 @@ def resolve_spec(cfg: QuantizeConfig, notes: list[str]) -> QuantSpec:
         what = "block size 32 is part of the GGUF format" if s.family == "gguf" else "fp8 is one scale per channel"
         raise UsageError(f"--group-size does not apply to {s.name}: its {what}")
     if cfg.asym and not s.asym_capable:
-        hint = "use q4_1 or q5_1 (the asymmetric GGUF types)" if s.family == "gguf" else "--asym works with " + ", ".join(
-            x.name for x in schemes() if x.asym_capable)
+        hint = (
+            "use q4_1 or q5_1 (the asymmetric GGUF types)"
+            if s.family == "gguf"
+            else "--asym works with " + ", ".join(x.name for x in schemes() if x.asym_capable)
+        )
         raise UsageError(f"--asym does not apply to {s.name}", hint)
     hqq = None
     if cfg.optimizer == "hqq":
         if not s.hqq_capable:
-            raise UsageError(f"--optimizer hqq does not apply to {s.name}",
-                             "it refines the integer schemes: " + ", ".join(x.name for x in schemes() if x.hqq_capable))
+            raise UsageError(
+                f"--optimizer hqq does not apply to {s.name}",
+                "it refines the integer schemes: " + ", ".join(x.name for x in schemes() if x.hqq_capable),
+            )
         hqq = cfg.hqq
     group = s.group_size
     if cfg.group_size is not None:
@@ -88,12 +95,16 @@ def check_not_quantized(ck: Checkpoint) -> None:
     qc = (ck.config or {}).get("quantization_config")
     if qc:
         what = " ".join(str(qc.get(k)) for k in ("quant_method", "format") if qc.get(k))
-        raise SurgeonError(f"{ck.label} is already quantized (config.json quantization_config: {what or 'present'})",
-                           "quantize the original full-precision checkpoint")
+        raise SurgeonError(
+            f"{ck.label} is already quantized (config.json quantization_config: {what or 'present'})",
+            "quantize the original full-precision checkpoint",
+        )
     for info in ck.infos():
         if _QUANTIZED_NAMES.search(info.name) or (info.dtype in _QUANTIZED_DTYPES and info.name.endswith("weight")):
-            raise SurgeonError(f"{ck.label} is already quantized: it holds {info.name} ({info.dtype})",
-                               "quantize the original full-precision checkpoint")
+            raise SurgeonError(
+                f"{ck.label} is already quantized: it holds {info.name} ({info.dtype})",
+                "quantize the original full-precision checkpoint",
+            )
 
 
 def plan_quantize(ck: Checkpoint, cfg: QuantizeConfig, output: str, force: bool, max_shard_size: str = "5GB") -> QuantPlan:
@@ -106,23 +117,32 @@ def plan_quantize(ck: Checkpoint, cfg: QuantizeConfig, output: str, force: bool,
     check_not_quantized(ck)
     targets = select_targets(ck, cfg.include, cfg.ignore, "--include", "--ignore")
     if not targets:
-        raise SurgeonError(f"no tensor of {ck.label} is selected for quantization",
-                           "the default takes 2-D linear weights; choose tensors with --include REGEX")
+        raise SurgeonError(
+            f"no tensor of {ck.label} is selected for quantization",
+            "the default takes 2-D linear weights; choose tensors with --include REGEX",
+        )
     problems = []
     for name in targets:
         info = ck.info(name)
         if len(info.shape) != 2:
-            problems.append(f"{name} is {len(info.shape)}-D {list(info.shape)}; quantize takes 2-D weights (leave it out with --ignore)")
+            problems.append(
+                f"{name} is {len(info.shape)}-D {list(info.shape)}; quantize takes 2-D weights (leave it out with --ignore)"
+            )
             continue
         cols = info.shape[1]
         g = spec.group_for(cols)
         if g <= 0 or cols % g:
             flag = "the GGUF block size" if spec.scheme.group_fixed else "--group-size"
-            problems.append(f"{name} has rows of {cols} values, not a multiple of the group size {g} ({flag}); "
-                            f"pick a size that divides {cols} or leave the tensor out with --ignore")
+            problems.append(
+                f"{name} has rows of {cols} values, not a multiple of the group size {g} ({flag}); "
+                f"pick a size that divides {cols} or leave the tensor out with --ignore"
+            )
     if spec.scheme.family == "nf4":
-        problems += [f"{n} has {ck.info(n).numel} values, not a multiple of the block size {spec.group_size}"
-                     for n in targets if ck.info(n).numel % spec.group_size]
+        problems += [
+            f"{n} has {ck.info(n).numel} values, not a multiple of the block size {spec.group_size}"
+            for n in targets
+            if ck.info(n).numel % spec.group_size
+        ]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SurgeonError(problems[0] + more)
@@ -137,8 +157,10 @@ def plan_quantize(ck: Checkpoint, cfg: QuantizeConfig, output: str, force: bool,
             for n in targets:
                 module_name(n)
             if not spec.symmetric and spec.scheme.ct_format == "pack-quantized":
-                notes.append("warning: transformers (5.23, compressed-tensors 0.20) cannot load asymmetric pack-quantized "
-                             "checkpoints (weight_zero_point shape mismatch); vLLM can. Drop --asym for transformers")
+                notes.append(
+                    "warning: transformers (5.23, compressed-tensors 0.20) cannot load asymmetric pack-quantized "
+                    "checkpoints (weight_zero_point shape mismatch); vLLM can. Drop --asym for transformers"
+                )
         plan.out_handle = OutputDir(output, force)
     return plan
 
@@ -155,13 +177,17 @@ def _plan_gguf(plan: QuantPlan) -> None:
             raise SurgeonError(bad)
     tensors = plan_tensors(ck.infos(), set(plan.targets), plan.spec.scheme.gguf_type)
     if not ck.resolved.path.is_dir():
-        raise SurgeonError("--format gguf needs the model folder (config.json and tokenizer beside the weights)",
-                           "give the folder, not the .safetensors file")
+        raise SurgeonError(
+            "--format gguf needs the model folder (config.json and tokenizer beside the weights)",
+            "give the folder, not the .safetensors file",
+        )
     vocab = read_vocab(ck.folder, ck.config, warn=lambda m: plan.notes.append("warning: " + m))
     n_tok, n_vocab = len(vocab["tokenizer.ggml.tokens"]), int(ck.config.get("vocab_size") or 0)
     if n_tok != n_vocab:
-        raise SurgeonError(f"the tokenizer of {ck.label} has {n_tok} tokens but config.json says vocab_size {n_vocab}",
-                           "llama.cpp needs one token per embedding row; fix the tokenizer or the config")
+        raise SurgeonError(
+            f"the tokenizer of {ck.label} has {n_tok} tokens but config.json says vocab_size {n_vocab}",
+            "llama.cpp needs one token per embedding row; fix the tokenizer or the config",
+        )
     name = str(ck.config.get("_name_or_path") or ck.folder.name).rstrip("/").split("/")[-1] or ck.folder.name
     plan.gguf_plan = tensors
     plan.gguf_meta = file_metadata(ck.config, plan.spec.scheme.gguf_type, name, vocab)
@@ -241,21 +267,33 @@ def run_quantize(plan: QuantPlan, command: str, advance: Callable[[int], None] =
 
 
 def _row(info, scheme, bpw, after, sig=0.0, noise=0.0) -> TensorRow:
-    return TensorRow(info.name, list(info.shape), info.dtype, scheme, bpw, info.nbytes, after,
-                     sqnr_db(sig, noise) if scheme else None, math.sqrt(noise / sig) if scheme and sig > 0 else None,
-                     sig, noise)
+    return TensorRow(
+        info.name,
+        list(info.shape),
+        info.dtype,
+        scheme,
+        bpw,
+        info.nbytes,
+        after,
+        sqnr_db(sig, noise) if scheme else None,
+        math.sqrt(noise / sig) if scheme and sig > 0 else None,
+        sig,
+        noise,
+    )
 
 
 def _check_finite(name: str, sig: float, noise: float) -> None:
     if not (math.isfinite(sig) and math.isfinite(noise)):
-        raise SurgeonError(f"{name} holds NaN or infinite values; quantizing it would be meaningless",
-                           "fix the checkpoint, or leave the tensor out with --ignore")
+        raise SurgeonError(
+            f"{name} holds NaN or infinite values; quantizing it would be meaningless",
+            "fix the checkpoint, or leave the tensor out with --ignore",
+        )
 
 
 def _write_folder(plan: QuantPlan, rows: list, target_set: set, command: str, advance) -> None:
-    from modelsurgeon.ops.quantize.formats import compressed_tensors as ct
     from modelsurgeon.ops.io.output import write_folder
     from modelsurgeon.ops.io.writer import TensorSpec, parse_size
+    from modelsurgeon.ops.quantize.formats import compressed_tensors as ct
 
     ck, spec = plan.ck, plan.spec
     dense = plan.fmt == "dense"
@@ -279,8 +317,11 @@ def _write_folder(plan: QuantPlan, rows: list, target_set: set, command: str, ad
                     out = [(name, qw.dequantized.to("cpu"))]
                 else:
                     out = ct.output_tensors(name, qw, spec, plan.cfg.use_triton)
-                rows.append(_row(info, spec.scheme.name, qw.bits_per_weight,
-                                 sum(t.numel() * t.element_size() for _, t in out), sig, noise))
+                rows.append(
+                    _row(
+                        info, spec.scheme.name, qw.bits_per_weight, sum(t.numel() * t.element_size() for _, t in out), sig, noise
+                    )
+                )
                 yield from out
             advance(info.nbytes)
 
@@ -289,8 +330,16 @@ def _write_folder(plan: QuantPlan, rows: list, target_set: set, command: str, ad
         qcfg = ct.quantization_config(spec, ct.ignore_list(ck.infos(), target_set, ck.config))
         update = lambda cfg: {**cfg, "quantization_config": qcfg}  # noqa: E731
     meta = {"modelsurgeon_recipe": json.dumps(_recipe(plan), sort_keys=True)}
-    write_folder(plan.out_handle, specs, produce(), source=ck, command=command,
-                 max_shard_size=parse_size(plan.max_shard_size), metadata=meta, update_config=update)
+    write_folder(
+        plan.out_handle,
+        specs,
+        produce(),
+        source=ck,
+        command=command,
+        max_shard_size=parse_size(plan.max_shard_size),
+        metadata=meta,
+        update_config=update,
+    )
 
 
 def _recipe(plan: QuantPlan) -> dict:

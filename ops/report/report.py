@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import operator
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
-from modelsurgeon.ops.io.checkpoint import Checkpoint, TensorInfo
-
-from modelsurgeon.ops.core.streaming import prefetched
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.streaming import prefetched
+from modelsurgeon.ops.io.checkpoint import Checkpoint, TensorInfo
 from modelsurgeon.ops.io.targets import compile_regex
+
 from .stats import CompareStats, TensorStats
 
 CHUNK_ELEMS = 1 << 20  # 4 MB of fp32: memory stays bounded, and the several reductions per chunk hit the cache
@@ -95,7 +95,10 @@ def build_report(
 ) -> dict:
     infos = [i for i in ck.infos() if name_filter is None or name_filter.search(i.name)]
     if name_filter is not None and not infos:
-        raise SurgeonError(f"--filter {name_filter.pattern!r} matches no tensor of {ck.label}", "check the pattern against `surgeon report MODEL`")
+        raise SurgeonError(
+            f"--filter {name_filter.pattern!r} matches no tensor of {ck.label}",
+            "check the pattern against `surgeon report MODEL`",
+        )
     stats: list[TensorStats] = [TensorStats(is_float=i.is_float) for i in infos]
     cmp: dict[int, CompareStats] = {}
     missing, shape_changes, dtype_changes = [], [], []
@@ -105,7 +108,9 @@ def build_report(
             if info.name not in other:
                 missing.append(info.name)
             elif other.info(info.name).shape != info.shape:
-                shape_changes.append({"name": info.name, "shape": list(info.shape), "other_shape": list(other.info(info.name).shape)})
+                shape_changes.append(
+                    {"name": info.name, "shape": list(info.shape), "other_shape": list(other.info(info.name).shape)}
+                )
             else:
                 comparable.add(i)
                 if other.info(info.name).dtype != info.dtype:
@@ -125,7 +130,11 @@ def build_report(
     for i, info in enumerate(infos):
         row = {"name": info.name, "shape": list(info.shape), "dtype": info.dtype, **stats[i].as_dict()}
         if other is not None:
-            row.update(cmp[i].as_dict() if i in cmp else {"rel_l2": None, "cosine": None, "changed_fraction": None, "sign_agreement": None})
+            row.update(
+                cmp[i].as_dict()
+                if i in cmp
+                else {"rel_l2": None, "cosine": None, "changed_fraction": None, "sign_agreement": None}
+            )
         rows.append(row)
     total = sum(s.numel for s in stats)
     nonzero = sum(s.nonzero for s in stats)
@@ -170,7 +179,11 @@ def build_report(
             "dtype_changed_tensors": dtype_changes,
         }
     if top is not None:
-        key = (lambda r: r["rel_l2"] if isinstance(r.get("rel_l2"), float) else -1.0) if other is not None else (lambda r: r["numel"])
+        key = (
+            (lambda r: r["rel_l2"] if isinstance(r.get("rel_l2"), float) else -1.0)
+            if other is not None
+            else (lambda r: r["numel"])
+        )
         result["tensors"] = sorted(rows, key=key, reverse=True)[:top]
         result["top"] = top
     return result

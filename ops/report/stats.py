@@ -7,8 +7,8 @@ and folds them into a small accumulator; nothing ever holds a full float32 copy 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 
@@ -40,7 +40,7 @@ class TensorStats:
     is_float: bool = True
 
     @classmethod
-    def start(cls, is_float: bool, row_len: int) -> "TensorStats":
+    def start(cls, is_float: bool, row_len: int) -> TensorStats:
         check24 = is_float and row_len > 0 and row_len % 4 == 0
         return cls(is_float=is_float, nm24=True if check24 else None)
 

@@ -9,12 +9,12 @@ import shutil
 
 import pytest
 import torch
+from helpers import assert_one_line_error, run
 from safetensors.torch import load_file, save_file
 
-from helpers import assert_one_line_error, run
 from modelsurgeon.ops.intrinsic.models import model_for_task
-from modelsurgeon.ops.intrinsic.tasks import load_task
 from modelsurgeon.ops.intrinsic.search import Problem, save_subspace, train_run
+from modelsurgeon.ops.intrinsic.tasks import load_task
 from modelsurgeon.recipes.intrinsic_dim import IntrinsicDimConfig
 
 
@@ -73,16 +73,34 @@ def test_expand_reproduces_the_trained_weights_exactly(capsys, tmp_path, task, d
 
 
 def test_expand_from_a_checkpoint_checks_the_base(capsys, tmp_path):
-    from transformers import AutoModelForCausalLM
-
     from id_helpers import make_llama_with_tokenizer
+    from transformers import AutoModelForCausalLM
 
     text = "the cat sat on the mat " * 200
     (tmp_path / "t.txt").write_text(text)
     base = make_llama_with_tokenizer(tmp_path / "llama", text)
     sub = tmp_path / "lm.safetensors"
-    code, out, err = run(capsys, "intrinsic-dim", str(base), "--task", f"text:{tmp_path / 't.txt'}", "--grid", "64", "--epochs", "1",
-                         "--baseline", "1", "--threshold", "0.0001", "--threshold-from", "zero", "--save-subspace", str(sub), "--json", "-q")
+    code, out, err = run(
+        capsys,
+        "intrinsic-dim",
+        str(base),
+        "--task",
+        f"text:{tmp_path / 't.txt'}",
+        "--grid",
+        "64",
+        "--epochs",
+        "1",
+        "--baseline",
+        "1",
+        "--threshold",
+        "0.0001",
+        "--threshold-from",
+        "zero",
+        "--save-subspace",
+        str(sub),
+        "--json",
+        "-q",
+    )
     assert code == 0, err
     code, out, err = run(capsys, "expand-subspace", str(sub), "-o", str(tmp_path / "ft"))
     assert code == 0, err

@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-
 from helpers import assert_one_line_error, run, run_json
 from id_helpers import make_llama_with_tokenizer
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +65,25 @@ def test_digits_fc_lands_near_272():
     (bracket 256-272). Over seeds 0-3 this implementation measured 296, 280, 288 and 256; the search must
     land within about 20 % of 272, in about 10 trainings. Run as a user runs it, in a fresh process."""
     r = subprocess.run(
-        [sys.executable, "-m", "modelsurgeon", "intrinsic-dim", "--task", "digits", "--arch", "fc", "--width", "200", "--depth", "2", "--json", "-q"],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
+        [
+            sys.executable,
+            "-m",
+            "modelsurgeon",
+            "intrinsic-dim",
+            "--task",
+            "digits",
+            "--arch",
+            "fc",
+            "--width",
+            "200",
+            "--depth",
+            "2",
+            "--json",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -106,7 +122,9 @@ def test_plot_without_matplotlib_names_the_pip_command(capsys, monkeypatch, tmp_
 
 
 def test_grid_and_threshold_from_init(capsys):
-    out = run_json(capsys, "intrinsic-dim", "--task", "toy", "--grid", "9,10", "--baseline", "1", "--threshold-from", "init", "-q")
+    out = run_json(
+        capsys, "intrinsic-dim", "--task", "toy", "--grid", "9,10", "--baseline", "1", "--threshold-from", "init", "-q"
+    )
     assert out["search"]["mode"] == "grid" and out["baseline"]["how"] == "given (--baseline)"
     assert out["threshold_from"] == "init" and out["threshold_value"] == pytest.approx(0.9)
     assert [r["d"] for r in out["records"]] == [9, 10] and out["d_int"] == 10
@@ -126,12 +144,44 @@ def _blobs(n=200, k=3, dim=6, seed=0):
 def test_npz_task_with_fc(capsys, tmp_path):
     X, y = _blobs()
     np.savez(tmp_path / "d.npz", X=X, y=y)
-    out = run_json(capsys, "intrinsic-dim", "--task", f"npz:{tmp_path / 'd.npz'}", "--width", "16", "--depth", "1", "--grid", "4,32", "--epochs", "30", "--batch-size", "16", "-q")
+    out = run_json(
+        capsys,
+        "intrinsic-dim",
+        "--task",
+        f"npz:{tmp_path / 'd.npz'}",
+        "--width",
+        "16",
+        "--depth",
+        "1",
+        "--grid",
+        "4,32",
+        "--epochs",
+        "30",
+        "--batch-size",
+        "16",
+        "-q",
+    )
     assert out["D"] == 6 * 16 + 16 + 16 * 3 + 3
     assert out["task"]["n_train"] == 160 and out["task"]["n_eval"] == 40 and out["task"]["n_classes"] == 3
     assert out["records"][0]["kind"] == "direct" and out["baseline"]["value"] > 0.9
     np.savez(tmp_path / "t.npz", X=X[:150], y=y[:150], X_test=X[150:], y_test=y[150:])
-    out = run_json(capsys, "intrinsic-dim", "--task", f"npz:{tmp_path / 't.npz'}", "--width", "16", "--depth", "1", "--grid", "4", "--epochs", "2", "--baseline", "1", "-q")
+    out = run_json(
+        capsys,
+        "intrinsic-dim",
+        "--task",
+        f"npz:{tmp_path / 't.npz'}",
+        "--width",
+        "16",
+        "--depth",
+        "1",
+        "--grid",
+        "4",
+        "--epochs",
+        "2",
+        "--baseline",
+        "1",
+        "-q",
+    )
     assert out["task"]["eval_split"] == "given" and out["task"]["n_eval"] == 50
 
 
@@ -142,14 +192,29 @@ def test_csv_features_and_lenet(capsys, tmp_path):
         w.writerow([f"f{i}" for i in range(64)] + ["label"])
         for xi, yi in zip(X, y):
             w.writerow([f"{v:.4f}" for v in xi] + [["a", "b", "c"][yi]])
-    out = run_json(capsys, "intrinsic-dim", "--task", f"csv:{tmp_path / 'd.csv'}", "--arch", "lenet", "--grid", "16", "--epochs", "2", "--baseline", "1", "-q")
+    out = run_json(
+        capsys,
+        "intrinsic-dim",
+        "--task",
+        f"csv:{tmp_path / 'd.csv'}",
+        "--arch",
+        "lenet",
+        "--grid",
+        "16",
+        "--epochs",
+        "2",
+        "--baseline",
+        "1",
+        "-q",
+    )
     # LeNet on 8x8 (padded convolutions): 156 + 2416 + 64*120+120 + 120*84+84 + 84*3+3
     assert out["D"] == 156 + 2416 + 7800 + 10164 + 255
     assert out["model"] == "lenet on (1, 8, 8)"
 
 
 def test_module_function_task_and_checkpoint_weights(capsys, tmp_path):
-    (tmp_path / "mytask.py").write_text(textwrap.dedent("""
+    (tmp_path / "mytask.py").write_text(
+        textwrap.dedent("""
         import torch
         def make():
             g = torch.Generator().manual_seed(0)
@@ -158,7 +223,8 @@ def test_module_function_task_and_checkpoint_weights(capsys, tmp_path):
             torch.manual_seed(0)
             model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
             return {"model": model, "train": (X, y), "metric": "accuracy"}
-    """))
+    """)
+    )
     spec = f"{tmp_path / 'mytask.py'}:make"
     out = run_json(capsys, "intrinsic-dim", "--task", spec, "--grid", "2,8", "--epochs", "3", "-q")
     assert out["D"] == 4 * 8 + 8 + 8 * 2 + 2 and out["metric"] == "accuracy"
@@ -168,7 +234,9 @@ def test_module_function_task_and_checkpoint_weights(capsys, tmp_path):
     sd = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).state_dict()
     (tmp_path / "ck").mkdir()
     save_file(sd, str(tmp_path / "ck" / "model.safetensors"))
-    out = run_json(capsys, "intrinsic-dim", str(tmp_path / "ck"), "--task", spec, "--grid", "2", "--epochs", "1", "--baseline", "1", "-q")
+    out = run_json(
+        capsys, "intrinsic-dim", str(tmp_path / "ck"), "--task", spec, "--grid", "2", "--epochs", "1", "--baseline", "1", "-q"
+    )
     assert out["model_source"]["checkpoint"]["files"]["model.safetensors"]
     sd["2.weight"] = torch.zeros(3, 8)
     save_file(sd, str(tmp_path / "ck" / "model.safetensors"))
@@ -189,8 +257,26 @@ def llama_and_text(tmp_path):
 
 def test_text_task_on_a_causal_lm(capsys, llama_and_text, tmp_path):
     folder, text = llama_and_text
-    out = run_json(capsys, "intrinsic-dim", str(folder), "--task", f"text:{text}", "--max-tokens", "64", "--grid", "16,512",
-                   "--epochs", "3", "--baseline-lr", "1e-2", "--lr", "0.1", "--save-subspace", str(tmp_path / "lm.safetensors"), "-q")
+    out = run_json(
+        capsys,
+        "intrinsic-dim",
+        str(folder),
+        "--task",
+        f"text:{text}",
+        "--max-tokens",
+        "64",
+        "--grid",
+        "16,512",
+        "--epochs",
+        "3",
+        "--baseline-lr",
+        "1e-2",
+        "--lr",
+        "0.1",
+        "--save-subspace",
+        str(tmp_path / "lm.safetensors"),
+        "-q",
+    )
     assert out["metric"] == "token_prob" and out["threshold_from"] == "init"
     assert out["baseline"]["value"] > out["theta0_metric"] > 0
     for r in out["records"]:
@@ -224,9 +310,32 @@ def test_minilm_subspace_finetune_expands_to_a_loadable_checkpoint(capsys, tmp_p
 
     data = _reviews_csv(tmp_path / "reviews.csv")
     sub = tmp_path / "minilm.safetensors"
-    out = run_json(capsys, "intrinsic-dim", str(minilm_dir), "--task", f"csv:{data}", "--exclude", "word_embeddings",
-                   "--projection", "sparse", "--grid", "8", "--epochs", "2", "--batch-size", "16", "--lr", "0.5",
-                   "--baseline", "0.3", "--threshold", "1", "--save-subspace", str(sub), "-q")
+    out = run_json(
+        capsys,
+        "intrinsic-dim",
+        str(minilm_dir),
+        "--task",
+        f"csv:{data}",
+        "--exclude",
+        "word_embeddings",
+        "--projection",
+        "sparse",
+        "--grid",
+        "8",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--lr",
+        "0.5",
+        "--baseline",
+        "0.3",
+        "--threshold",
+        "1",
+        "--save-subspace",
+        str(sub),
+        "-q",
+    )
     with safe_open(str(minilm_dir / "model.safetensors"), "pt") as f:
         base = {k: f.get_tensor(k) for k in f.keys()}
     floats = sum(t.numel() for t in base.values() if t.is_floating_point())
@@ -248,7 +357,7 @@ def test_minilm_subspace_finetune_expands_to_a_loadable_checkpoint(capsys, tmp_p
     ft = load_file(str(tmp_path / "ft" / "model.safetensors"))
     assert torch.equal(ft["bert.embeddings.word_embeddings.weight"], base["embeddings.word_embeddings.weight"])  # frozen
     q = "bert.encoder.layer.0.attention.self.query.weight"
-    moved = (ft[q] - base[q[len("bert."):]]).abs()
+    moved = (ft[q] - base[q[len("bert.") :]]).abs()
     assert 0 < float(moved.max()) < 0.5  # theta_0 + P theta_d: the checkpoint, nudged
     task = load_task(f"csv:{data}")
     (_, _), (texts, labels) = task.texts
@@ -305,7 +414,9 @@ def test_model_whose_tensors_do_not_match_its_config(capsys, tiny_llama, tmp_pat
     (tiny_llama / "config.json").write_text(json.dumps(cfg))
     (tmp_path / "t.txt").write_text("hello world " * 50)
     code, out, err = run(capsys, "intrinsic-dim", str(tiny_llama), "--task", f"text:{tmp_path / 't.txt'}")
-    assert_one_line_error(code, out, err, 1, "tensors do not match its config.json", "mlp.down_proj.weight is [64, 128] in the weights but [64, 96]")
+    assert_one_line_error(
+        code, out, err, 1, "tensors do not match its config.json", "mlp.down_proj.weight is [64, 128] in the weights but [64, 96]"
+    )
 
 
 def test_checkpoint_without_config(capsys, tmp_path):

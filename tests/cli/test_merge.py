@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_llama
 from helpers import assert_one_line_error, run, run_json
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import make_tiny_llama
 from modelsurgeon.ops.merge.methods import MergeInputs, get_method
 
 
@@ -69,17 +69,20 @@ def nothing_written(out: Path) -> bool:
 def test_ties_recipe_with_gradients_loads_and_matches_the_method(capsys, llamas, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    recipe = write(tmp_path / "ties.yml", f"""\
+    recipe = write(
+        tmp_path / "ties.yml",
+        f"""\
 merge_method: ties
-base_model: {llamas['base']}
+base_model: {llamas["base"]}
 models:
-  - model: {llamas['a']}
+  - model: {llamas["a"]}
     parameters: {{weight: 0.7, density: [1, 0.5]}}
-  - model: {llamas['b']}
+  - model: {llamas["b"]}
     parameters:
       weight: [{{filter: self_attn, value: 0.2}}, {{value: 0.6}}]
       density: 0.4
-""")
+""",
+    )
     out = tmp_path / "out"
     r = run_json(capsys, "merge", recipe, "-o", out, "-q")
     assert r["method"] == "ties" and r["merged_tensors"] == 21 and r["output"] == str(out)
@@ -90,7 +93,9 @@ models:
         ("model.layers.0.mlp.up_proj.weight", 0.7, 1.0, 0.6),
         ("lm_head.weight", 0.7, 1.0, 0.6),
     ]:
-        want = method_out("ties", b[name], [a[name], bb[name]], {}, [{"weight": wa, "density": da}, {"weight": wb, "density": 0.4}])
+        want = method_out(
+            "ties", b[name], [a[name], bb[name]], {}, [{"weight": wa, "density": da}, {"weight": wb, "density": 0.4}]
+        )
         assert torch.equal(got[name], want), name
     assert (out / "mergekit_config.yml").read_text() == recipe.read_text()
     assert "base_model:" in (out / "README.md").read_text()
@@ -104,14 +109,17 @@ models:
 def test_passthrough_slices_stack_layers(capsys, llamas, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    recipe = write(tmp_path / "stack.yml", f"""\
+    recipe = write(
+        tmp_path / "stack.yml",
+        f"""\
 merge_method: passthrough
 slices:
   - sources:
-      - {{model: {llamas['a']}, layer_range: [0, 2]}}
+      - {{model: {llamas["a"]}, layer_range: [0, 2]}}
   - sources:
-      - {{model: {llamas['b']}, layer_range: [1, 2]}}
-""")
+      - {{model: {llamas["b"]}, layer_range: [1, 2]}}
+""",
+    )
     out = tmp_path / "stack"
     r = run_json(capsys, "merge", recipe, "-o", out, "-q")
     assert r["tensors"] == 3 + 9 * 3
@@ -127,20 +135,23 @@ slices:
 
 
 def test_slerp_slices_with_filtered_gradients(capsys, llamas, tmp_path):
-    recipe = write(tmp_path / "slerp.yml", f"""\
+    recipe = write(
+        tmp_path / "slerp.yml",
+        f"""\
 merge_method: slerp
-base_model: {llamas['base']}
+base_model: {llamas["base"]}
 slices:
   - sources:
-      - {{model: {llamas['base']}, layer_range: [0, 2]}}
-      - {{model: {llamas['a']}, layer_range: [0, 2]}}
+      - {{model: {llamas["base"]}, layer_range: [0, 2]}}
+      - {{model: {llamas["a"]}, layer_range: [0, 2]}}
 parameters:
   t:
     - filter: self_attn
       value: [0, 1]
     - value: 0.25
 dtype: float32
-""")
+""",
+    )
     out = tmp_path / "slerp"
     run_json(capsys, "merge", recipe, "-o", out, "-q")
     got, b, a = tensors(out), tensors(llamas["base"]), tensors(llamas["a"])
@@ -153,8 +164,26 @@ dtype: float32
 
 def test_flags_form_writes_an_equivalent_recipe(capsys, llamas, tmp_path):
     out = tmp_path / "flags"
-    args = ["merge", "--method", "dare_ties", "--base", llamas["base"], llamas["a"], llamas["b"], "--weight", "0.6", "--weight", "0.4",
-            "--density", "0.5", "--param", "lambda=0.9", "--seed", "3", "-q"]
+    args = [
+        "merge",
+        "--method",
+        "dare_ties",
+        "--base",
+        llamas["base"],
+        llamas["a"],
+        llamas["b"],
+        "--weight",
+        "0.6",
+        "--weight",
+        "0.4",
+        "--density",
+        "0.5",
+        "--param",
+        "lambda=0.9",
+        "--seed",
+        "3",
+        "-q",
+    ]
     run_json(capsys, *args, "-o", out)
     out2 = tmp_path / "from-recipe"
     run_json(capsys, "merge", out / "mergekit_config.yml", "-o", out2, "--seed", "3", "-q")
@@ -164,8 +193,22 @@ def test_flags_form_writes_an_equivalent_recipe(capsys, llamas, tmp_path):
 
 def test_random_methods_are_reproducible_and_order_independent(capsys, llamas, tmp_path):
     def dare(seed, *models, out):
-        run_json(capsys, "merge", "--method", "dare_ties", "--base", llamas["base"], *models, "--density", "0.3", "--seed", seed,
-                 "-o", out, "-q")
+        run_json(
+            capsys,
+            "merge",
+            "--method",
+            "dare_ties",
+            "--base",
+            llamas["base"],
+            *models,
+            "--density",
+            "0.3",
+            "--seed",
+            seed,
+            "-o",
+            out,
+            "-q",
+        )
         return tensors(out)
 
     first = dare(5, llamas["a"], llamas["b"], out=tmp_path / "r1")
@@ -183,11 +226,29 @@ def test_random_methods_are_reproducible_and_order_independent(capsys, llamas, t
         names = sorted(sd, reverse=True)
         save_file({n: sd[n] for n in names[:10]}, str(dst / "model-00001-of-00002.safetensors"))
         save_file({n: sd[n] for n in names[10:]}, str(dst / "model-00002-of-00002.safetensors"))
-        index = {"metadata": {}, "weight_map": {n: f"model-0000{1 if i < 10 else 2}-of-00002.safetensors" for i, n in enumerate(names)}}
+        index = {
+            "metadata": {},
+            "weight_map": {n: f"model-0000{1 if i < 10 else 2}-of-00002.safetensors" for i, n in enumerate(names)},
+        }
         (dst / "model.safetensors.index.json").write_text(json.dumps(index))
         shuffled[m] = dst
-    run_json(capsys, "merge", "--method", "dare_ties", "--base", shuffled["base"], shuffled["a"], shuffled["b"], "--density", "0.3",
-             "--seed", "5", "-o", tmp_path / "r4", "-q")
+    run_json(
+        capsys,
+        "merge",
+        "--method",
+        "dare_ties",
+        "--base",
+        shuffled["base"],
+        shuffled["a"],
+        shuffled["b"],
+        "--density",
+        "0.3",
+        "--seed",
+        "5",
+        "-o",
+        tmp_path / "r4",
+        "-q",
+    )
     moved = tensors(tmp_path / "r4")
     assert all(torch.equal(first[k], moved[k]) for k in first)
 
@@ -198,7 +259,9 @@ def test_dtypes_follow_the_sources_unless_told(capsys, llamas, tmp_path):
     a = perturb(llamas["base"], root / "bf-a", 4, 0.02, torch.bfloat16)
     r = run_json(capsys, "merge", "--method", "task_arithmetic", "--base", base, a, "-o", root / "bf", "-q")
     assert r["dtypes"] == {"BF16": 106816}
-    r = run_json(capsys, "merge", "--method", "task_arithmetic", "--base", base, a, "--out-dtype", "float16", "-o", root / "f16", "-q")
+    r = run_json(
+        capsys, "merge", "--method", "task_arithmetic", "--base", base, a, "--out-dtype", "float16", "-o", root / "f16", "-q"
+    )
     assert r["dtypes"] == {"F16": 106816}
     assert json.loads((root / "f16" / "config.json").read_text())["dtype"] == "float16"
 
@@ -279,20 +342,47 @@ def _bad_recipes(llamas, tmp_path) -> dict[str, tuple[str, int, list[str]]]:
     if not wide.exists():
         make_tiny_llama(wide, seed=3, intermediate_size=96)
     return {
-        "unknown-method": (f"merge_method: dare-ties\nbase_model: {b}\nmodels: [{a}]\n", 1, ["unknown merge method 'dare-ties'", "did you mean dare_ties", "known merge methods: linear"]),
-        "no-base": (f"merge_method: ties\nmodels:\n  - model: {a}\n    parameters: {{weight: 1}}\n", 1, ["ties needs a base model"]),
-        "shape": (f"merge_method: task_arithmetic\nbase_model: {b}\nmodels:\n  - model: {wide}\n    parameters: {{weight: 1}}\n", 1,
-                  [f"{wide} has shape [96, 64] but {b} has [128, 64]", "model.layers.0.mlp.gate_proj.weight"]),
-        "zero-weights": (f"merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 1}}\n  - model: {bb}\n    parameters: {{weight: -1}}\n",
-                         1, ["sum to zero and normalize is on"]),
-        "density": (f"merge_method: ties\nbase_model: {b}\nmodels:\n  - model: {a}\n    parameters: {{weight: 1, density: 1.5}}\n", 1,
-                    ["line 5, column ", "density 1.5 is outside (0, 1]"]),
-        "invalid-yaml": ("merge_method: ties\nmodels:\n  - model: a\n    parameters: {weight: 1\n", 1, ["is not valid YAML at line 5, column 1"]),
-        "missing-model": (f"merge_method: ties\nbase_model: {b}\nmodels:\n  - model: {tmp_path / 'nope'}\n", 1, ["no such file or folder"]),
+        "unknown-method": (
+            f"merge_method: dare-ties\nbase_model: {b}\nmodels: [{a}]\n",
+            1,
+            ["unknown merge method 'dare-ties'", "did you mean dare_ties", "known merge methods: linear"],
+        ),
+        "no-base": (
+            f"merge_method: ties\nmodels:\n  - model: {a}\n    parameters: {{weight: 1}}\n",
+            1,
+            ["ties needs a base model"],
+        ),
+        "shape": (
+            f"merge_method: task_arithmetic\nbase_model: {b}\nmodels:\n  - model: {wide}\n    parameters: {{weight: 1}}\n",
+            1,
+            [f"{wide} has shape [96, 64] but {b} has [128, 64]", "model.layers.0.mlp.gate_proj.weight"],
+        ),
+        "zero-weights": (
+            f"merge_method: linear\nmodels:\n  - model: {a}\n    parameters: {{weight: 1}}\n  - model: {bb}\n    parameters: {{weight: -1}}\n",
+            1,
+            ["sum to zero and normalize is on"],
+        ),
+        "density": (
+            f"merge_method: ties\nbase_model: {b}\nmodels:\n  - model: {a}\n    parameters: {{weight: 1, density: 1.5}}\n",
+            1,
+            ["line 5, column ", "density 1.5 is outside (0, 1]"],
+        ),
+        "invalid-yaml": (
+            "merge_method: ties\nmodels:\n  - model: a\n    parameters: {weight: 1\n",
+            1,
+            ["is not valid YAML at line 5, column 1"],
+        ),
+        "missing-model": (
+            f"merge_method: ties\nbase_model: {b}\nmodels:\n  - model: {tmp_path / 'nope'}\n",
+            1,
+            ["no such file or folder"],
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["unknown-method", "no-base", "shape", "zero-weights", "density", "invalid-yaml", "missing-model"])
+@pytest.mark.parametrize(
+    "case", ["unknown-method", "no-base", "shape", "zero-weights", "density", "invalid-yaml", "missing-model"]
+)
 def test_bad_recipes(capsys, llamas, tmp_path, case):
     text, code_expected, needles = _bad_recipes(llamas, tmp_path)[case]
     recipe = write(tmp_path / f"{case}.yml", text)
@@ -322,17 +412,20 @@ def test_all_problems_in_one_block(capsys, llamas, tmp_path):
     wide = llamas["root"] / "wide"
     if not wide.exists():
         make_tiny_llama(wide, seed=3, intermediate_size=96)
-    recipe = write(tmp_path / "many.yml", f"""\
+    recipe = write(
+        tmp_path / "many.yml",
+        f"""\
 merge_method: della
-base_model: {llamas['base']}
+base_model: {llamas["base"]}
 models:
-  - model: {llamas['a']}
+  - model: {llamas["a"]}
     parameters: {{density: 0.1, epsilon: 0.2}}
-  - model: {llamas['b']}
+  - model: {llamas["b"]}
     parameters: {{desnity: 0.5}}
   - model: {wide}
 parameters: {{weight: 1}}
-""")
+""",
+    )
     code, stdout, err = run(capsys, "merge", recipe, "-o", tmp_path / "out")
     assert code == 1 and stdout == ""
     lines = err.strip().splitlines()
@@ -353,8 +446,11 @@ parameters: {{weight: 1}}
         (["merge", "--method", "tie", "a", "-o", "x"], 2, "unknown merge method 'tie': did you mean ties?"),
         (["merge", "--method", "ties", "a"], 2, "-o/--output is required"),
         (["merge", "r.yml", "--density", "0.5", "-o", "x"], 2, "--density belongs to the --method form"),
-        (["merge", "--method", "ties", "--base", "b", "a", "c", "--weight", "1", "--weight", "2", "--weight", "3", "-o", "x"], 2,
-         "--weight was given 3 times for 2 model(s)"),
+        (
+            ["merge", "--method", "ties", "--base", "b", "a", "c", "--weight", "1", "--weight", "2", "--weight", "3", "-o", "x"],
+            2,
+            "--weight was given 3 times for 2 model(s)",
+        ),
         (["merge", "--method", "ties", "a", "--dtype", "int3", "-o", "x"], 2, "--dtype 'int3' is not a dtype"),
         (["merge", "--extract-lora", "ft", "--base", "b", "-o", "x"], 2, "--extract-lora needs --rank"),
         (["merge", "--lora", "ad", "-o", "x"], 2, "--lora needs --base"),
@@ -381,8 +477,23 @@ def test_cuda_gives_the_cpu_result(capsys, llamas, tmp_path):
         outs = []
         for dev in ("cpu", "cuda"):
             out = tmp_path / f"{method}-{dev}"
-            run_json(capsys, "merge", "--method", method, "--base", llamas["base"], llamas["a"], llamas["b"], "--density", "0.4",
-                     "--device", dev, "-o", out, "-q")
+            run_json(
+                capsys,
+                "merge",
+                "--method",
+                method,
+                "--base",
+                llamas["base"],
+                llamas["a"],
+                llamas["b"],
+                "--density",
+                "0.4",
+                "--device",
+                dev,
+                "-o",
+                out,
+                "-q",
+            )
             outs.append(tensors(out))
         for k in outs[0]:
             assert torch.allclose(outs[0][k], outs[1][k], atol=1e-6), (method, k)

@@ -7,10 +7,9 @@ import json
 
 import pytest
 import torch
+from conftest import make_tiny_llama, write_checkpoint
 from helpers import assert_one_line_error, run, run_json
 from safetensors.torch import load_file
-
-from conftest import make_tiny_llama, write_checkpoint
 
 # the default targets of MiniLM: the 36 encoder linear weights and the pooler
 MINILM_TARGETS = (
@@ -58,7 +57,9 @@ def test_minilm_2_4_every_group_compliant(capsys, tmp_path, minilm_dir):
     out = tmp_path / "m24"
     r = prune_json(capsys, minilm_dir, "-o", out, "--pattern", "2:4")
     assert r["nm_compliant"] is True and r["sparsity"] == 0.5
-    code, stdout, err = run(capsys, "report", out, "--filter", MINILM_TARGETS, "-q", "--require", "nm_2_4_fraction==1", "--require", "sparsity==0.5")
+    code, stdout, err = run(
+        capsys, "report", out, "--filter", MINILM_TARGETS, "-q", "--require", "nm_2_4_fraction==1", "--require", "sparsity==0.5"
+    )
     assert code == 0, err
     rep = report(capsys, out)
     assert all(t["nm_2_4"] for t in rep["tensors"])
@@ -137,7 +138,10 @@ def test_tied_weights_stay_identical(capsys, tmp_path):
     assert names["model.embed_tokens.weight"]["aliases"] == ["lm_head.weight"]
     w = load_file(out / "model.safetensors")
     assert torch.equal(w["lm_head.weight"], w["model.embed_tokens.weight"])
-    assert int((w["lm_head.weight"] == 0).sum()) + int((w["model.layers.0.mlp.up_proj.weight"] == 0).sum()) == (32 * 16 + 24 * 16) // 2
+    assert (
+        int((w["lm_head.weight"] == 0).sum()) + int((w["model.layers.0.mlp.up_proj.weight"] == 0).sum())
+        == (32 * 16 + 24 * 16) // 2
+    )
 
 
 def test_random_is_seeded_and_reproducible(capsys, tmp_path, small_ckpt):
@@ -261,7 +265,12 @@ def test_missing_output_existing_output_and_bad_recipe(capsys, tmp_path, small_c
 @pytest.mark.gpu
 def test_cuda_output_equals_cpu_output(capsys, tmp_path):
     src = make_tiny_llama(tmp_path / "llama")
-    for args in (["--sparsity", "0.5"], ["--sparsity", "0.5", "--scope", "global"], ["--sparsity", "0.3", "--scope", "row"], ["--pattern", "2:4"]):
+    for args in (
+        ["--sparsity", "0.5"],
+        ["--sparsity", "0.5", "--scope", "global"],
+        ["--sparsity", "0.3", "--scope", "row"],
+        ["--pattern", "2:4"],
+    ):
         outs = []
         for dev in ("cpu", "cuda"):
             out = tmp_path / f"{dev}-{'-'.join(args).replace(':', '')}"
@@ -274,7 +283,9 @@ def test_cuda_output_equals_cpu_output(capsys, tmp_path):
 def test_2_4_output_converts_to_semi_structured(capsys, tmp_path):
     from torch.sparse import to_sparse_semi_structured
 
-    src = make_tiny_llama(tmp_path / "llama", hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=4)
+    src = make_tiny_llama(
+        tmp_path / "llama", hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=4
+    )
     out = tmp_path / "llama-24"
     r = prune_json(capsys, src, "-o", out, "--pattern", "2:4", "--device", "cuda")
     assert r["nm_compliant"]
@@ -285,4 +296,6 @@ def test_2_4_output_converts_to_semi_structured(capsys, tmp_path):
         sparse = to_sparse_semi_structured(w)
         assert torch.equal(sparse.to_dense(), w), t["name"]
         if w.shape[1] == 128:
-            torch.testing.assert_close(torch.nn.functional.linear(x, sparse), torch.nn.functional.linear(x, w), rtol=1e-2, atol=1e-2)
+            torch.testing.assert_close(
+                torch.nn.functional.linear(x, sparse), torch.nn.functional.linear(x, w), rtol=1e-2, atol=1e-2
+            )

@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import make_tiny_llama, write_checkpoint
 from helpers import assert_one_line_error, run, run_json
+from safetensors.torch import load_file
+
 from modelsurgeon.ops.quantize.quant import group_dequantize, group_quantize, schemes
 
 
@@ -43,7 +43,9 @@ def test_compressed_tensors_json_summary(capsys, tmp_path, llama):
     assert rows["model.embed_tokens.weight"]["scheme"] is None and rows["model.norm.weight"]["sqnr_db"] is None
     files = load_file(out / "model.safetensors")
     assert r["bytes_after"] == sum(t.numel() * t.element_size() for t in files.values())
-    assert down["bytes_after"] == sum(t.numel() * t.element_size() for n, t in files.items() if n.startswith("model.layers.0.mlp.down_proj."))
+    assert down["bytes_after"] == sum(
+        t.numel() * t.element_size() for n, t in files.items() if n.startswith("model.layers.0.mlp.down_proj.")
+    )
     assert r["bytes_before"] == sum(t["bytes_before"] for t in r["tensors"])
     assert r["sqnr_db"] == pytest.approx(min(t["sqnr_db"] for t in r["tensors"] if t["scheme"]), abs=3)
     cfg = json.loads((out / "config.json").read_text())
@@ -77,7 +79,9 @@ def test_dense_is_the_dequantized_weight(capsys, tmp_path, llama):
     assert row["sqnr_db"] == pytest.approx(10 * math.log10(sig / noise), rel=1e-5)
 
 
-@pytest.mark.parametrize("scheme,extra", [("nf4", []), ("binary", ["-g", "64"]), ("q5_1", []), ("fp8", []), ("w8a16", ["-g", "64"])])
+@pytest.mark.parametrize(
+    "scheme,extra", [("nf4", []), ("binary", ["-g", "64"]), ("q5_1", []), ("fp8", []), ("w8a16", ["-g", "64"])]
+)
 def test_dense_for_other_schemes(capsys, tmp_path, llama, scheme, extra):
     r = run_json(capsys, "quantize", llama, "-o", tmp_path / scheme, "--scheme", scheme, "--format", "dense", "-q", *extra)
     assert r["format"] == "dense" and math.isfinite(r["sqnr_db"])
@@ -103,7 +107,9 @@ def test_hqq_notes_its_group_size(capsys, tmp_path, llama):
 
 
 def test_asym_warns_about_transformers(capsys, tmp_path, llama):
-    code, out, err = run(capsys, "quantize", llama, "-o", tmp_path / "a", "--scheme", "w4a16", "-g", "32", "--asym", "-q", "--json")
+    code, out, err = run(
+        capsys, "quantize", llama, "-o", tmp_path / "a", "--scheme", "w4a16", "-g", "32", "--asym", "-q", "--json"
+    )
     assert code == 0
     assert "warning" in err and "vLLM can" in err
     assert "model.layers.0.mlp.up_proj.weight_zero_point" in load_file(tmp_path / "a" / "model.safetensors")
@@ -166,7 +172,9 @@ def test_already_quantized_input(capsys, tmp_path, llama):
     assert_one_line_error(code, o, e, 1, "already quantized", "compressed-tensors int-quantized")
     _nothing_written(out)
     # int8 tensors without a quantization_config are recognised too
-    src = write_checkpoint(tmp_path / "int8", {"l.weight": torch.zeros(4, 32, dtype=torch.int8), "l.weight_scale": torch.ones(4, 1)})
+    src = write_checkpoint(
+        tmp_path / "int8", {"l.weight": torch.zeros(4, 32, dtype=torch.int8), "l.weight_scale": torch.ones(4, 1)}
+    )
     code, o, e = run(capsys, "quantize", src, "-o", out, "--scheme", "w8a8")
     assert_one_line_error(code, o, e, 1, "already quantized", "l.weight")
     _nothing_written(out)

@@ -10,10 +10,10 @@ import struct
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import add_byte_level_tokenizer, make_tiny_llama
 from helpers import run
+from safetensors.torch import load_file
+
 from modelsurgeon.ops.quantize.formats.gguf import permute_rows
 
 transformers = pytest.importorskip("transformers")
@@ -117,7 +117,11 @@ def test_gguf_reads_back_with_llama_metadata(capsys, tmp_path, llama):
     dense = tmp_path / "dense"
     _quantize(capsys, llama, "-o", dense, "--scheme", "q4_0", "--format", "dense")
     want = load_file(dense / "model.safetensors")
-    for hf, g, heads in [("self_attn.q_proj", "attn_q", 4), ("self_attn.k_proj", "attn_k", 2), ("mlp.down_proj", "ffn_down", None)]:
+    for hf, g, heads in [
+        ("self_attn.q_proj", "attn_q", 4),
+        ("self_attn.k_proj", "attn_k", 2),
+        ("mlp.down_proj", "ffn_down", None),
+    ]:
         t = tensors[f"blk.1.{g}.weight"]
         got = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type)).reshape(want[f"model.layers.1.{hf}.weight"].shape)
         ref = want[f"model.layers.1.{hf}.weight"]
@@ -126,6 +130,7 @@ def test_gguf_reads_back_with_llama_metadata(capsys, tmp_path, llama):
 
 def _sentencepiece_model(path, pieces):
     """A SentencePiece ModelProto with just its pieces, encoded by hand (field 1: {1: piece, 2: score, 3: type})."""
+
     def varint(n):
         out = b""
         while True:

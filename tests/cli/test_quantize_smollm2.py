@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import run
 
 TEXT = (Path(__file__).resolve().parent.parent / "data" / "pride_and_prejudice.txt").read_text()
@@ -72,8 +71,8 @@ def perplexities(smollm2_hf):
     """Perplexity of the source and of every scheme (quantized with the library call the CLI makes)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from modelsurgeon.ops.quantize.quant import QuantSpec, get_scheme, quantize_weight
     from modelsurgeon.ops.core.names import NOT_LINEAR
+    from modelsurgeon.ops.quantize.quant import QuantSpec, get_scheme, quantize_weight
     from modelsurgeon.recipes.quantize import HQQConfig
 
     ids = AutoTokenizer.from_pretrained(smollm2_hf)(TEXT, return_tensors="pt").input_ids
@@ -145,5 +144,7 @@ def test_cli_gguf_reads_back_and_runs(capsys, tmp_path, smollm2_hf):
     rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
     assert rel < 0.05, rel  # llama.cpp's 8-bit activations; a layout error would be ~100%
     assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.8
-    chat = llm.create_chat_completion(messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=16, temperature=0.0)
+    chat = llm.create_chat_completion(
+        messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=16, temperature=0.0
+    )
     assert chat["choices"][0]["message"]["content"].strip()

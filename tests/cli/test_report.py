@@ -8,9 +8,8 @@ import sys
 
 import pytest
 import torch
-from helpers import assert_one_line_error, run, run_json
-
 from conftest import write_checkpoint
+from helpers import assert_one_line_error, run, run_json
 
 
 def test_minilm_report_lists_all_tensors(capsys, minilm_dir):
@@ -59,7 +58,9 @@ def test_compare_lists_missing_extra_and_shape_changes(capsys, tmp_path):
 
 
 def test_require_gates_ci(capsys, minilm_dir):
-    code, out, err = run(capsys, "report", minilm_dir, "-q", "--json", "--require", "sparsity>=0.5", "--require", "num_tensors==104")
+    code, out, err = run(
+        capsys, "report", minilm_dir, "-q", "--json", "--require", "sparsity>=0.5", "--require", "num_tensors==104"
+    )
     assert code == 1
     assert json.loads(out)["requirements"][1]["ok"] is True
     assert "requirement failed: sparsity>=0.5" in err and "Traceback" not in err
@@ -141,6 +142,8 @@ def test_unknown_flag_is_one_line_usage_error(capsys, small_ckpt):
 def test_debug_shows_traceback(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "modelsurgeon", "report", str(tmp_path / "nope")],
-        capture_output=True, text=True, env={**__import__("os").environ, "SURGEON_DEBUG": "1"},
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "SURGEON_DEBUG": "1"},
     )
     assert r.returncode != 0 and "Traceback" in r.stderr

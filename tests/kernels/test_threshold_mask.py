@@ -64,7 +64,11 @@ def test_given_keys_and_in_place(dtype):
 def test_reference_semantics_by_hand():
     x = torch.tensor([[0.5, -0.5, 2.0, 0.5, 0.0, -3.0]])
     t = abs_key(torch.tensor([0.5])).to(torch.int32)
-    for cut, expect in [(0, [0.5, -0.5, 2.0, 0.5, 0.0, -3.0]), (2, [0.0, 0.0, 2.0, 0.5, 0.0, -3.0]), (6, [0.0, 0.0, 2.0, 0.0, 0.0, -3.0])]:
+    for cut, expect in [
+        (0, [0.5, -0.5, 2.0, 0.5, 0.0, -3.0]),
+        (2, [0.0, 0.0, 2.0, 0.5, 0.0, -3.0]),
+        (6, [0.0, 0.0, 2.0, 0.0, 0.0, -3.0]),
+    ]:
         out, kept = threshold_mask(x, t, torch.tensor([cut]), use_triton=False)
         assert out.tolist() == [expect] and int(kept) == 6 - {0: 1, 2: 3, 6: 4}[cut]
 

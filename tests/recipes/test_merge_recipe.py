@@ -107,15 +107,24 @@ def test_every_structural_problem_at_once():
     "text,needle",
     [
         ("merge_method: x\nmodels: [a]\nmodules: {}\n", "multi-module recipes (modules:) are not supported"),
-        ("merge_method: x\nmodels: [a]\ntokenizer_source: union\n", "union (a vocabulary built from all models) is not supported"),
+        (
+            "merge_method: x\nmodels: [a]\ntokenizer_source: union\n",
+            "union (a vocabulary built from all models) is not supported",
+        ),
         ("merge_method: x\nmodels: [a]\nchat_template: chatml\n", "named templates ('chatml') are not bundled"),
         ("merge_method: x\nslices:\n  - sources:\n      - model: a\n", "a slice source needs layer_range"),
-        ("merge_method: x\nslices:\n  - sources:\n      - {model: a, layer_range: [4, 2]}\n", "end is exclusive and must exceed start"),
+        (
+            "merge_method: x\nslices:\n  - sources:\n      - {model: a, layer_range: [4, 2]}\n",
+            "end is exclusive and must exceed start",
+        ),
         (
             "merge_method: x\nslices:\n  - sources:\n      - {model: a, layer_range: [0, 2]}\n      - {model: b, layer_range: [0, 3]}\n",
             "all sources of a slice need the same number of layers, got [2, 3]",
         ),
-        ("merge_method: x\nmodels:\n  - model: a\n    weight: 1\n", "models[0].weight: unknown key; known keys here: model, parameters"),
+        (
+            "merge_method: x\nmodels:\n  - model: a\n    weight: 1\n",
+            "models[0].weight: unknown key; known keys here: model, parameters",
+        ),
         ("merge_method: x\nmodels: [a]\nmodels: [b]\n", "models: appears twice"),
         ("merge_method: x\nmodels: []\n", "expected a non-empty list of models"),
         ("merge_method: x\nmodels: [a]\nparameters: {w: [1, {value: 2}]}\n", "a list must hold only numbers"),

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 
 from modelsurgeon.ops.core.errors import SurgeonError
-from modelsurgeon.ops.quantize.pack import pack_int32, packed_cols
-from modelsurgeon.ops.quantize.quant import QuantizedWeight, QuantSpec, scale_dtype_for
 from modelsurgeon.ops.core.names import NOT_LINEAR
 from modelsurgeon.ops.io.writer import TensorSpec
+from modelsurgeon.ops.quantize.pack import pack_int32, packed_cols
+from modelsurgeon.ops.quantize.quant import QuantizedWeight, QuantSpec, scale_dtype_for
 
 CT_VERSION = "0.20.0"  # the compressed-tensors release whose on-disk format this reproduces
 
@@ -100,8 +100,10 @@ def output_specs(name: str, shape: tuple[int, ...], dtype: torch.dtype, spec: Qu
     b = spec.scheme.bits
     fmt = spec.scheme.ct_format
     if fmt == "pack-quantized":
-        out = [TensorSpec(f"{prefix}.weight_packed", (rows, packed_cols(cols, b)), torch.int32),
-               TensorSpec(f"{prefix}.weight_scale", (rows, groups), sd)]
+        out = [
+            TensorSpec(f"{prefix}.weight_packed", (rows, packed_cols(cols, b)), torch.int32),
+            TensorSpec(f"{prefix}.weight_scale", (rows, groups), sd),
+        ]
         if not spec.symmetric:
             out.append(TensorSpec(f"{prefix}.weight_zero_point", (packed_cols(rows, b), groups), torch.int32))
         out.append(TensorSpec(f"{prefix}.weight_shape", (2,), torch.int64))
@@ -112,11 +114,16 @@ def output_specs(name: str, shape: tuple[int, ...], dtype: torch.dtype, spec: Qu
             out.append(TensorSpec(f"{prefix}.weight_zero_point", (rows, groups), torch.int8))
         return out
     if fmt == "float-quantized":
-        return [TensorSpec(f"{prefix}.weight", (rows, cols), torch.float8_e4m3fn), TensorSpec(f"{prefix}.weight_scale", (rows, 1), sd)]
+        return [
+            TensorSpec(f"{prefix}.weight", (rows, cols), torch.float8_e4m3fn),
+            TensorSpec(f"{prefix}.weight_scale", (rows, 1), sd),
+        ]
     raise ValueError(f"no compressed-tensors format for {spec.scheme.name}")
 
 
-def output_tensors(name: str, qw: QuantizedWeight, spec: QuantSpec, use_triton: bool | None = None) -> list[tuple[str, torch.Tensor]]:
+def output_tensors(
+    name: str, qw: QuantizedWeight, spec: QuantSpec, use_triton: bool | None = None
+) -> list[tuple[str, torch.Tensor]]:
     """The tensors of ``output_specs``, in the same order, on the CPU."""
     prefix = module_name(name)
     p = qw.parts

@@ -39,7 +39,11 @@ _LAYER_MAP = {
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
-_TOP_MAP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+_TOP_MAP = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
 _SKIP = re.compile(r"rotary_emb\.inv_freq$")
 _FILE_TYPE = {"Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9}  # gguf.LlamaFileType.MOSTLY_*
 
@@ -53,7 +57,10 @@ def gguf_name(hf_name: str) -> str | None:
     m = _LAYER.match(hf_name)
     if m and m.group(2) in _LAYER_MAP:
         return f"blk.{m.group(1)}.{_LAYER_MAP[m.group(2)]}"
-    raise SurgeonError(f"{hf_name} has no GGUF name in the llama layout", "this checkpoint is not a plain Llama; use --format dense or compressed-tensors")
+    raise SurgeonError(
+        f"{hf_name} has no GGUF name in the llama layout",
+        "this checkpoint is not a plain Llama; use --format dense or compressed-tensors",
+    )
 
 
 def check_architecture(config: dict | None, label: str) -> str:
@@ -63,7 +70,9 @@ def check_architecture(config: dict | None, label: str) -> str:
     mt = config.get("model_type")
     if mt not in SUPPORTED:
         arch = ", ".join(config.get("architectures") or []) or "unknown"
-        raise SurgeonError(f"--format gguf does not support {label} (model_type {mt!r}, {arch})", f"supported architectures: {supported}")
+        raise SurgeonError(
+            f"--format gguf does not support {label} (model_type {mt!r}, {arch})", f"supported architectures: {supported}"
+        )
     return mt
 
 
@@ -176,8 +185,9 @@ class StreamingGGUF:
                 self.writer.add_tensor_info(t.name, t.shape, np.dtype(dt), t.nbytes)
             else:
                 byte_shape = (*t.shape[:-1], t.nbytes // max(1, int(np.prod(t.shape[:-1]))))
-                self.writer.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), t.nbytes,
-                                            raw_dtype=gguf.GGMLQuantizationType[t.qtype])
+                self.writer.add_tensor_info(
+                    t.name, byte_shape, np.dtype(np.uint8), t.nbytes, raw_dtype=gguf.GGMLQuantizationType[t.qtype]
+                )
         self.writer.write_header_to_file()
         self.writer.write_kv_data_to_file()
         self.writer.write_ti_data_to_file()
@@ -225,4 +235,3 @@ def check_rows(hf_name: str, shape: tuple[int, ...], config: dict) -> str | None
     if n and shape[0] % (2 * n):
         return f"{hf_name}: {shape[0]} rows cannot be split into {n} RoPE heads"
     return None
-

@@ -26,12 +26,8 @@ from modelsurgeon.ops.core.errors import SurgeonError
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 # Split regexes of byte-level BPE tokenizers, as tokenizer.json spells them, -> llama.cpp's pre-tokenizer names
-_LLAMA3_SPLIT = (
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
-)
-_QWEN2_SPLIT = (
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
-)
+_LLAMA3_SPLIT = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+_QWEN2_SPLIT = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 
 
 def _flatten(pre: dict | None) -> list[dict]:
@@ -108,7 +104,12 @@ def read_vocab(folder: Path, config: dict, warn=lambda msg: None) -> dict:
     if spm is not None:
         kv, token_ids = _spm_vocab(spm, vocab_size)
     # special tokens: names from tokenizer_config.json, ids from the vocabulary; else config.json's ids
-    for key, gguf_key in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("unk", "unknown_token_id"), ("pad", "padding_token_id")):
+    for key, gguf_key in (
+        ("bos", "bos_token_id"),
+        ("eos", "eos_token_id"),
+        ("unk", "unknown_token_id"),
+        ("pad", "padding_token_id"),
+    ):
         text = _token_text(tok_cfg.get(f"{key}_token"))
         tid = token_ids.get(text) if text is not None else None
         if tid is None and isinstance(config.get(f"{key}_token_id"), int):
@@ -147,11 +148,15 @@ def _bpe_vocab(tok: dict, vocab_size: int, warn) -> tuple[dict, dict[str, int]]:
             types[i] = UNUSED
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
     if not merges:
-        raise SurgeonError("the BPE tokenizer in tokenizer.json has no merges, and llama.cpp refuses a BPE vocabulary without them")
+        raise SurgeonError(
+            "the BPE tokenizer in tokenizer.json has no merges, and llama.cpp refuses a BPE vocabulary without them"
+        )
     pre = detect_pre(tok.get("pre_tokenizer"))
     if pre is None:
-        warn("the tokenizer's pre-tokenizer is not one modelsurgeon recognises; the GGUF says 'default' "
-             "(llama.cpp splits like GPT-2), which can tokenize digits and contractions differently")
+        warn(
+            "the tokenizer's pre-tokenizer is not one modelsurgeon recognises; the GGUF says 'default' "
+            "(llama.cpp splits like GPT-2), which can tokenize digits and contractions differently"
+        )
         pre = "default"
     post = tok.get("post_processor") or {}
     kv = {

@@ -3,9 +3,9 @@
 import pytest
 
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.registry import Registry
 from modelsurgeon.ops.merge.methods import REGISTRY as MERGE
 from modelsurgeon.ops.prune.run import CRITERIA
-from modelsurgeon.ops.core.registry import Registry
 
 
 def test_add_lookup_and_duplicates():

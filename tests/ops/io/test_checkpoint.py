@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from modelsurgeon.ops.io.checkpoint import open_checkpoint, read_safetensors_header
 from modelsurgeon.ops.core.errors import CheckpointError
+from modelsurgeon.ops.io.checkpoint import open_checkpoint, read_safetensors_header
 
 
 def test_minilm_lists_104_tensors_lazily(minilm_dir):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modelsurgeon.ops.io.checkpoint import open_checkpoint
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
-from modelsurgeon.ops.io.output import write_folder
+from modelsurgeon.ops.io.checkpoint import open_checkpoint
+from modelsurgeon.ops.io.output import OutputDir, write_folder
 from modelsurgeon.ops.io.targets import select_targets
-from modelsurgeon.ops.io.output import OutputDir
 from modelsurgeon.ops.io.writer import TensorSpec
 
 
@@ -58,6 +57,12 @@ def test_failure_mid_stream_leaves_nothing(tmp_path, small_ckpt):
 
     with open_checkpoint(small_ckpt) as ck:
         with pytest.raises(RuntimeError):
-            write_folder(OutputDir(tmp_path / "o"), [TensorSpec("a", (2,), torch.float32), TensorSpec("b", (1,), torch.float32)],
-                         boom(), source=ck, command="t", max_shard_size=10**9)
+            write_folder(
+                OutputDir(tmp_path / "o"),
+                [TensorSpec("a", (2,), torch.float32), TensorSpec("b", (1,), torch.float32)],
+                boom(),
+                source=ck,
+                command="t",
+                max_shard_size=10**9,
+            )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["small"]

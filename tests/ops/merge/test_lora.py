@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import make_tiny_llama
 from helpers import run, run_json
 from safetensors.torch import load_file, save_file
 
-from conftest import make_tiny_llama
 from modelsurgeon.ops.merge.lora import delta_weight, fold, pattern_value, truncated_svd
 
 
@@ -43,8 +43,13 @@ def lora_setup(tmp_path_factory):
     base = make_tiny_llama(root / "base", seed=0)
     out = {"base": base, "root": root}
     variants = {
-        "plain": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], rank_pattern={"down_proj": 2},
-                      alpha_pattern={"v_proj": 3}),
+        "plain": dict(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "down_proj"],
+            rank_pattern={"down_proj": 2},
+            alpha_pattern={"v_proj": 3},
+        ),
         "rslora_dora": dict(r=4, lora_alpha=8, target_modules=["k_proj", "up_proj"], use_rslora=True, use_dora=True),
         "head": dict(r=2, lora_alpha=2, target_modules=["o_proj"], modules_to_save=["lm_head"]),
     }
@@ -65,7 +70,10 @@ def test_fold_equals_peft_merge_and_unload(capsys, lora_setup, tmp_path, variant
     out = tmp_path / "folded"
     r = run_json(capsys, "merge", "--base", lora_setup["base"], "--lora", lora_setup[variant], "-o", out, "-q")
     assert r["method"] == "passthrough"
-    got, want = load_file(str(out / "model.safetensors")), load_file(str(lora_setup["root"] / f"peft-{variant}" / "model.safetensors"))
+    got, want = (
+        load_file(str(out / "model.safetensors")),
+        load_file(str(lora_setup["root"] / f"peft-{variant}" / "model.safetensors")),
+    )
     assert set(got) == set(want)
     for k in want:
         assert torch.allclose(got[k], want[k], atol=1e-6), k
@@ -79,9 +87,9 @@ def test_recipe_model_plus_adapter(capsys, lora_setup, tmp_path):
     recipe = tmp_path / "r.yml"
     recipe.write_text(f"""\
 merge_method: task_arithmetic
-base_model: {lora_setup['base']}
+base_model: {lora_setup["base"]}
 models:
-  - model: {lora_setup['base']}+{lora_setup['plain']}
+  - model: {lora_setup["base"]}+{lora_setup["plain"]}
     parameters: {{weight: 0.5}}
 """)
     run_json(capsys, "merge", recipe, "-o", tmp_path / "m", "-q")
@@ -155,8 +163,22 @@ def test_extract_loads_in_peft_and_reproduces_the_finetune(capsys, lora_setup, f
 
 
 def test_extract_low_rank_truncates_and_reports_the_error(capsys, lora_setup, finetune, tmp_path):
-    r = run_json(capsys, "merge", "--extract-lora", finetune, "--base", lora_setup["base"], "--rank", "1", "--exact-svd",
-                 "--exclude", "mlp", "-o", tmp_path / "a1", "-q")
+    r = run_json(
+        capsys,
+        "merge",
+        "--extract-lora",
+        finetune,
+        "--base",
+        lora_setup["base"],
+        "--rank",
+        "1",
+        "--exact-svd",
+        "--exclude",
+        "mlp",
+        "-o",
+        tmp_path / "a1",
+        "-q",
+    )
     assert r["modules"] == 8 and 0.1 < r["mean_rel_error"] < 1
     sd = load_file(str(tmp_path / "a1" / "adapter_model.safetensors"))
     assert sd["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (1, 64)
@@ -171,6 +193,8 @@ def test_truncated_svd_randomized_matches_exact_on_low_rank():
 
 def test_extract_refuses_mismatched_models(capsys, lora_setup, tmp_path):
     other = make_tiny_llama(tmp_path / "wide", seed=2, intermediate_size=96)
-    code, stdout, err = run(capsys, "merge", "--extract-lora", other, "--base", lora_setup["base"], "--rank", "2", "-o", tmp_path / "x")
+    code, stdout, err = run(
+        capsys, "merge", "--extract-lora", other, "--base", lora_setup["base"], "--rank", "2", "-o", tmp_path / "x"
+    )
     assert code == 1 and stdout == "" and "problems with the LoRA extraction" in err
     assert "model.layers.0.mlp.up_proj.weight: " in err and "[96, 64]" in err and not (tmp_path / "x").exists()

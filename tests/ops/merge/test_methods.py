@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from modelsurgeon.ops.merge import sparsify
 from modelsurgeon.ops.core.errors import SurgeonError
+from modelsurgeon.ops.merge import sparsify
 from modelsurgeon.ops.merge.methods import REGISTRY, MergeInputs, MergeMethod, get_method, register
 
 
@@ -112,7 +112,7 @@ def test_l1_rescale_keeps_the_norm():
 
 def test_dare_properties():
     d = torch.randn(200_000, generator=torch.Generator().manual_seed(3))
-    gen = lambda seed: (lambda b: torch.Generator().manual_seed(seed * 100 + b))  # noqa: E731
+    gen = lambda seed: lambda b: torch.Generator().manual_seed(seed * 100 + b)  # noqa: E731
     out = sparsify.random(d.clone(), 0.3, True, gen(7))
     kept = out != 0
     assert abs(kept.float().mean().item() - 0.3) < 0.005
@@ -255,8 +255,22 @@ def test_pcb_constant_task_vector_does_not_produce_nan():
 
 
 def test_registry_has_the_methods_with_summary_and_paper():
-    for name in ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della",
-                 "della_linear", "slerp", "nuslerp", "model_stock", "passthrough", "pcb"):
+    for name in (
+        "linear",
+        "task_arithmetic",
+        "ties",
+        "dare_ties",
+        "dare_linear",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+        "slerp",
+        "nuslerp",
+        "model_stock",
+        "passthrough",
+        "pcb",
+    ):
         m = REGISTRY[name]
         assert m.summary and m.paper.startswith("https://")
     # mergekit's defaults: ties normalizes, dare_ties does not, dare_* and della* rescale
@@ -279,7 +293,9 @@ def test_methods_keep_float64_and_upcast_half_inputs():
     assert out.dtype == torch.float32 and torch.equal(out, torch.full((4,), 2.0))
     ties = get_method("ties")
     p = {x.name: x.default for x in ties.params}
-    inp = MergeInputs("w", [torch.ones(3, dtype=torch.float64)], torch.zeros(3, dtype=torch.float64), p, [{"weight": 1.0, "density": 1.0}])
+    inp = MergeInputs(
+        "w", [torch.ones(3, dtype=torch.float64)], torch.zeros(3, dtype=torch.float64), p, [{"weight": 1.0, "density": 1.0}]
+    )
     assert ties.fn(inp).dtype == torch.float64
 
 
@@ -316,7 +332,9 @@ def _gta_reference(base, xs, mps, params, consensus, sparsifier, gens):
     return base.float() + params["lambda"] * mixed
 
 
-@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"])
+@pytest.mark.parametrize(
+    "method", ["task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"]
+)
 @pytest.mark.parametrize("rescale", [False, True])
 def test_streamed_family_equals_the_stacked_formula(method, rescale):
     g = torch.Generator().manual_seed(11)
@@ -341,6 +359,14 @@ def test_streamed_selection_falls_back_when_the_sample_misleads():
     base = torch.zeros(n)
     x = torch.zeros(n)
     x[1::2] = torch.arange(1, n // 2 + 1, dtype=torch.float32)  # every sampled (even) position is 0
-    out = get_method("ties").fn(MergeInputs("w", [x], base, {"int8_mask": False, "normalize": True, "rescale": False, "lambda": 1.0},
-                                            [{"weight": 1.0, "density": 0.25}], chunk=4096))
+    out = get_method("ties").fn(
+        MergeInputs(
+            "w",
+            [x],
+            base,
+            {"int8_mask": False, "normalize": True, "rescale": False, "lambda": 1.0},
+            [{"weight": 1.0, "density": 0.25}],
+            chunk=4096,
+        )
+    )
     assert int((out != 0).sum()) == n // 4 and out.max() == n // 2

@@ -34,7 +34,7 @@ def train_steps(model, pruner, steps, seed=0, lr=0.05):
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     history = []
-    for t in range(steps):
+    for _ in range(steps):
         x = torch.randn(8, 16, generator=g)
         y = torch.randint(0, 6, (8,), generator=g)
         opt.zero_grad()

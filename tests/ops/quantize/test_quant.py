@@ -42,8 +42,13 @@ def _weight(rows=64, cols=512, dtype=torch.bfloat16, seed=0):
 
 def _ct(w, bits, group, symmetric):
     """compressed-tensors' own scale, zero point and codes for w."""
-    args = QuantizationArgs(num_bits=bits, type="int", symmetric=symmetric, strategy="group" if group > 0 else "channel",
-                            group_size=group if group > 0 else None)
+    args = QuantizationArgs(
+        num_bits=bits,
+        type="int",
+        symmetric=symmetric,
+        strategy="group" if group > 0 else "channel",
+        group_size=group if group > 0 else None,
+    )
     wg = w.unflatten(-1, (-1, group)) if group > 0 else w.unsqueeze(1)
     scale, zp = ct_helpers.calculate_qparams(wg.amin(-1), wg.amax(-1), args)
     if group < 0:
@@ -107,7 +112,10 @@ def test_int_codes_stay_in_range_and_symmetric_extremes():
         codes, scale, _ = group_quantize(w, bits, 64, True)
         assert int(codes.min()) >= qmin and int(codes.max()) <= qmax
         # symmetric: scale = absmax / ((qmax - qmin) / 2), so the largest value maps to +-(qmax + 0.5) -> qmax or qmin
-        assert torch.equal(scale, (w.reshape(64, -1, 64).abs().amax(-1) / ((qmax - qmin) / 2)).where(scale != torch.finfo(torch.float32).eps, scale))
+        assert torch.equal(
+            scale,
+            (w.reshape(64, -1, 64).abs().amax(-1) / ((qmax - qmin) / 2)).where(scale != torch.finfo(torch.float32).eps, scale),
+        )
 
 
 def test_nf4_picks_the_nearest_code():
@@ -132,7 +140,10 @@ def test_binary_scale_minimises_the_error():
     assert torch.equal(signs, w >= 0)
 
 
-@pytest.mark.parametrize("name,group,symmetric", [("w4a16", 64, True), ("w4a16", 64, False), ("w8a8", -1, True), ("q4_0", 32, True), ("q4_1", 32, False), ("q5_1", 32, False)])
+@pytest.mark.parametrize(
+    "name,group,symmetric",
+    [("w4a16", 64, True), ("w4a16", 64, False), ("w8a8", -1, True), ("q4_0", 32, True), ("q4_1", 32, False), ("q5_1", 32, False)],
+)
 def test_hqq_is_never_worse_than_round_to_nearest(name, group, symmetric):
     w = _weight(dtype=torch.bfloat16, rows=128, cols=512)
     s = get_scheme(name)

@@ -18,14 +18,20 @@ from compressed_tensors.quantization import (  # noqa: E402
     preset_name_to_scheme,
 )
 from compressed_tensors.quantization.utils import calculate_qparams  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
-
 from conftest import make_tiny_llama  # noqa: E402
 from helpers import run  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
 from modelsurgeon.ops.quantize.formats.compressed_tensors import CT_VERSION  # noqa: E402
 from modelsurgeon.ops.quantize.pack import unpack_int32  # noqa: E402
 
-CASES = [("w4a16", "W4A16", []), ("w4a16", "W4A16_ASYM", ["--asym"]), ("w8a16", "W8A16", []), ("w8a8", "W8A8", []), ("fp8", "FP8_DYNAMIC", [])]
+CASES = [
+    ("w4a16", "W4A16", []),
+    ("w4a16", "W4A16_ASYM", ["--asym"]),
+    ("w8a16", "W8A16", []),
+    ("w8a8", "W8A8", []),
+    ("fp8", "FP8_DYNAMIC", []),
+]
 
 
 def _ct_reference(src, preset, out):
@@ -33,7 +39,9 @@ def _ct_reference(src, preset, out):
     from transformers import AutoModelForCausalLM
 
     m = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
-    apply_quantization_config(m, QuantizationConfig(config_groups={"group_0": preset_name_to_scheme(preset, ["Linear"])}, ignore=["lm_head"]))
+    apply_quantization_config(
+        m, QuantizationConfig(config_groups={"group_0": preset_name_to_scheme(preset, ["Linear"])}, ignore=["lm_head"])
+    )
     for mod in m.modules():
         scheme = getattr(mod, "quantization_scheme", None)
         if scheme is None or scheme.weights is None:

@@ -29,10 +29,15 @@ def test_detect_pre(pre, name):
 def _folder(tmp_path, pre=BYTE_LEVEL, added=True, tok_cfg=None):
     vocab = {"a": 1, "b": 2, "ab": 3}
     tok = {
-        "added_tokens": [{"id": 0, "content": "<s>", "special": True}, {"id": 4, "content": "<x>", "special": False}] if added else [],
+        "added_tokens": [{"id": 0, "content": "<s>", "special": True}, {"id": 4, "content": "<x>", "special": False}]
+        if added
+        else [],
         "pre_tokenizer": pre,
         "decoder": {"type": "ByteLevel"},
-        "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        },
         "model": {"type": "BPE", "vocab": vocab, "merges": [["a", "b"]]},
     }
     (tmp_path / "tokenizer.json").write_text(json.dumps(tok))
@@ -52,7 +57,10 @@ def test_bpe_vocabulary(tmp_path):
 
 def test_unknown_pre_tokenizer_warns_and_says_default(tmp_path):
     seen = []
-    pre = {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "x"}}, {**BYTE_LEVEL, "use_regex": False}]}
+    pre = {
+        "type": "Sequence",
+        "pretokenizers": [{"type": "Split", "pattern": {"Regex": "x"}}, {**BYTE_LEVEL, "use_regex": False}],
+    }
     kv = read_vocab(_folder(tmp_path, pre=pre), {"vocab_size": 5}, warn=seen.append)
     assert kv["tokenizer.ggml.pre"] == "default" and "not one modelsurgeon recognises" in seen[0]
 
