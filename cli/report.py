@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ._options import JsonOpt, QuietOpt, RevisionOpt
-from ._output import emit_json, fmt_bytes, fmt_count, fmt_float, progress
+from ._output import RichProgress, fmt_bytes, fmt_count, fmt_float, render
 
 EPILOG = """Examples:
 
@@ -39,40 +39,16 @@ def report(
     quiet: QuietOpt = False,
 ) -> int:
     """Tensor-by-tensor statistics and totals; optionally compared with another checkpoint."""
-    from modelsurgeon.ops.io.checkpoint import open_checkpoint
-    from modelsurgeon.ops.report.report import build_report, compile_filter, parse_requirement
+    from modelsurgeon import api
+    from modelsurgeon.ops.core.errors import SurgeonError
+    from modelsurgeon.recipes.report import ReportConfig
 
-    # plan: everything that can be checked before reading a tensor
-    requirements = [parse_requirement(r, compare is not None) for r in (require or [])]
-    pattern = compile_filter(name_filter)
-    with open_checkpoint(model, revision) as ck:
-        other = open_checkpoint(compare) if compare else None
-        try:
-            total = sum(i.nbytes for i in ck.infos() if pattern is None or pattern.search(i.name))
-            if other is not None:
-                total *= 2
-            with progress(total, "report", quiet) as advance:
-                result = build_report(ck, other, pattern, top, lambda n: advance(n * (2 if other else 1)))
-        finally:
-            if other is not None:
-                other.close()
-    failed = []
-    if requirements:
-        result["requirements"] = []
-        for req in requirements:
-            ok, actual = req.check(result)
-            result["requirements"].append({"require": req.text, "ok": ok, "value": actual})
-            if not ok:
-                failed.append(f"{req.text} (actual {req.key} = {fmt_float(actual, 6)})")
-    if as_json:
-        emit_json(result)
-    else:
-        _print_table(result)
-    if failed:
-        import sys
-
-        print(f"error: requirement failed: {'; '.join(failed)}", file=sys.stderr)
-        raise typer.Exit(1)
+    cfg = ReportConfig(compare=compare, filter=name_filter, top=top, require=tuple(require or ()))
+    with RichProgress(quiet) as bar:
+        result = api.report(model, cfg, revision=revision, progress=bar)
+    render(result, as_json, _print_table)
+    if not result.ok:
+        raise SurgeonError(f"requirement failed: {'; '.join(result.failures)}")
     return 0
 
 

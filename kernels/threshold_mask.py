@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from modelsurgeon.ops.prune.threshold_mask import _check
+from modelsurgeon.ops.prune.threshold_mask import check_threshold_args
 
 BLOCK = 2048
 
@@ -54,7 +54,7 @@ def threshold_mask(
     keys: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check(x, t, tie)
+    check_threshold_args(x, t, tie)
     rows, cols = x.shape
     if out is None:
         out = torch.empty_like(x)

@@ -180,10 +180,8 @@ class Config:
         known = cls.field_names()
         unknown = [k for k in data if k not in known]
         if unknown:
-            first = unknown[0]
-            more = f" (and {', '.join(map(str, unknown[1:]))})" if len(unknown) > 1 else ""
             raise SurgeonError(
-                f"{source}: unknown {cls.KIND} setting {first!r}{did_you_mean(first, known)}{more}",
+                f"{source} has unknown keys: {', '.join(map(str, unknown))}{did_you_mean(unknown[0], known)}",
                 f"known: {', '.join(known)}",
             )
 

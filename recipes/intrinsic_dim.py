@@ -1,6 +1,6 @@
 """The one source of defaults for ``surgeon intrinsic-dim`` (imports no torch).
 
-Defaults follow ../shared/notes/intrinsic_dim.md: Adam, lr 1e-2 for the subspace runs (30 epochs at 1e-3
+Defaults follow docs/notes/intrinsic_dim.md: Adam, lr 1e-2 for the subspace runs (30 epochs at 1e-3
 left d = 750 on MNIST far from converged; 1e-2 reached it), 1e-3 for the direct baseline from a seeded init,
 1e-4 for the direct baseline when theta_0 is a pretrained checkpoint (fine-tuning), batch 128, 30 epochs,
 threshold 0.9 of the baseline, search by doubling from d = 32 then bisection to 5 % of d.

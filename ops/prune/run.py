@@ -651,7 +651,7 @@ class PruneRun:
         if zeros is None:
             zeros = n - count_nonzero(out)
         if target.mode == "nm":
-            from modelsurgeon.ops.report.stats import nm_compliant
+            from modelsurgeon.ops.core.sparsity import nm_compliant
 
             nn, mm = cfg.nm
             compliant = nm_compliant(out.reshape(-1), nn, mm) if n else True

@@ -29,7 +29,7 @@ INF_KEY = 0x7F800000
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _check(x: torch.Tensor, t: torch.Tensor, tie: torch.Tensor) -> None:
+def check_threshold_args(x: torch.Tensor, t: torch.Tensor, tie: torch.Tensor) -> None:
     if x.dim() != 2 or not x.is_contiguous():
         raise ValueError(f"threshold_mask wants a contiguous 2-D tensor, got shape {tuple(x.shape)}")
     if t.shape != (x.shape[0],) or tie.shape != (x.shape[0],):
@@ -43,7 +43,7 @@ def threshold_mask_torch(
     keys: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check(x, t, tie)
+    check_threshold_args(x, t, tie)
     rows, cols = x.shape
     k = abs_key(x) if keys is None else keys.reshape(rows, cols)
     if rows == 1:  # one threshold: the cut is a slice, no column index needed

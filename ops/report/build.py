@@ -1,4 +1,4 @@
-"""Build the `report` result: per-tensor statistics, totals, an optional comparison, and gates.
+"""Build the `report` numbers: per-tensor statistics, totals, and an optional comparison.
 
 The whole checkpoint streams through once: chunks are read on a background thread while the
 statistics of the previous chunk are computed, so the cost stays close to the read itself.
@@ -6,79 +6,16 @@ statistics of the previous chunk are computed, so the cost stays close to the re
 
 from __future__ import annotations
 
-import operator
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.errors import SurgeonError
 from modelsurgeon.ops.core.streaming import prefetched
 from modelsurgeon.ops.io.checkpoint import Checkpoint, TensorInfo
-from modelsurgeon.ops.io.targets import compile_regex
 
 from .stats import CompareStats, TensorStats
 
 CHUNK_ELEMS = 1 << 20  # 4 MB of fp32: memory stays bounded, and the several reductions per chunk hit the cache
-
-TOTAL_KEYS = {
-    "total_params": "number of values in the reported tensors",
-    "nonzero_params": "number of nonzero values",
-    "sparsity": "fraction of zeros, 0..1",
-    "density": "fraction of nonzeros, 0..1",
-    "num_tensors": "number of reported tensors",
-    "bytes_on_disk": "size of the weight files",
-    "nm_2_4_fraction": "fraction of 2:4-checkable tensors whose every group of 4 has at most 2 nonzeros",
-}
-COMPARE_KEYS = {
-    "max_rel_l2": "largest per-tensor ||a-b||/||a||",
-    "mean_rel_l2": "mean per-tensor ||a-b||/||a||",
-    "min_cosine": "smallest per-tensor cosine similarity",
-    "changed_fraction": "fraction of values that differ",
-    "missing": "tensors of MODEL absent from OTHER",
-    "extra": "tensors of OTHER absent from MODEL",
-    "shape_changes": "tensors whose shape differs",
-}
-_OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge,
-    "<=": operator.le,
-    "==": operator.eq,
-    "!=": operator.ne,
-    ">": operator.gt,
-    "<": operator.lt,
-}
-_REQ = re.compile(r"^\s*([a-z_0-9]+)\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
-
-
-@dataclass(frozen=True)
-class Requirement:
-    text: str
-    key: str
-    op: str
-    value: float
-
-    def check(self, result: dict) -> tuple[bool, float]:
-        actual = result["compare"][self.key] if self.key in COMPARE_KEYS else result[self.key]
-        return _OPS[self.op](float(actual), self.value), actual
-
-
-def parse_requirement(text: str, with_compare: bool) -> Requirement:
-    m = _REQ.match(text)
-    if not m:
-        raise UsageError(
-            f"cannot read --require {text!r}",
-            "write KEY OP NUMBER, e.g. 'sparsity>=0.5'; OP is one of >= <= > < == !=",
-        )
-    key, op, value = m.group(1), m.group(2), float(m.group(3))
-    if key in COMPARE_KEYS and not with_compare:
-        raise UsageError(f"--require {text!r} uses {key}, which needs --compare OTHER")
-    if key not in TOTAL_KEYS and key not in COMPARE_KEYS:
-        known = ", ".join(list(TOTAL_KEYS) + list(COMPARE_KEYS))
-        raise UsageError(f"--require {text!r}: unknown key {key!r}", f"known keys: {known}")
-    return Requirement(text.strip(), key, op, value)
-
-
-def compile_filter(pattern: str | None) -> re.Pattern | None:
-    return compile_regex(pattern, "--filter")
 
 
 def _align(info: TensorInfo) -> int:
