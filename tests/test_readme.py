@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import add_byte_level_tokenizer, make_tiny_llama
+from builders import add_byte_level_tokenizer, make_tiny_llama
 from helpers import run
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -73,7 +73,7 @@ def test_expand_reproduces_the_trained_weights_exactly(capsys, tmp_path, task, d
 
 
 def test_expand_from_a_checkpoint_checks_the_base(capsys, tmp_path):
-    from id_helpers import make_llama_with_tokenizer
+    from builders import make_llama_with_tokenizer
     from transformers import AutoModelForCausalLM
 
     text = "the cat sat on the mat " * 200

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from builders import make_llama_with_tokenizer
 from helpers import assert_one_line_error, run, run_json
-from id_helpers import make_llama_with_tokenizer
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 

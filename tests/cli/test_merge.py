@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from builders import make_tiny_llama
 from helpers import assert_one_line_error, run, run_json
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file

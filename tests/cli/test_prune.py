@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_llama, write_checkpoint
+from builders import make_tiny_llama, write_checkpoint
 from helpers import assert_one_line_error, run, run_json
 from safetensors.torch import load_file
 

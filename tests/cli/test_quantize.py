@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_llama, write_checkpoint
+from builders import make_tiny_llama, write_checkpoint
 from helpers import assert_one_line_error, run, run_json
 from safetensors.torch import load_file
 

@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import add_byte_level_tokenizer, make_tiny_llama
+from builders import add_byte_level_tokenizer, make_tiny_llama
 from helpers import run
 from safetensors.torch import load_file
 

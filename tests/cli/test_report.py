@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import write_checkpoint
+from builders import write_checkpoint
 from helpers import assert_one_line_error, run, run_json
 
 

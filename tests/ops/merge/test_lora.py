@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from builders import make_tiny_llama
 from helpers import run, run_json
 from safetensors.torch import load_file, save_file
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_checkpoint
+from builders import write_checkpoint
 
 from modelsurgeon.ops.core.errors import PlanError, SurgeonError, UsageError
 from modelsurgeon.ops.io.checkpoint import open_checkpoint

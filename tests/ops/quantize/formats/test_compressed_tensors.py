@@ -10,6 +10,7 @@ import pytest
 import torch
 
 pytest.importorskip("compressed_tensors")
+from builders import make_tiny_llama  # noqa: E402
 from compressed_tensors.compressors import ModelCompressor  # noqa: E402
 from compressed_tensors.quantization import (  # noqa: E402
     QuantizationConfig,
@@ -18,7 +19,6 @@ from compressed_tensors.quantization import (  # noqa: E402
     preset_name_to_scheme,
 )
 from compressed_tensors.quantization.utils import calculate_qparams  # noqa: E402
-from conftest import make_tiny_llama  # noqa: E402
 from helpers import run  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
