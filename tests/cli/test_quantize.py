@@ -12,7 +12,8 @@ from builders import make_tiny_llama, write_checkpoint
 from helpers import assert_one_line_error, run, run_json
 from safetensors.torch import load_file
 
-from modelsurgeon.ops.quantize.quant import group_dequantize, group_quantize, schemes
+from modelsurgeon.ops.quantize.quant import group_dequantize, group_quantize
+from modelsurgeon.ops.quantize.schemes import schemes
 
 
 @pytest.fixture(scope="module")
