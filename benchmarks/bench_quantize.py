@@ -10,7 +10,7 @@ hand), so the GGUF path runs end to end. Three measurements, all in this run on 
    file unchanged), `surgeon quantize` per scheme, and a gguf-py script that does what a Python GGUF
    converter does (read with safetensors, fp32 numpy, ``gguf.quants.quantize`` the linear weights, write
    with ``GGUFWriter``), for the GGUF types;
-2. the quantizers alone, in this process, on the same fp32 tensors: ours (``ops/gguf_blocks.py``) against
+2. the quantizers alone, in this process, on the same fp32 tensors: ours (``ops/quantize/gguf_blocks.py``) against
    ``gguf.quants.quantize``; both produce the same bytes (checked here too).
 """
 

@@ -6,11 +6,12 @@ from typing import Annotated
 
 import typer
 
-from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, RevisionOpt, command_line
-from ._output import emit_json, fmt_bytes, fmt_float, note, progress
+from modelsurgeon.recipes.quantize import SCHEME_RULES, QuantizeConfig
 
-# Kept in step with ops/quant.py's registry by tests/cli/test_quantize.py (help must not import torch).
-SCHEME_NAMES = "w4a16, w8a16, w8a8, fp8, nf4, binary, q8_0, q4_0, q4_1, q5_0, q5_1"
+from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, RevisionOpt, command_line
+from ._output import RichProgress, fmt_bytes, fmt_float, render
+
+SCHEME_NAMES = ", ".join(SCHEME_RULES)  # from the torch-free rules, so --help stays light
 
 EPILOG = """Examples:
 
@@ -62,10 +63,7 @@ def quantize(
     quiet: QuietOpt = False,
 ) -> int:
     """Quantize a checkpoint's linear weights; report bits per weight and the error of every tensor."""
-    from modelsurgeon.ops.io.checkpoint import open_checkpoint
-    from modelsurgeon.ops.io.writer import parse_size
-    from modelsurgeon.ops.quantize.run import plan_quantize, run_quantize
-    from modelsurgeon.recipes.quantize import QuantizeConfig
+    from modelsurgeon import api
 
     cfg = QuantizeConfig(
         scheme=scheme,
@@ -77,18 +75,18 @@ def quantize(
         ignore=ignore,
         device=device,
     )
-    parse_size(max_shard_size)
-    with open_checkpoint(model, revision) as ck:
-        plan = plan_quantize(ck, cfg, output, force, max_shard_size)
-        for n in plan.notes:
-            note(n, quiet and not n.startswith("warning"))
-        total = sum(ck.info(n).nbytes for n in ck.names())
-        with progress(total, f"quantize {plan.spec.scheme.name}", quiet) as advance:
-            result = run_quantize(plan, command_line(), advance)
-    if as_json:
-        emit_json(result)
-    else:
-        _print_table(result)
+    with RichProgress(quiet) as bar:
+        result = api.quantize(
+            model,
+            output,
+            cfg,
+            force=force,
+            max_shard_size=max_shard_size,
+            revision=revision,
+            progress=bar,
+            command=command_line(),
+        )
+    render(result, as_json, _print_table)
     return 0
 
 

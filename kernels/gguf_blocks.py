@@ -1,4 +1,5 @@
-"""Triton: GGUF Q8_0 and Q4_0 blocks, byte for byte as ggml writes them. Reference: ``ops/gguf_blocks.py``.
+"""Triton: GGUF Q8_0 and Q4_0 blocks, byte for byte as ggml writes them. Reference:
+``ops/quantize/gguf_blocks.py``.
 
 One program handles BLOCK_B blocks of 32 values and writes their 34 (Q8_0) or 18 (Q4_0) bytes: the fp16
 scale little-endian, then the codes. Codes come from the fp32 ``d`` and ``div_rn(1, d)``, as in ggml.

@@ -1,4 +1,4 @@
-"""Triton: pack signed b-bit codes into int32 words in compressed-tensors' order. Reference: ``ops/pack.py``.
+"""Triton: pack signed b-bit codes into int32 words in compressed-tensors' order. Reference: ``ops/quantize/pack.py``.
 
 For b in {1, 2, 4, 8} a word holds ``32/b`` whole codes: element ``k`` of the word, offset by
 ``2^(b-1)``, sits in bits ``k*b .. k*b + b - 1``. Padding past the row's end is 0 *after* the offset.

@@ -1,4 +1,4 @@
-"""Triton: group-wise scale and round to signed integers, and the way back. Reference: ``ops/quant.py``.
+"""Triton: group-wise scale and round to signed integers, and the way back. Reference: ``ops/quantize/quant.py``.
 
 One program handles BLOCK_R rows of one group. Divisions use ``div_rn`` (IEEE round-to-nearest, which
 the interpreter and the CPU reference also compute) and codes come from ``x * (1/scale)`` with the

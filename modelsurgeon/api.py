@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from modelsurgeon.ops.core.progress import Progress
+    from modelsurgeon.ops.quantize.run import QuantizeResult
     from modelsurgeon.ops.report.run import ReportResult
+    from modelsurgeon.recipes.quantize import QuantizeConfig
     from modelsurgeon.recipes.report import ReportConfig
 
-__all__ = ["report"]
+__all__ = ["report", "quantize"]
 
 
 def _config(cls, config, settings: dict):
@@ -47,3 +49,28 @@ def report(
     cfg = _config(ReportConfig, config, settings)
     with plan_report(cfg, str(model), revision) as plan:
         return run_report(plan, progress or SILENT)
+
+
+def quantize(
+    model: str,
+    output: str,
+    config: QuantizeConfig | None = None,
+    *,
+    force: bool = False,
+    max_shard_size: str | int = "5GB",
+    revision: str | None = None,
+    progress: Progress | None = None,
+    command: str | None = None,
+    **settings,
+) -> QuantizeResult:
+    """Quantize MODEL's linear weights with a scheme (``scheme="w4a16"``) and write OUTPUT atomically: a
+    compressed-tensors folder, a GGUF file, or dense weights (``format=``). Returns per-tensor and total bits
+    per weight, sizes and SQNR. Settings: ``QuantizeConfig``'s fields; ``command`` is recorded in the output."""
+    from modelsurgeon.ops.core.progress import silent
+    from modelsurgeon.ops.quantize.plan import plan_quantize
+    from modelsurgeon.ops.quantize.run import run_quantize
+    from modelsurgeon.recipes.quantize import QuantizeConfig
+
+    cfg = _config(QuantizeConfig, config, settings)
+    with plan_quantize(cfg, str(model), str(output), force=force, max_shard_size=max_shard_size, revision=revision) as plan:
+        return run_quantize(plan, progress or silent(), command)

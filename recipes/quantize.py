@@ -1,19 +1,73 @@
-"""`surgeon quantize` settings: the one place that holds their defaults.
+"""`surgeon quantize` settings: the one place that holds their defaults, and what each scheme allows.
 
-The CLI builds a ``QuantizeConfig`` from its flags; ``ops/`` takes it. Scheme-specific defaults (bits,
-group size, symmetry) live with each scheme in ``ops/quant.py``'s registry; a ``None`` here means
-"the scheme's own default".
+The CLI builds a ``QuantizeConfig`` from its flags (``QuantizeConfig.build`` reads a recipe too); ``ops/``
+takes it. ``validate`` checks every value before any file is opened: the scheme's name, the format, the
+optimizer, the group size, the regexes, and whether the scheme takes the format, ``--asym``,
+``--group-size`` and ``--optimizer hqq`` at all.
+
+Those rules come from ``SCHEME_RULES``: per scheme, its defaults (group size, symmetry) and what it accepts,
+with no torch and no math. ``ops/quantize/schemes.py`` registers each scheme's implementation (bits, the
+formats' details, the math) under the same names, in the same order, and checks at import that the two agree.
+A ``None`` among the settings below means "the scheme's own default".
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 
 from modelsurgeon.ops.core.errors import UsageError
+from modelsurgeon.ops.core.registry import Registry
 
-CONFIG_VERSION = 1
+from .base import Config, check_int, check_regex, did_you_mean
+
 OPTIMIZERS = ("rtn", "hqq")
 FORMATS = ("auto", "compressed-tensors", "gguf", "dense")
+
+
+# --------------------------------------------------------------------------------------------
+# what each scheme allows
+
+
+@dataclass(frozen=True)
+class SchemeRules:
+    """A quantization scheme as the settings see it: its defaults and what it accepts."""
+
+    name: str
+    family: str  # "int" | "fp8" | "nf4" | "binary" | "gguf": which math quantizes it
+    group_size: int  # the default; -1 = one group per row
+    formats: tuple[str, ...] = ("dense",)  # formats that can hold it; the first is the default
+    symmetric: bool = True  # the default
+    group_fixed: bool = False  # the group size is part of the format (GGUF blocks, fp8 per channel)
+    asym_capable: bool = False
+    hqq_capable: bool = False
+
+
+SCHEME_RULES: Registry[SchemeRules] = Registry("quantization scheme")
+_CT = ("compressed-tensors", "dense")
+for _rules in (
+    SchemeRules("w4a16", "int", 128, _CT, asym_capable=True, hqq_capable=True),
+    SchemeRules("w8a16", "int", 128, _CT, asym_capable=True, hqq_capable=True),
+    SchemeRules("w8a8", "int", -1, _CT, asym_capable=True, hqq_capable=True),
+    SchemeRules("fp8", "fp8", -1, _CT, group_fixed=True),
+    SchemeRules("nf4", "nf4", 64),
+    SchemeRules("binary", "binary", 128),
+    *(
+        SchemeRules(name, "gguf", 32, ("gguf", "dense"), symmetric=sym, group_fixed=True, hqq_capable=True)
+        for name, sym in (("q8_0", True), ("q4_0", True), ("q4_1", False), ("q5_0", True), ("q5_1", False))
+    ),
+):
+    SCHEME_RULES.add(_rules.name, _rules)
+
+
+def scheme_rules(name: str) -> SchemeRules:
+    """The rules of scheme ``name`` (any case), or a usage error listing the known schemes."""
+    return SCHEME_RULES.lookup(name.strip().lower())
+
+
+# --------------------------------------------------------------------------------------------
+# the settings
 
 
 @dataclass(frozen=True)
@@ -32,10 +86,32 @@ class HQQConfig:
     beta: float = 10.0
     kappa: float = 1.01
 
+    def __post_init__(self) -> None:
+        check_int(self.nbits, "hqq.nbits", minimum=1)
+        check_int(self.group_size, "hqq.group_size", minimum=1)
+        check_int(self.iters, "hqq.iters", minimum=0)
+        for name in ("lp_norm", "beta", "kappa"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                raise UsageError(f"hqq.{name} must be a positive number, got {v!r}")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping) -> HQQConfig:
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            raise UsageError(f"hqq has unknown keys: {', '.join(map(str, unknown))}{did_you_mean(unknown[0], known)}")
+        return cls(**data)
+
 
 @dataclass(frozen=True)
-class QuantizeConfig:
-    scheme: str
+class QuantizeConfig(Config):
+    """Everything that decides what `surgeon quantize` does to a checkpoint."""
+
+    KIND = "quantize"
+    VERSION = 1
+
+    scheme: str | None = None  # a name of SCHEME_RULES (any case; stored lower case)
     format: str = "auto"  # auto: the scheme's natural format
     group_size: int | None = None  # None: the scheme's default; -1: one group per row (per channel)
     asym: bool = False
@@ -45,20 +121,62 @@ class QuantizeConfig:
     ignore: str | None = None  # removes matches from the selection
     device: str = "auto"
     use_triton: bool | None = None  # None: Triton on CUDA, the torch reference elsewhere
-    version: int = CONFIG_VERSION
 
-    def __post_init__(self) -> None:
-        if self.version != CONFIG_VERSION:
-            raise UsageError(
-                f"quantize config version {self.version} is not supported (this modelsurgeon reads {CONFIG_VERSION})",
-                "upgrade modelsurgeon or rewrite the recipe",
-            )
+    def validate(self) -> None:
         if self.format not in FORMATS:
             raise UsageError(f"--format {self.format!r} is unknown", f"use one of: {', '.join(FORMATS)}")
         if self.optimizer not in OPTIMIZERS:
             raise UsageError(f"--optimizer {self.optimizer!r} is unknown", f"use one of: {', '.join(OPTIMIZERS)}")
-        if self.group_size is not None and (self.group_size == 0 or self.group_size < -1):
-            raise UsageError(f"--group-size {self.group_size} is invalid", "give a positive size, or -1 for one group per row")
+        g = self.group_size
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int) or g == 0 or g < -1):
+            raise UsageError(f"--group-size {g} is invalid", "give a positive size, or -1 for one group per row")
+        if isinstance(self.hqq, Mapping):
+            self._set("hqq", HQQConfig.from_mapping(self.hqq))
+        elif not isinstance(self.hqq, HQQConfig):
+            raise UsageError(f"hqq must be a mapping of HQQ settings, got {self.hqq!r}")
+        if self.include is not None:
+            check_regex(self.include, "--include")
+        if self.ignore is not None:
+            check_regex(self.ignore, "--ignore")
+        if not isinstance(self.scheme, str) or not self.scheme.strip():
+            raise UsageError("no quantization scheme given", f"pass --scheme, one of: {', '.join(SCHEME_RULES)}")
+        rules = scheme_rules(self.scheme)
+        self._set("scheme", rules.name)
+        self._check_scheme_takes_the_settings(rules)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def _check_scheme_takes_the_settings(self, s: SchemeRules) -> None:
+        if self.group_size is not None and s.group_fixed:
+            what = "block size 32 is part of the GGUF format" if s.family == "gguf" else "fp8 is one scale per channel"
+            raise UsageError(f"--group-size does not apply to {s.name}: its {what}")
+        if self.asym and not s.asym_capable:
+            hint = (
+                "use q4_1 or q5_1 (the asymmetric GGUF types)"
+                if s.family == "gguf"
+                else "--asym works with " + ", ".join(x.name for x in SCHEME_RULES.values() if x.asym_capable)
+            )
+            raise UsageError(f"--asym does not apply to {s.name}", hint)
+        if self.optimizer == "hqq" and not s.hqq_capable:
+            raise UsageError(
+                f"--optimizer hqq does not apply to {s.name}",
+                "it refines the integer schemes: " + ", ".join(x.name for x in SCHEME_RULES.values() if x.hqq_capable),
+            )
+        fmt = self.format
+        if fmt != "auto" and fmt not in s.formats:
+            able = [x.name for x in SCHEME_RULES.values() if fmt in x.formats]
+            raise UsageError(
+                f"--format {fmt} cannot hold scheme {s.name}",
+                f"{s.name} can be written as {' or '.join(s.formats)}; {fmt} holds {', '.join(able)}",
+            )
+
+    @property
+    def rules(self) -> SchemeRules:
+        return SCHEME_RULES[self.scheme]
+
+    @property
+    def output_format(self) -> str:
+        """The format written: ``format``, or the scheme's own for ``auto``."""
+        return self.rules.formats[0] if self.format == "auto" else self.format
+
+    @property
+    def symmetric(self) -> bool:
+        return self.rules.symmetric and not self.asym

@@ -54,7 +54,7 @@ def _signed_absmax(x: torch.Tensor, mx: torch.Tensor, mn: torch.Tensor) -> torch
     return out
 
 
-def _params(x: torch.Tensor, qtype: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+def block_params(x: torch.Tensor, qtype: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """ggml's fp32 block parameters: d, and the minimum m for the _1 types."""
     mx = x.amax(-1, keepdim=True)
     mn = x.amin(-1, keepdim=True)
@@ -66,7 +66,7 @@ def _params(x: torch.Tensor, qtype: str) -> tuple[torch.Tensor, torch.Tensor | N
     return _signed_absmax(x, mx, mn) / -off, None
 
 
-def _codes(x: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, qtype: str, buf: torch.Tensor) -> torch.Tensor:
+def block_codes(x: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, qtype: str, buf: torch.Tensor) -> torch.Tensor:
     """ggml's codes for fp32 blocks x, as int32 in the stored range. Each step is one IEEE fp32 operation,
     in ggml's order; float -> int32 conversion truncates toward zero."""
     qmin, qmax, off = CODE_RANGE[qtype]
@@ -132,8 +132,8 @@ def quantize_blocks(x: torch.Tensor, qtype: str, use_triton: bool | None = None,
     sig = noise = 0.0
     for s in range(0, xb.shape[0], _CHUNK_BLOCKS):
         c = xb[s : s + _CHUNK_BLOCKS].float()
-        d, m = _params(c, qtype)
-        q = _codes(c, d, m, qtype, buf[: c.shape[0]])
+        d, m = block_params(c, qtype)
+        q = block_codes(c, d, m, qtype, buf[: c.shape[0]])
         pack_blocks(q, d, m, qtype, out[s : s + _CHUNK_BLOCKS])
         if error is not None:
             sig += float(c.square().sum())

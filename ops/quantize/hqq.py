@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from .gguf_blocks import BLOCK, CODE_RANGE, HAS_MIN, _codes, _params, pack_blocks
-from .quant import _groups, int_encode, int_params, int_range, scale_dtype_for
+from .gguf_blocks import BLOCK, CODE_RANGE, HAS_MIN, block_codes, block_params, pack_blocks
+from .quant import grouped, int_encode, int_params, int_range, scale_dtype_for
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
@@ -106,9 +106,9 @@ def hqq_refine(
 def hqq_int_quantize(
     w: torch.Tensor, bits: int, group_size: int, symmetric: bool, cfg
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Like ``ops.quant.group_quantize`` (same outputs and stored dtypes), with HQQ-refined scales/zeros."""
+    """Like ``quant.group_quantize`` (same outputs and stored dtypes), with HQQ-refined scales/zeros."""
     qmin, qmax = int_range(bits)
-    xg = _groups(w, group_size).float()
+    xg = grouped(w, group_size).float()
     rows, ng, g = xg.shape
     sd = scale_dtype_for(w.dtype)
     scale0, zero0 = int_params(xg, bits, symmetric, sd)
@@ -143,8 +143,8 @@ def hqq_gguf_quantize(w: torch.Tensor, qtype: str, cfg) -> torch.Tensor:
     qmin, qmax, off = CODE_RANGE[qtype]
     rows, cols = w.shape
     x = w.reshape(-1, BLOCK).float()
-    d0, m0 = _params(x, qtype)
-    q0 = _codes(x, d0, m0, qtype, torch.empty_like(x))
+    d0, m0 = block_params(x, qtype)
+    q0 = block_codes(x, d0, m0, qtype, torch.empty_like(x))
     # ggml's model d * (q - off) + m, written as (q' - z) * s with q' = q - off in [qmin - off, qmax - off]
     lo, hi = qmin - off, qmax - off
     s0 = d0.to(torch.float16).float()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,7 +15,8 @@ from builders import make_tiny_llama, write_checkpoint
 from helpers import assert_one_line_error, run, run_json
 from safetensors.torch import load_file
 
-from modelsurgeon.ops.quantize.quant import group_dequantize, group_quantize, schemes
+from modelsurgeon.ops.quantize.quant import group_dequantize, group_quantize
+from modelsurgeon.ops.quantize.schemes import schemes
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +132,46 @@ def test_unknown_scheme_lists_the_known_ones(capsys, tmp_path, llama):
     code, o, e = run(capsys, "quantize", llama, "-o", out, "--scheme", "int3")
     assert_one_line_error(code, o, e, 2, "unknown quantization scheme 'int3'", "w4a16", "q5_1", "binary")
     _nothing_written(out)
+
+
+def test_unknown_scheme_fails_before_the_hub_is_asked(tmp_path):
+    """The scheme is checked while the flags are read: an uncached Hub id with HF_HUB_OFFLINE=1 reports the
+    misspelt scheme (exit 2), not the cache miss it would hit next, and torch is never imported."""
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache)}
+    code = (
+        "import sys\n"
+        "from modelsurgeon.cli.main import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "assert rc != 2 or 'torch' not in sys.modules, 'torch was imported before the flags were checked'\n"
+        "sys.exit(rc)\n"
+    )
+    out = tmp_path / "out"
+    args = ["quantize", "org/not-cached", "-o", str(out), "--scheme"]
+    r = subprocess.run([sys.executable, "-c", code, *args, "w4a61"], capture_output=True, text=True, env=env)
+    assert_one_line_error(r.returncode, r.stdout, r.stderr, 2, "unknown quantization scheme 'w4a61'", "did you mean w4a16?")
+    assert "cache" not in r.stderr
+    _nothing_written(out)
+    # the same command with a known scheme goes on to the Hub and misses the cache: the check above came first
+    r = subprocess.run([sys.executable, "-c", code, *args, "w4a16"], capture_output=True, text=True, env=env)
+    assert_one_line_error(r.returncode, r.stdout, r.stderr, 1, "not in the local Hugging Face cache")
+
+
+def test_every_problem_of_the_plan_at_once(capsys, tmp_path):
+    src = write_checkpoint(
+        tmp_path / "odd", {"a.weight": torch.randn(4, 48), "b.weight": torch.randn(4, 40), "c.weight": torch.randn(2, 4, 64)}
+    )
+    out = tmp_path / "x"
+    out.mkdir()
+    code, o, e = run(capsys, "quantize", src, "-o", out, "--scheme", "q8_0", "--format", "dense", "--include", r"weight$")
+    assert code == 1 and o == "" and "Traceback" not in e
+    lines = e.strip().splitlines()
+    assert lines[0] == "error: 3 problems with the quantization of " + str(src) + ", nothing was written:", e
+    assert "c.weight is 3-D [2, 4, 64]" in lines[1]
+    assert "a.weight has rows of 48" in lines[2] and "(and 1 more)" in lines[2]
+    assert "already exists" in lines[3] and "--force" in lines[3]
+    assert list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize("scheme,fmt,needles", [

@@ -72,7 +72,7 @@ def perplexities(smollm2_hf):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from modelsurgeon.ops.core.names import NOT_LINEAR
-    from modelsurgeon.ops.quantize.quant import QuantSpec, get_scheme, quantize_weight
+    from modelsurgeon.ops.quantize.schemes import QuantSpec, get_scheme, quantize_weight
     from modelsurgeon.recipes.quantize import HQQConfig
 
     ids = AutoTokenizer.from_pretrained(smollm2_hf)(TEXT, return_tensors="pt").input_ids

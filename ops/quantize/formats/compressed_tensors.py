@@ -1,7 +1,7 @@
 """Write quantized weights as compressed-tensors 0.20 checkpoints (what vLLM and transformers load).
 
 Per quantized Linear ``<prefix>.weight`` (tensor names, dtypes and shapes as compressed-tensors 0.20 writes
-them; checked against the library in tests/ops/test_format_compressed_tensors.py):
+them; checked against the library in tests/ops/quantize/formats/test_compressed_tensors.py):
 
     pack-quantized  (w4a16, w8a16)  weight_packed int32 (out, ceil(in*b/32))   weight_scale (out, groups)
                                     weight_shape int64 (2,)                     weight_zero_point int32 (ceil(out*b/32), groups), asymmetric only
@@ -18,21 +18,24 @@ from __future__ import annotations
 import torch
 
 from modelsurgeon.ops.core.errors import SurgeonError
-from modelsurgeon.ops.core.names import NOT_LINEAR
+from modelsurgeon.ops.core.names import LM_HEAD, NOT_LINEAR, module_of
 from modelsurgeon.ops.io.writer import TensorSpec
 from modelsurgeon.ops.quantize.pack import pack_int32, packed_cols
-from modelsurgeon.ops.quantize.quant import QuantizedWeight, QuantSpec, scale_dtype_for
+from modelsurgeon.ops.quantize.quant import scale_dtype_for
+from modelsurgeon.ops.quantize.schemes import QuantizedWeight, QuantSpec
 
 CT_VERSION = "0.20.0"  # the compressed-tensors release whose on-disk format this reproduces
 
 
 def module_name(tensor_name: str) -> str:
-    if not tensor_name.endswith(".weight"):
+    """The Linear module a quantized weight belongs to: its tensors are named ``<module>.weight_packed`` and so on."""
+    module = module_of(tensor_name)
+    if module is None:
         raise SurgeonError(
             f"{tensor_name} is not a Linear weight (its name does not end in .weight); compressed-tensors quantizes Linear layers",
             "leave it out with --ignore, or use --format dense",
         )
-    return tensor_name[: -len(".weight")]
+    return module
 
 
 def weight_args(spec: QuantSpec) -> dict:
@@ -81,14 +84,15 @@ def ignore_list(infos, quantized: set[str], config: dict | None) -> list[str]:
     """
     out = []
     for info in infos:
-        if info.name in quantized or not info.name.endswith(".weight") or len(info.shape) != 2 or not info.is_float:
+        module = module_of(info.name)
+        if info.name in quantized or module is None or len(info.shape) != 2 or not info.is_float:
             continue
         if NOT_LINEAR.search(info.name) and "lm_head" not in info.name and not info.name.endswith("output.weight"):
             continue
-        out.append(info.name[: -len(".weight")])
+        out.append(module)
     names = {i.name for i in infos}
-    if "lm_head.weight" not in names and (config or {}).get("tie_word_embeddings"):
-        out.append("lm_head")
+    if LM_HEAD not in names and (config or {}).get("tie_word_embeddings"):
+        out.append(module_of(LM_HEAD))
     return out
 
 

@@ -1,7 +1,7 @@
 """Write a Llama-family checkpoint as one GGUF file that llama.cpp loads, streaming tensor by tensor.
 
 What ``convert_hf_to_gguf.py`` does for ``LlamaForCausalLM``, without the script: the ``llama.*``
-hyperparameters, the tokenizer (``ops/gguf_vocab.py``), HF -> GGUF tensor names, and the row permutation of
+hyperparameters, the tokenizer (``gguf_tokenizer.py``), HF -> GGUF tensor names, and the row permutation of
 ``q_proj``/``k_proj`` that turns Hugging Face's rotate-half RoPE layout into ggml's interleaved one
 (``w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2)``). Norms are written F32 (ggml needs it);
 other tensors that are not quantized keep their dtype (F32, F16 or BF16).

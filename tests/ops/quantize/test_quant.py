@@ -7,22 +7,12 @@ import pytest
 import torch
 
 from modelsurgeon.ops.core.errors import UsageError
+from modelsurgeon.ops.quantize.binary import binary_dequantize, binary_quantize
+from modelsurgeon.ops.quantize.fp8 import fp8_quantize
+from modelsurgeon.ops.quantize.nf4 import NF4_CODE, nf4_dequantize, nf4_quantize
 from modelsurgeon.ops.quantize.pack import pack_int32, unpack_int32
-from modelsurgeon.ops.quantize.quant import (
-    NF4_CODE,
-    QuantSpec,
-    binary_dequantize,
-    binary_quantize,
-    fp8_quantize,
-    get_scheme,
-    group_dequantize,
-    group_quantize,
-    int_range,
-    nf4_dequantize,
-    nf4_quantize,
-    quantize_weight,
-    schemes,
-)
+from modelsurgeon.ops.quantize.quant import group_dequantize, group_quantize, int_range
+from modelsurgeon.ops.quantize.schemes import QuantSpec, get_scheme, quantize_weight, schemes
 from modelsurgeon.recipes.quantize import HQQConfig
 
 ct_helpers = pytest.importorskip("compressed_tensors.quantization.utils")
@@ -163,7 +153,7 @@ def test_registry_lists_known_schemes_on_unknown_name():
 
 
 def test_registry_refuses_duplicates():
-    from modelsurgeon.ops.quantize.quant import register
+    from modelsurgeon.ops.quantize.schemes import register
 
     with pytest.raises(ValueError, match="already registered"):
         register(get_scheme("w4a16"))

@@ -1,0 +1,241 @@
+"""Quantization schemes: the registry, a scheme's settings for one run, and one weight through a scheme.
+
+    spec = QuantSpec(get_scheme("w4a16"), group_size=128, symmetric=True)
+    qw = quantize_weight(w, spec)           # parts (codes, scales...), the dequantized weight, bits per weight
+
+Each scheme is the torch-free rules the settings check (``recipes/quantize.py SCHEME_RULES``: defaults and
+what it accepts) plus what only the implementation needs: bits, the compressed-tensors and GGUF details, a
+summary and its source. The math lives in a file per kind, imported only when a weight is quantized:
+
+    quant.py        integer group-wise round-to-nearest (w4a16, w8a16, w8a8); its kernel is kernels/quant.py
+    hqq.py          half-quadratic refinement of the integer and GGUF parameters (--optimizer hqq)
+    fp8.py          fp8 e4m3, one scale per output channel
+    nf4.py          the NormalFloat-4 code book, absmax per block
+    binary.py       sign times the error-minimising scale per group
+    gguf_blocks.py  ggml's Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 blocks, byte for byte
+
+so this module imports no torch: the CLI lists the schemes in its help without loading it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
+
+from modelsurgeon.ops.core.registry import Registry
+from modelsurgeon.recipes.quantize import SCHEME_RULES, HQQConfig, SchemeRules
+
+from .sqnr import error_stats
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scheme(SchemeRules):
+    """A named quantization scheme: its rules (name, family, default group size and symmetry, formats, what it
+    accepts) and what the implementation needs."""
+
+    bits: int
+    summary: str
+    url: str = ""
+    ct_format: str | None = None  # compressed-tensors format name
+    activations: dict | None = None  # compressed-tensors input_activations
+    gguf_type: str | None = None
+
+
+_REGISTRY: Registry[Scheme] = Registry("quantization scheme")
+
+
+def register(scheme: Scheme) -> Scheme:
+    return _REGISTRY.add(scheme.name, scheme)
+
+
+def get_scheme(name: str) -> Scheme:
+    return _REGISTRY.lookup(name.strip().lower())
+
+
+def schemes() -> list[Scheme]:
+    return list(_REGISTRY.values())
+
+
+def _scheme(name: str, bits: int, summary: str, **implementation) -> Scheme:
+    """The scheme ``name`` with its rules from ``SCHEME_RULES``, so each fact is written once."""
+    rules = SCHEME_RULES[name]
+    return register(
+        Scheme(**{f.name: getattr(rules, f.name) for f in fields(rules)}, bits=bits, summary=summary, **implementation)
+    )
+
+
+_CT_URL = "https://github.com/vllm-project/compressed-tensors"
+_TOKEN_ACT = {"dynamic": True, "group_size": None, "num_bits": 8, "strategy": "token", "symmetric": True}
+_scheme("w4a16", 4, "int4 weights, group 128, symmetric (compressed-tensors W4A16)", ct_format="pack-quantized", url=_CT_URL)
+_scheme("w8a16", 8, "int8 weights, group 128, symmetric (compressed-tensors W8A16)", ct_format="pack-quantized", url=_CT_URL)
+_scheme(
+    "w8a8",
+    8,
+    "int8 weights per channel + dynamic int8 activations per token (W8A8)",
+    ct_format="int-quantized",
+    activations={**_TOKEN_ACT, "type": "int"},
+    url=_CT_URL,
+)
+_scheme(
+    "fp8",
+    8,
+    "fp8 e4m3 weights per channel + dynamic fp8 activations per token (FP8_DYNAMIC)",
+    ct_format="float-quantized",
+    activations={**_TOKEN_ACT, "type": "float"},
+    url=_CT_URL,
+)
+_scheme("nf4", 4, "4-bit NormalFloat code book, absmax per block of 64 (bitsandbytes)", url="https://arxiv.org/abs/2305.14314")
+_scheme(
+    "binary", 1, "1 bit: sign times the error-minimising scale mean|w| per group of 128", url="https://arxiv.org/abs/2402.10193"
+)
+_GGUF_URL = "https://github.com/ggml-org/ggml/blob/master/docs/gguf.md"
+for _name, _bits, _summary in (
+    ("q8_0", 8, "GGUF Q8_0: int8, one fp16 scale per block of 32 (8.5 bpw)"),
+    ("q4_0", 4, "GGUF Q4_0: 4 bits, one fp16 scale per block of 32 (4.5 bpw)"),
+    ("q4_1", 4, "GGUF Q4_1: 4 bits, fp16 scale and minimum per block of 32 (5.0 bpw)"),
+    ("q5_0", 5, "GGUF Q5_0: 5 bits, one fp16 scale per block of 32 (5.5 bpw)"),
+    ("q5_1", 5, "GGUF Q5_1: 5 bits, fp16 scale and minimum per block of 32 (6.0 bpw)"),
+):
+    _scheme(_name, _bits, _summary, gguf_type=_name.upper(), url=_GGUF_URL)
+
+if list(_REGISTRY) != list(SCHEME_RULES):  # a scheme the settings accept must have an implementation, and back
+    raise RuntimeError(
+        f"ops/quantize/schemes.py registers {list(_REGISTRY)} but recipes/quantize.py SCHEME_RULES has {list(SCHEME_RULES)}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# one weight through a scheme
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """A scheme with its settings resolved for one run."""
+
+    scheme: Scheme
+    group_size: int  # -1 = one group per row
+    symmetric: bool
+    hqq: HQQConfig | None = None  # when --optimizer hqq
+
+    def group_for(self, cols: int) -> int:
+        return cols if self.group_size == -1 else self.group_size
+
+    def bits_per_weight(self, shape: tuple[int, ...], scale_bytes: int) -> float:
+        """Payload bits per weight: codes plus scales (and zero points), not counting the format's framing."""
+        s = self.scheme
+        cols = shape[-1]
+        g = self.group_for(cols)
+        if s.family == "gguf":
+            from .gguf_blocks import BLOCK, BLOCK_BYTES
+
+            return BLOCK_BYTES[s.gguf_type] * 8 / BLOCK
+        if s.family == "nf4":
+            return s.bits + 32 / g  # fp32 absmax per block
+        per_group = scale_bytes * 8 + (0 if self.symmetric else s.bits)
+        return s.bits + per_group / g
+
+
+@dataclass
+class QuantizedWeight:
+    """One weight after a scheme: its parts (codes, scales...) and the dequantized tensor."""
+
+    parts: dict[str, torch.Tensor]
+    dequantized: torch.Tensor | None
+    bits_per_weight: float
+    extra: dict = field(default_factory=dict)
+
+
+def quantize_weight(
+    w: torch.Tensor, spec: QuantSpec, use_triton: bool | None = None, need_dequant: bool = True
+) -> QuantizedWeight:
+    """Quantize one 2-D float weight (on any device) and dequantize it back into its own dtype.
+
+    Sets ``extra["signal"]``, ``extra["noise"]`` (energies of ``w`` and of the error). With
+    ``need_dequant=False`` a scheme may skip materialising ``dequantized`` (GGUF measures its error per chunk).
+    """
+    qw = _FAMILIES[spec.scheme.family](w, spec, use_triton, need_dequant)
+    if "noise" not in qw.extra:
+        qw.extra["signal"], qw.extra["noise"] = error_stats(w, qw.dequantized)
+    return qw
+
+
+def _int_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
+    from .quant import group_dequantize, group_quantize
+
+    bits, g = spec.scheme.bits, spec.group_size
+    if spec.hqq is not None:
+        from .hqq import hqq_int_quantize
+
+        codes, scale, zero = hqq_int_quantize(w, bits, g, spec.symmetric, spec.hqq)
+    else:
+        codes, scale, zero = group_quantize(w, bits, g, spec.symmetric, use_triton)
+    deq = group_dequantize(codes, scale, zero, g, w.dtype, use_triton)
+    parts = {"codes": codes, "scale": scale}
+    if zero is not None:
+        parts["zero"] = zero
+    return QuantizedWeight(parts, deq, spec.bits_per_weight(tuple(w.shape), scale.element_size()))
+
+
+def _fp8_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
+    from .fp8 import fp8_dequantize, fp8_quantize
+
+    codes, scale = fp8_quantize(w)
+    return QuantizedWeight(
+        {"codes": codes, "scale": scale},
+        fp8_dequantize(codes, scale, w.dtype),
+        spec.bits_per_weight(tuple(w.shape), scale.element_size()),
+    )
+
+
+def _nf4_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
+    from .nf4 import nf4_dequantize, nf4_quantize
+
+    g = spec.group_for(w.shape[-1])
+    codes, absmax = nf4_quantize(w, g)
+    return QuantizedWeight(
+        {"codes": codes, "absmax": absmax}, nf4_dequantize(codes, absmax, g, w.dtype), spec.bits_per_weight(tuple(w.shape), 4)
+    )
+
+
+def _binary_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
+    from .binary import binary_dequantize, binary_quantize
+
+    g = spec.group_for(w.shape[-1])
+    signs, scale = binary_quantize(w, g)
+    return QuantizedWeight(
+        {"signs": signs, "scale": scale}, binary_dequantize(signs, scale, g, w.dtype), spec.bits_per_weight(tuple(w.shape), 2)
+    )
+
+
+def _gguf_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
+    from modelsurgeon.kernels import should_use_triton
+
+    from .gguf_blocks import dequantize_blocks, quantize_blocks
+
+    qtype = spec.scheme.gguf_type
+    bpw = spec.bits_per_weight(tuple(w.shape), 2)
+    if spec.hqq is None and not need_dequant and not should_use_triton(w.device, use_triton):
+        err: list = []
+        blocks = quantize_blocks(w, qtype, use_triton=False, error=err)  # measures the error chunk by chunk
+        return QuantizedWeight({"blocks": blocks}, None, bpw, {"signal": err[0][0], "noise": err[0][1]})
+    if spec.hqq is not None:
+        from .hqq import hqq_gguf_quantize
+
+        blocks = hqq_gguf_quantize(w, qtype, spec.hqq)
+    else:
+        blocks = quantize_blocks(w, qtype, use_triton)
+    deq = dequantize_blocks(blocks, qtype, tuple(w.shape)).to(w.dtype)
+    return QuantizedWeight({"blocks": blocks}, deq, bpw)
+
+
+_FAMILIES: dict[str, Callable[[torch.Tensor, QuantSpec, bool | None, bool], QuantizedWeight]] = {
+    "int": _int_family,
+    "fp8": _fp8_family,
+    "nf4": _nf4_family,
+    "binary": _binary_family,
+    "gguf": _gguf_family,
+}

@@ -1,0 +1,34 @@
+"""How far a quantized weight is from the original: signal and noise energies, and their ratio in dB.
+
+The per-tensor and whole-model SQNR of ``surgeon quantize`` are ``10 log10(signal / noise)`` over these
+energies (summed over tensors for the model), so the numbers add up across tensors exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def error_stats(w: torch.Tensor, deq: torch.Tensor) -> tuple[float, float]:
+    """(signal energy, noise energy) of ``w`` and ``w - deq``: fp32 sums over chunks of 1M values (torch sums
+    pairwise, so each chunk is accurate to ~1e-7), accumulated in Python floats."""
+    sig = noise = 0.0
+    a, b = w.reshape(-1), deq.reshape(-1)
+    step = 1 << 20
+    for i in range(0, a.numel(), step):
+        x = a[i : i + step].float()
+        sig += float(x.square().sum())
+        noise += float((x - b[i : i + step].float()).square_().sum())
+    return sig, noise
+
+
+def sqnr_db(signal: float, noise: float) -> float:
+    if noise == 0:
+        return math.inf
+    if signal == 0:
+        return -math.inf
+    return 10 * math.log10(signal / noise)
