@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -13,9 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ruff() -> list[str]:
-    exe = Path(sys.executable).with_name("ruff")
-    if exe.exists():
-        return [str(exe)]
+    if importlib.util.find_spec("ruff") is not None:
+        return [sys.executable, "-m", "ruff"]
     found = shutil.which("ruff")
     if found is None:
         pytest.fail("ruff is not installed: pip install -e '.[test]' brings it")
