@@ -93,7 +93,7 @@ def bench_steps(ds: list[int], dense_limit: int) -> list[str]:
     from types import SimpleNamespace
 
     from modelsurgeon.ops.intrinsic.models import FC, he_init
-    from modelsurgeon.ops.intrinsic.search import Problem
+    from modelsurgeon.ops.intrinsic.problem import Problem
 
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(128, 784, generator=g), torch.randint(0, 10, (128,), generator=g)

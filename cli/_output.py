@@ -137,6 +137,7 @@ class RichProgress:
         self.quiet = quiet
         self._bar = None
         self._task = None
+        self._unit = None
 
     def __enter__(self) -> RichProgress:
         return self
@@ -160,8 +161,12 @@ class RichProgress:
             TransferSpeedColumn,
         )
 
+        if self._bar is not None and unit == self._unit:  # a phase like the last one: the same bar, reset
+            self._bar.reset(self._task, total=total, description=description)
+            return
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
+        self._unit = unit
         cols = [TextColumn("{task.description}"), BarColumn()]
         if unit == "bytes":
             cols += [DownloadColumn(), TransferSpeedColumn()]

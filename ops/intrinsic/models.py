@@ -104,17 +104,38 @@ class BuiltModel:
     source: dict  # how expand-subspace rebuilds theta_0 (JSON-able)
     reinit: Callable[[int], None] | None = None  # seed -> re-initialise the seed-dependent tensors
     head: list[str] = field(default_factory=list)  # tensors that are not in the checkpoint
-    checkpoint: object | None = None  # ops.checkpoint.Checkpoint, for aux files
+    checkpoint: object | None = None  # ops.io.checkpoint.Checkpoint, for aux files
     default_baseline_lr: float = 1e-3
     label: str = ""
 
-    def output_config(self) -> dict:
-        """config.json for an expanded checkpoint."""
-        if self.source["kind"] == "checkpoint":
-            cfg = self.module.config
-            cfg.architectures = [type(self.module).__name__]
-            return cfg.to_dict()
-        return {"modelsurgeon_model": self.source}
+
+def output_config(module: nn.Module, source: dict) -> dict:
+    """config.json for an expanded checkpoint: transformers' own for a checkpoint, else the model's source."""
+    if source["kind"] == "checkpoint":
+        cfg = module.config
+        cfg.architectures = [type(module).__name__]
+        return cfg.to_dict()
+    return {"modelsurgeon_model": source}
+
+
+def model_for_task(task, cfg, model_spec: str | None = None, revision: str | None = None) -> BuiltModel:
+    """The model whose intrinsic dimension is measured on ``task``: without MODEL the task's own (the toy's,
+    a module's, a built-in ``--arch`` for features); with MODEL its checkpoint, built as the task reads it."""
+    if model_spec is None:
+        return task.builtin_model(cfg)
+    from modelsurgeon.ops.io.checkpoint import open_checkpoint
+
+    ck = open_checkpoint(model_spec, revision)
+    try:
+        return task.checkpoint_model(ck)
+    except BaseException:
+        ck.close()
+        raise
+
+
+def toy_model() -> BuiltModel:
+    module = Toy()
+    return BuiltModel(module, {"kind": "toy"}, lambda s: toy_init(module, s), label="toy")
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,28 +172,8 @@ def _image_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
 ARCH_BUILDERS = {"fc": "fully connected, ReLU, --width x --depth", "lenet": "LeNet-5 (6, 16 convolutions, 120, 84)"}
 
 
-def model_for_task(task, cfg, model_spec: str | None, revision: str | None = None) -> BuiltModel:
-    """The model whose intrinsic dimension is measured on ``task``."""
-    if model_spec is not None:
-        from modelsurgeon.ops.io.checkpoint import open_checkpoint
-
-        ck = open_checkpoint(model_spec, revision)
-        if task.kind == "module":
-            return _module_with_checkpoint(task, ck)
-        return load_transformers(ck, task)
-    if task.problem == "toy":
-        module = Toy()
-        return BuiltModel(module, {"kind": "toy"}, lambda s: toy_init(module, s), label="toy")
-    if task.kind == "module":
-        module = task.module_result["model"]
-        return BuiltModel(module, {"kind": "module", "task": task.spec}, None, label=f"model from {task.spec}")
-    if task.kind != "features":
-        raise SurgeonError(
-            f"task {task.spec} holds {'token ids' if task.kind == 'tokens' else 'text'}, which a built-in --arch cannot read",
-            "give a transformers MODEL (folder with config.json), or numeric features",
-        )
-    n_out = task.n_classes if task.problem == "classification" else 1
-    in_shape = task.input_shape or (task.in_features,)
+def arch_model(cfg, in_shape: tuple[int, ...], n_out: int) -> BuiltModel:
+    """The built-in ``cfg.arch`` for examples of ``in_shape`` and ``n_out`` outputs, He-initialised per seed."""
     if cfg.arch == "lenet":
         in_shape = _image_shape(tuple(in_shape))
     source = _arch_source(cfg.arch, cfg.width, cfg.depth, in_shape, n_out)
@@ -208,28 +209,11 @@ def _quiet_transformers():
         yield transformers
 
 
-def auto_class_for(task) -> tuple[str, dict]:
-    if task.problem == "lm":
-        return "AutoModelForCausalLM", {}
-    if task.kind in ("tokens", "text") and task.problem == "classification":
-        kw: dict = {"num_labels": task.n_classes}
-        if task.class_names:
-            kw["id2label"] = dict(enumerate(task.class_names))
-            kw["label2id"] = {n: i for i, n in enumerate(task.class_names)}
-        return "AutoModelForSequenceClassification", kw
-    if task.kind in ("tokens", "text") and task.problem == "regression":
-        return "AutoModelForSequenceClassification", {"num_labels": 1, "problem_type": "regression"}
-    raise SurgeonError(
-        f"task {task.spec} gives feature vectors; a transformers checkpoint needs token ids or text",
-        "use a csv with a text column, an npz with integer token ids, text:PATH for a causal LM, or module:function",
-    )
-
-
-def load_transformers(ck, task=None, auto_class: str | None = None, kwargs: dict | None = None) -> BuiltModel:
+def load_transformers(ck, auto_class: str, kwargs: dict | None = None) -> BuiltModel:
+    """MODEL's checkpoint built with transformers' ``auto_class`` (never remote code); a new head (missing
+    from the checkpoint) is re-initialised per seed, any other mismatch with config.json stops the command."""
     if ck.config is None:
         raise SurgeonError(f"{ck.label} has no config.json", "intrinsic-dim builds the model from config.json + safetensors")
-    if auto_class is None:
-        auto_class, kwargs = auto_class_for(task)
     kwargs = dict(kwargs or {})
     with _quiet_transformers() as transformers:
         cls = getattr(transformers, auto_class)
@@ -334,19 +318,21 @@ def sha256_file(path: Path) -> str:
 # a user's module, optionally with a checkpoint's weights
 
 
-def _module_with_checkpoint(task, ck) -> BuiltModel:
-    module = task.module_result["model"]
+def module_model(module: nn.Module, spec: str, ck=None) -> BuiltModel:
+    """A ``module:function`` task's model; with MODEL's checkpoint ``ck`` its tensors become theta_0."""
+    if ck is None:
+        return BuiltModel(module, {"kind": "module", "task": spec}, None, label=f"model from {spec}")
     load_state_strict(module, ck)
     source = {
         "kind": "module",
-        "task": task.spec,
+        "task": spec,
         "checkpoint": {
             "label": ck.label,
             "path": str(ck.folder.resolve()),
             "files": {f.name: sha256_file(f) for f in ck.weight_files},
         },
     }
-    return BuiltModel(module, source, None, checkpoint=ck, default_baseline_lr=1e-4, label=f"{ck.label} in {task.spec}")
+    return BuiltModel(module, source, None, checkpoint=ck, default_baseline_lr=1e-4, label=f"{ck.label} in {spec}")
 
 
 def load_state_strict(module: nn.Module, ck) -> None:

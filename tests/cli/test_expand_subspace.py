@@ -13,8 +13,10 @@ from helpers import assert_one_line_error, run
 from safetensors.torch import load_file, save_file
 
 from modelsurgeon.ops.intrinsic.models import model_for_task
-from modelsurgeon.ops.intrinsic.search import Problem, save_subspace, train_run
+from modelsurgeon.ops.intrinsic.problem import Problem
+from modelsurgeon.ops.intrinsic.subspace import save_subspace
 from modelsurgeon.ops.intrinsic.tasks import load_task
+from modelsurgeon.ops.intrinsic.train import train_run
 from modelsurgeon.recipes.intrinsic_dim import IntrinsicDimConfig
 
 

@@ -455,3 +455,35 @@ def test_save_subspace_refuses_to_overwrite(capsys, tmp_path):
     (tmp_path / "s.safetensors").write_bytes(b"x")
     code, out, err = run(capsys, "intrinsic-dim", "--task", "toy", "--save-subspace", str(tmp_path / "s.safetensors"))
     assert_one_line_error(code, out, err, 1, "already exists", "--force")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--task", "digits", "--projection", "gaussian"], "--projection 'gaussian' is not one of"),
+        (["--task", "csv:r.csv", "--optimizer", "rmsprop"], "--optimizer 'rmsprop' is not one of"),
+        (["--task", "mnist"], "unknown task 'mnist'"),
+        (["--task", "digits", "--include", "("], "--include '(' is not a valid regular expression"),
+        (["--task", "digits", "--arch", "lenet"], "--arch describe a built-in network"),
+        (["--task", "digits", "--grid", "8", "--rel-tol", "0.1"], "--grid replaces the search"),
+    ],
+)
+def test_bad_settings_fail_before_the_hub_model_is_looked_up(capsys, tmp_path, monkeypatch, args, needle):
+    import huggingface_hub.constants as c
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path))
+    code, out, err = run(capsys, "intrinsic-dim", "org/not-cached", *args)
+    assert_one_line_error(code, out, err, 2, needle)
+    # the same command with good settings gets as far as the model, which is not cached
+    code, out, err = run(capsys, "intrinsic-dim", "org/not-cached", "--task", "digits")
+    assert_one_line_error(code, out, err, 1, "org/not-cached")
+
+
+def test_settings_that_clash_are_reported_together(capsys, tmp_path):
+    code, out, err = run(capsys, "intrinsic-dim", str(tmp_path), "--task", "toy", "--width", "8", "--grid", "4", "--d-max", "7")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "3 problems with the settings" in err
+    for needle in ("--width describe a built-in network", "--task toy has its own D = 1000 model", "--grid replaces the search"):
+        assert needle in err
