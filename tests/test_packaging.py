@@ -4,10 +4,11 @@ install and breaks a normal one)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP = {"cli": "modelsurgeon.cli", "ops": "modelsurgeon.ops", "kernels": "modelsurgeon.kernels", "recipes": "modelsurgeon.recipes"}
