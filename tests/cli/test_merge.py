@@ -45,7 +45,7 @@ def tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def method_out(method, base, xs, params, mps, name="w", seed=0):
-    from modelsurgeon.ops.merge.plan import tensor_seed
+    from modelsurgeon.ops.merge.run import tensor_seed
 
     m = get_method(method)
     p = {x.name: x.default for x in m.params} | params

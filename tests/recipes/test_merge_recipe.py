@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from modelsurgeon.ops.core.errors import PlanError, SurgeonError
-from modelsurgeon.recipes.merge import Conditions, Gradient, ModelRef, evaluate, parse_recipe
+from modelsurgeon.recipes.merge import Conditions, Gradient, ModelRef, evaluate
+from modelsurgeon.recipes.mergekit import parse_recipe
 
 TIES = """\
 merge_method: ties
