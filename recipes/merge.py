@@ -350,7 +350,7 @@ class ExtractConfig(Config):
     KIND: ClassVar[str] = "extract_lora"
     VERSION: ClassVar[int] = 1
 
-    finetune: str | None = None
+    finetune: str | None = None  # a path or Hub id, as for any model
     base: str | None = None
     rank: int | None = None
     include: str | None = None  # regex of the weights to factor (default: every linear weight)
@@ -361,6 +361,9 @@ class ExtractConfig(Config):
     device: str = "auto"
 
     def validate(self) -> None:
+        for name in ("finetune", "base"):
+            if isinstance(getattr(self, name), Path):
+                self._set(name, str(getattr(self, name)))
         if not self.finetune or not isinstance(self.finetune, str):
             raise UsageError("--extract-lora needs the fine-tuned model", "e.g. --extract-lora finetuned/ --base org/base")
         if not self.base or not isinstance(self.base, str):
