@@ -101,9 +101,13 @@ def merge(
     mode = _mode(inputs, output, method, base, lora, extract_lora, merge_params, bool(extract_flags))
     write = _Write(output, force, max_shard_size, dry_run, as_json, quiet)
     if mode == "--extract-lora":
-        _check_dtype(dtype)  # (a merge option; checked, not used)
-        settings = dict(rank=rank, include=include, exclude=exclude, exact_svd=exact_svd, seed=seed, out_dtype=out_dtype)
-        return _extract(extract_lora, base, dict(settings, device=device), write)
+        from modelsurgeon.recipes.merge import dtype_name
+
+        dtype_name(dtype, "--dtype")  # a merge option: checked, not used
+        settings = dict(
+            rank=rank, include=include, exclude=exclude, exact_svd=exact_svd, seed=seed, out_dtype=out_dtype, device=device
+        )
+        return _extract(extract_lora, base, settings, write)
     run = dict(seed=seed, dtype=dtype, out_dtype=out_dtype, tokenizer_source=tokenizer_source, device=device)
     if mode == "a recipe file":
         return _merge_recipe_file(inputs[0], run, write)
@@ -164,12 +168,6 @@ def _mode(inputs, output, method, base, lora, extract_lora, merge_params: dict, 
         if base is None:
             raise UsageError(f"{mode} needs --base")
     return mode
-
-
-def _check_dtype(dtype: str | None) -> None:
-    from modelsurgeon.recipes.merge import dtype_name
-
-    dtype_name(dtype, "--dtype")
 
 
 def _merge_recipe_file(path: str, run: dict, write: _Write) -> int:

@@ -11,7 +11,9 @@ versions of the largest tensor, whatever the model size.
 
 Threads (``ops.core.streaming.cpu_threads``): the merging thread gets the policy's intra-op threads (for
 whole-tensor methods such as slerp), and the streamed methods split each tensor into chunks that run on
-the shared worker pool, one intra-op thread per worker; reading and writing run on their own threads.
+the shared worker pool, as many workers as that, one intra-op thread each; reading and writing run on
+their own threads. On 2 cores the policy leaves one: the chunks run on the merging thread (two chunk
+workers beside the reader and the writer measured 2-6x slower on a busy 2-core machine).
 """
 
 from __future__ import annotations
@@ -88,8 +90,14 @@ def compute_job(plan: MergePlan, job: Job, tensors: list[torch.Tensor]) -> torch
     return out.to(job.dtype).to("cpu")
 
 
-def _merged(plan: MergePlan, progress: Progress):
-    """(name, merged tensor) for every job in order; the inputs are read one job ahead on a thread."""
+def _merged(plan: MergePlan, progress: Progress, threads: int):
+    """(name, merged tensor) for every job in order; the inputs are read one job ahead on a thread.
+
+    Runs on its own thread with ``threads`` intra-op threads. torch applies a thread's count at that
+    thread's first operation, from the last count set by any thread, so it is pinned here, before the
+    reader thread sets its own 1 (unpinned, the merge ran on one thread whatever the machine)."""
+    torch.set_num_threads(threads)
+    torch.get_num_threads()  # applies it to this thread now
     jobs = plan.jobs
     costs = [plan.input_bytes(j) for j in jobs]
     budget = 1.5 * max(costs, default=0)
@@ -116,7 +124,7 @@ def run_merge(plan: MergePlan, progress: Progress = SILENT, command: str = "surg
             target = write_folder(
                 plan.output,
                 plan.specs(),
-                prefetched(_merged(plan, progress), depth=1, worker_threads=threads),
+                prefetched(_merged(plan, progress, threads), depth=1),
                 source=None,
                 command=command,
                 metadata={"merge_method": plan.method.name, "merge_seed": str(plan.seed)},

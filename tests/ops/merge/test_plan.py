@@ -90,6 +90,35 @@ def test_plan_then_run_closes_the_models_and_keeps_the_thread_count(models, tmp_
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 2
 
 
+def test_the_merging_thread_keeps_the_thread_policy_s_count(models, tmp_path, monkeypatch):
+    """The reader thread sets one intra-op thread for itself; the merging thread keeps the policy's count
+    (torch applies a thread's count lazily, from the last one set by any thread, unless pinned)."""
+    from contextlib import contextmanager
+
+    from modelsurgeon.ops.merge import run
+
+    @contextmanager
+    def two_threads():
+        before = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            yield 2
+        finally:
+            torch.set_num_threads(before)
+
+    seen = []
+    compute = run.compute_job
+
+    def spy(plan, job, tensors):
+        seen.append(torch.get_num_threads())
+        return compute(plan, job, tensors)
+
+    monkeypatch.setattr(run, "cpu_threads", two_threads)
+    monkeypatch.setattr(run, "compute_job", spy)
+    api.merge(ties(models), tmp_path / "out")
+    assert set(seen) == {2}
+
+
 def test_warnings_go_to_progress_notes(models, tmp_path):
     text = f"merge_method: linear\nmodels:\n  - model: {models['a']}\n    parameters: {{weight: 1, density: 0.3}}\n"
     progress = silent()
