@@ -169,7 +169,7 @@ class SliceDef:
 
 @dataclass(frozen=True)
 class MergeRecipe:
-    """One merge, as a recipe file or the flags describe it. The single home of merge settings."""
+    """One merge in mergekit's schema, as a recipe file or the flags describe it (``MergeConfig`` adds how to run it)."""
 
     merge_method: str
     base_model: ModelRef | None = None
