@@ -26,14 +26,16 @@ if TYPE_CHECKING:
     from modelsurgeon.ops.intrinsic.run import IntrinsicDimResult
     from modelsurgeon.ops.merge.extract import ExtractResult
     from modelsurgeon.ops.merge.plan import MergeResult
+    from modelsurgeon.ops.prune.result import PruneResult
     from modelsurgeon.ops.quantize.run import QuantizeResult
     from modelsurgeon.ops.report.run import ReportResult
     from modelsurgeon.recipes.intrinsic_dim import IntrinsicDimConfig
     from modelsurgeon.recipes.merge import ExtractConfig, MergeConfig, MergeRecipe
+    from modelsurgeon.recipes.prune import PruneConfig
     from modelsurgeon.recipes.quantize import QuantizeConfig
     from modelsurgeon.recipes.report import ReportConfig
 
-__all__ = ["expand_subspace", "extract_lora", "intrinsic_dim", "merge", "quantize", "report"]
+__all__ = ["expand_subspace", "extract_lora", "intrinsic_dim", "merge", "prune", "quantize", "report"]
 
 
 def _config(cls, config, settings: dict):
@@ -224,3 +226,50 @@ def extract_lora(
         if dry_run:
             return plan.result(None if output is None else str(output))
         return run_extract(plan, progress or SILENT, command)
+
+
+def prune(
+    model: str,
+    output: str | Path | None = None,
+    config: PruneConfig | None = None,
+    *,
+    recipe: str | Path | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    max_shard_size: str | int = "5GB",
+    device: str = "auto",
+    revision: str | None = None,
+    progress: Progress | None = None,
+    command: str | None = None,
+    **settings,
+) -> PruneResult:
+    """Zero the least important weights of MODEL's linear layers (``sparsity=0.5``, ``pattern="2:4"``,
+    ``scope="global"``, ``method="random"``, ...) and write a dense safetensors folder OUTPUT atomically.
+    Settings: ``PruneConfig``'s fields, laid over ``recipe`` (a YAML file) or ``config`` the way flags are.
+    ``dry_run=True`` only plans (no OUTPUT needed): the result lists every target and its exact count.
+    ``command`` is recorded in the output's metadata."""
+    from pathlib import Path
+
+    from modelsurgeon.ops.core.errors import UsageError
+    from modelsurgeon.ops.core.progress import silent
+    from modelsurgeon.ops.io.output import Output
+    from modelsurgeon.ops.io.writer import parse_size
+    from modelsurgeon.ops.prune.plan import plan_prune
+    from modelsurgeon.ops.prune.run import run_prune
+    from modelsurgeon.recipes.prune import PruneConfig
+
+    if config is not None and recipe is not None:
+        raise TypeError("give a config or a recipe, not both")
+    given = {k: v for k, v in settings.items() if v is not None}
+    if config is None:
+        cfg = PruneConfig.build(recipe, **given)
+    elif given:
+        cfg = PruneConfig(**PruneConfig.flags_over({f: getattr(config, f) for f in config.field_names()}, given))
+    else:
+        cfg = config
+    if output is None and not dry_run:
+        raise UsageError("missing -o OUT", "give the output folder, or --dry-run to print the plan only")
+    shard = parse_size(max_shard_size)
+    out = None if dry_run else Output(Path(output), force, shard)
+    with plan_prune(cfg, str(model), out, revision, device=device) as plan:
+        return plan.result() if dry_run else run_prune(plan, progress or silent(), command)
