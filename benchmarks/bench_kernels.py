@@ -78,14 +78,15 @@ def _size(b: float) -> str:
     return ""
 
 
-def _seed(tag: str):
+def _seed(tag: str, device="cpu"):
+    """A generator on the device (drawing 2^26 values on the host would take longer than the timings)."""
     torch = _torch()
-    return torch.Generator().manual_seed(sum(map(ord, tag)))
+    return torch.Generator(device=device).manual_seed(sum(map(ord, tag)))
 
 
 def _randn(shape, dtype, device, tag: str, scale: float = 1.0):
     torch = _torch()
-    return (torch.randn(shape, generator=_seed(tag)) * scale).to(dtype).to(device)
+    return (torch.randn(shape, generator=_seed(tag, device), device=device) * scale).to(dtype)
 
 
 def _threshold_inputs(dtype):
@@ -159,8 +160,8 @@ def _codes(bits):
     def make(n, dev):
         torch = _torch()
         lim = 1 << (bits - 1)
-        codes = torch.randint(-lim, lim, _square(n), generator=_seed(f"codes{bits}"), dtype=torch.int8)
-        return {"codes": codes.to(dev)}
+        codes = torch.randint(-lim, lim, _square(n), generator=_seed(f"codes{bits}", dev), device=dev, dtype=torch.int8)
+        return {"codes": codes}
 
     return make
 
@@ -208,18 +209,18 @@ def _fastfood_inputs(transpose: bool):
         torch = _torch()
         L = 1 << (max(n, 2).bit_length() - 1)
         D, d = L - L // 8, min(1000, L // 4)  # D not a power of two, as in a real model; d: the subspace size
-        g = _seed(f"fastfood{transpose}")
-        B = torch.randint(0, 2, (L,), generator=g).float() * 2 - 1
-        perm = torch.randperm(L, generator=g)
-        G = torch.randn(L, generator=g)
+        g = _seed(f"fastfood{transpose}", dev)
+        B = torch.randint(0, 2, (L,), generator=g, device=dev).float() * 2 - 1
+        perm = torch.randperm(L, generator=g, device=dev)
+        G = torch.randn(L, generator=g, device=dev)
         scale = 1 / math.sqrt(D * float((G.double() ** 2).sum()))
         idx = torch.int32 if L < (1 << 31) else torch.int64
         inv = torch.argsort(perm)
-        inp = {"B": B.to(dev), "G": G.to(dev), "D": D, "d": d, "scale": scale}
+        inp = {"B": B, "G": G, "D": D, "d": d, "scale": scale}
         if transpose:
-            inp.update(g=_randn((1, D), torch.float32, dev, "fastfood-g"), invperm=inv.to(idx).to(dev))
+            inp.update(g=_randn((1, D), torch.float32, dev, "fastfood-g"), invperm=inv.to(idx))
         else:
-            inp.update(x=_randn((1, d), torch.float32, dev, "fastfood-x"), perm=perm.to(idx).to(dev))
+            inp.update(x=_randn((1, d), torch.float32, dev, "fastfood-x"), perm=perm.to(idx))
         return inp
 
     return make

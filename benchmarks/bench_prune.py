@@ -5,7 +5,7 @@ Writes benchmarks/work/prune-bench/ (ignored by git) and prints Markdown tables.
 
 ``--device`` (default ``auto``) takes a comma-separated list: ours and torch's prune run once per device (torch's
 on the tensors moved there), and the outputs of ours must be the same on every device (checked here).
-``--cases`` keeps the checkpoints whose label contains one of the given words (fp32, bf16, 48, 480).
+``--cases`` keeps some of the checkpoints: fp32-48, fp32-480, bf16-48 (comma-separated).
 
 Three checkpoints of about the same size: fp32 in few tensors, fp32 in 10x more tensors (memory must not
 grow with the tensor count), and bf16 (one histogram pass instead of two). For each, in child processes:
@@ -150,7 +150,7 @@ def main() -> None:
     ap.add_argument("--mb", type=int, default=256, help="checkpoint size in MiB (fp32 cases)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--device", default="auto", help="comma-separated devices for ours and torch's prune: auto, cpu, cuda")
-    ap.add_argument("--cases", default="", help="comma-separated words; keep the checkpoints whose label has one")
+    ap.add_argument("--cases", default="", help="comma-separated checkpoints to run: fp32-48, fp32-480, bf16-48 (default: all)")
     a = ap.parse_args()
     devices = [d.strip() for d in a.device.split(",") if d.strip()]
     root = WORK / "prune-bench"
@@ -160,8 +160,11 @@ def main() -> None:
         ("fp32, 480 tensors", 480, "float32"),
         ("bf16, 48 tensors", 48, "bfloat16"),
     ]
-    words = [w.strip() for w in a.cases.split(",") if w.strip()]
-    cases = [c for c in cases if not words or any(w in c[0] for w in words)]
+    key = lambda c: f"{c[0].split(',')[0]}-{c[1]}"  # "fp32, 48 tensors" -> "fp32-48"
+    wanted = {w.strip() for w in a.cases.split(",") if w.strip()}
+    if wanted - {key(c) for c in cases}:
+        ap.error(f"unknown cases {sorted(wanted - {key(c) for c in cases})}; known: {', '.join(key(c) for c in cases)}")
+    cases = [c for c in cases if not wanted or key(c) in wanted]
     print(f"machine: {machine()}")
     print(f"{a.repeat} runs each: best time, worst peak RSS; warm page cache; sparsity 0.5, global magnitude.")
     print("work s: measured inside the child after its imports; wall s: the whole child, Python start and imports included.\n")
