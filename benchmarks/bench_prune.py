@@ -176,7 +176,7 @@ def main() -> None:
     )
     print("| checkpoint | what | work s | MB/s | wall s | peak RSS MiB | RSS above interpreter MiB |")
     print("|---|---|---|---|---|---|---|")
-    summary = []
+    summary, differ = [], []
     for label, count, dtype in cases:
         rows = elems // count // 1024
         src = root / f"{a.mb}mb-{count}-{dtype}" / "model.safetensors"
@@ -217,8 +217,14 @@ def main() -> None:
             zeros = json.loads(ours[dev]["out"])["zeros"]
             if abs(zeros - tp[dev]["rec"]["zeros"]) > 1:  # torch rounds half to even, we round half up
                 raise RuntimeError(f"ours pruned {zeros} on {dev}, torch {tp[dev]['rec']['zeros']}")
+        same = None
         if len(devices) > 1:  # in a child: this process stays small (see _util.machine)
-            run_child(python_snippet(SAME_TENSORS) + [str(dst / f"ours-{dev}") for dev in devices])
+            try:
+                run_child(python_snippet(SAME_TENSORS) + [str(dst / f"ours-{dev}") for dev in devices])
+                same = True
+            except RuntimeError:
+                same = False
+                differ.append(label)
         table = [
             ("read + write: safetensors load_file + save_file", rw),
             ("read + write through our reader and writer (no pruning)", copy),
@@ -238,8 +244,10 @@ def main() -> None:
             print(
                 f"| {label} | torch global_unstructured{tag}: the prune step alone | {tp[dev]['rec']['prune']:.2f} | {mb / tp[dev]['rec']['prune']:.0f} | | | |"
             )
-        if len(devices) > 1:
-            print(f"| {label} | outputs of ours on {' and '.join(devices)} | identical | | | | |")
+        if same is not None:
+            print(
+                f"| {label} | outputs of ours on {' and '.join(devices)} | {'identical' if same else '**DIFFERENT**'} | | | | |"
+            )
         summary += [(f"{label}, {dev}", mb, rw, copy, ours[dev], tp[dev]) for dev in devices]
     print()
     for label, mb, rw, copy, ours, tp in summary:  # noqa: B007
@@ -251,6 +259,8 @@ def main() -> None:
             f"peak RSS above the interpreter: ours {ours['rss'] - base['rss']:.0f} MiB "
             f"({ours['rss'] - ours_base['rss']:.0f} MiB above its own imports), torch {tp['rss'] - base['rss']:.0f} MiB"
         )
+    if differ:
+        sys.exit(f"bench_prune: the output of surgeon prune depends on the device for {', '.join(differ)}")
 
 
 if __name__ == "__main__":

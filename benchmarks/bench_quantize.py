@@ -110,7 +110,7 @@ def scheme_key(label: str) -> str:
     return label.split(" (")[0].replace(" + ", "+")
 
 
-def kernel_table(folder, repeat: int, types: list[str], devices: list[str]) -> list[str]:
+def kernel_table(folder, repeat: int, types: list[str], devices: list[str], mismatched: list[str]) -> list[str]:
     import numpy as np
     import torch
     from gguf import GGMLQuantizationType, quants
@@ -138,6 +138,8 @@ def kernel_table(folder, repeat: int, types: list[str], devices: list[str]) -> l
                 return [quantize_blocks(t, qt.upper()) for t in on_dev]
 
             same = all(np.array_equal(a.cpu().numpy(), b) for a, b in zip(ours(), want))
+            if not same:
+                mismatched.append(f"{qt} on {dev.type}")
             t_ours = min(_timed(ours, dev) for _ in range(repeat))
             rows.append(
                 f"| {qt} | {dev.type} | {n / 1e6:.1f} | {t_ours * 1e3:.1f} | {t_theirs * 1e3:.0f} | {t_theirs / t_ours:.2f}x | {'yes' if same else 'NO'} |"
@@ -190,23 +192,6 @@ def main() -> None:
     run_measured(python_snippet(FLOOR) + [str(src), str(out / "floor")], env)  # warm the page cache
     t_import = best(imports)
     t_floor = best(python_snippet(FLOOR) + [str(src), str(out / "floor")])
-    results, same = [], []
-    for label, args in schemes:
-        targets = []
-        for dev in devices:
-            target = out / (label.split()[0] + f"-{dev}" + (".gguf" if "gguf" in label else ""))
-            cmd = surgeon + ["-o", str(target), *args, "--device", dev]
-            # HQQ iterates ~20 times over every weight: one run is enough to see its cost
-            shown = label if devices == ["auto"] else f"{label} --device {dev}"
-            results.append((shown, run_measured(cmd, env)[0] if "hqq" in args else best(cmd)))
-            targets.append(target)
-        if len(targets) > 1:  # one result whatever the device: GGUF byte for byte, tensors otherwise
-            if targets[0].suffix == ".gguf":
-                if not all(filecmp.cmp(targets[0], t, shallow=False) for t in targets[1:]):
-                    raise RuntimeError(f"surgeon quantize {label}: the GGUF files differ between {', '.join(devices)}")
-            else:
-                run_measured(python_snippet(SAME_TENSORS) + [str(t) for t in targets], env)
-            same.append(label)
     peer = {t: best(python_snippet(GGUF_PY) + [str(src), str(out / f"gguf-py-{t}.gguf"), t]) for t in gguf_types}
     threads = a.threads or "default"
     print(f"machine: {machine()}")
@@ -216,21 +201,45 @@ def main() -> None:
     )
     print("| what | wall s | x floor | gguf-py s | gguf-py / ours |")
     print("|---|---|---|---|---|")
-    print(f"| read + write floor (same bytes out) | {t_floor:.2f} | 1.00 | | |")
-    for label, t in results:
-        qt = label.split()[0]
-        extra = f"{peer[qt]:.2f} | {peer[qt] / t:.2f}x" if qt in peer else " | "
-        print(f"| surgeon quantize {label} | {t:.2f} | {t / t_floor:.2f} | {extra} |")
+    print(f"| read + write floor (same bytes out) | {t_floor:.2f} | 1.00 | | |", flush=True)
+    results, same, differ = [], [], []
+    for label, args in schemes:  # each row printed when measured: a run cut short keeps what it measured
+        targets = []
+        for dev in devices:
+            target = out / (label.split()[0] + f"-{dev}" + (".gguf" if "gguf" in label else ""))
+            cmd = surgeon + ["-o", str(target), *args, "--device", dev]
+            # HQQ iterates ~20 times over every weight: one run is enough to see its cost
+            shown = label if devices == ["auto"] else f"{label} --device {dev}"
+            t = run_measured(cmd, env)[0] if "hqq" in args else best(cmd)
+            results.append((shown, t))
+            targets.append(target)
+            qt = label.split()[0]
+            extra = f"{peer[qt]:.2f} | {peer[qt] / t:.2f}x" if qt in peer else " | "
+            print(f"| surgeon quantize {shown} | {t:.2f} | {t / t_floor:.2f} | {extra} |", flush=True)
+        if len(targets) > 1:  # one result whatever the device: GGUF byte for byte, tensors otherwise
+            if targets[0].suffix == ".gguf":
+                ok = all(filecmp.cmp(targets[0], t, shallow=False) for t in targets[1:])
+            else:
+                try:
+                    run_measured(python_snippet(SAME_TENSORS) + [str(t) for t in targets], env)
+                    ok = True
+                except RuntimeError:
+                    ok = False
+            (same if ok else differ).append(label)
     if same:
         print(f"\nsame output on {' and '.join(devices)} (checked): {', '.join(same)}")
+    if differ:
+        print(f"\n**DIFFERENT output on {' and '.join(devices)}**: {', '.join(differ)}")
     print("\nquantizers alone (layer 0's seven linear weights, fp32 in memory, this process):\n")
     print("| type | ours on | M values | ours ms | gguf-py ms (CPU) | speed-up | same bytes |")
     print("|---|---|---|---|---|---|---|")
-    for row in kernel_table(src, a.repeat, gguf_types, devices):
+    for row in kernel_table(src, a.repeat, gguf_types, devices, differ):
         print(row)
     (root / "last.json").write_text(
         json.dumps({"floor": t_floor, "import": t_import, "surgeon": dict(results), "gguf_py": peer}, indent=2)
     )
+    if differ:
+        sys.exit(f"bench_quantize: the output depends on the device for {', '.join(differ)}")
 
 
 if __name__ == "__main__":
