@@ -51,7 +51,9 @@ def open_view(ck: Checkpoint) -> Checkpoint:
             module = name[: -len(".SCB")]
             w = infos.get(f"{module}.weight")
             if w is None or w.dtype != "I8" or len(w.shape) != 2:
-                raise CheckpointError(f"{label}: {name} has no int8 2-D {module}.weight beside it", "the checkpoint is incomplete")
+                raise CheckpointError(
+                    f"{label}: {name} has no int8 2-D {module}.weight beside it", "the checkpoint is incomplete"
+                )
             if infos[name].shape != (w.shape[0],):
                 raise CheckpointError(f"{label}: {name} has shape {list(infos[name].shape)}; {w.shape[0]} row scales expected")
             stored[w.name] = StoredTensor(
@@ -80,11 +82,15 @@ def _four_bit(ck: Checkpoint, state_name: str, infos: dict, label: str) -> Store
         parts |= {"nested_absmax": f"{weight}.nested_absmax", "nested_quant_map": f"{weight}.nested_quant_map"}
     for role, n in parts.items():
         if n not in infos:
-            raise CheckpointError(f"{label}: bitsandbytes {quant_type} needs {n}, which is missing", "the checkpoint is incomplete")
+            raise CheckpointError(
+                f"{label}: bitsandbytes {quant_type} needs {n}, which is missing", "the checkpoint is incomplete"
+            )
     if infos[weight].numel * 2 != numel + numel % 2:
         raise CheckpointError(f"{label}: {weight} holds {infos[weight].numel * 2} codes but its quant state says {list(shape)}")
     if infos[f"{weight}.absmax"].numel != math.ceil(numel / blocksize):
-        raise CheckpointError(f"{label}: {weight}.absmax has {infos[f'{weight}.absmax'].numel} values; {math.ceil(numel / blocksize)} blocks expected")
+        raise CheckpointError(
+            f"{label}: {weight}.absmax has {infos[f'{weight}.absmax'].numel} values; {math.ceil(numel / blocksize)} blocks expected"
+        )
     offset = float(state.get("nested_offset", 0.0))
     nested_block = int(state.get("nested_blocksize", 256))
 

@@ -165,7 +165,9 @@ def _check_scale(scale: TensorInfo, rows: int, cols: int, args: dict, fmt: str, 
         want_shape = (math.ceil(rows / bh), math.ceil(cols / bw))
         ok, want = scale.shape == want_shape, str(want_shape)
     else:
-        raise CheckpointError(f"{label}: weight strategy {strategy!r} of {fmt} is unknown", "known: tensor, channel, group, block")
+        raise CheckpointError(
+            f"{label}: weight strategy {strategy!r} of {fmt} is unknown", "known: tensor, channel, group, block"
+        )
     if not ok:
         raise CheckpointError(
             f"{label}: {scale.name} has shape {list(scale.shape)} but a {strategy} scale of a {rows}x{cols} weight is {want}",
@@ -200,7 +202,9 @@ def _stored(module: str, fmt: str, args: dict, infos: dict[str, TensorInfo], lab
         parts = {"codes": packed.name, "scale": scale.name, "shape": shape_info.name}
         want_cols = math.ceil(cols * bits / 32)
         if packed.shape[1] != want_cols:
-            raise CheckpointError(f"{label}: {packed.name} has {packed.shape[1]} words per row; {cols} {bits}-bit codes need {want_cols}")
+            raise CheckpointError(
+                f"{label}: {packed.name} has {packed.shape[1]} words per row; {cols} {bits}-bit codes need {want_cols}"
+            )
     elif fmt in ("int-quantized", "naive-quantized", "float-quantized"):
         dtypes = ("F8_E4M3",) if args.get("type") == "float" else ("I8",)
         if fmt == "naive-quantized":
@@ -231,9 +235,7 @@ def _stored(module: str, fmt: str, args: dict, infos: dict[str, TensorInfo], lab
         parts["g_idx"] = f"{module}.weight_g_idx"
     sd = scale.dtype if scale.dtype in ("F16", "BF16", "F32") else "BF16"
     decode = _decoder(fmt, args, rows, cols, symmetric)
-    return StoredTensor(
-        name, f"compressed-tensors {fmt}", scheme, parts, (rows, cols), sd, decode, parts["codes"], details
-    )
+    return StoredTensor(name, f"compressed-tensors {fmt}", scheme, parts, (rows, cols), sd, decode, parts["codes"], details)
 
 
 def _decoder(fmt: str, args: dict, rows: int, cols: int, symmetric: bool):

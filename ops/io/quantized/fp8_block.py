@@ -41,7 +41,9 @@ def open_view(ck: Checkpoint) -> Checkpoint:
     qc = ck.config["quantization_config"]
     label = ck.label
     block = qc.get("weight_block_size")
-    if block is not None and not (isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)):
+    if block is not None and not (
+        isinstance(block, list) and len(block) == 2 and all(isinstance(b, int) and b > 0 for b in block)
+    ):
         raise CheckpointError(f"{label}: weight_block_size {block!r} is not [rows, cols]", "fix config.json")
     fmt = qc.get("fmt", "e4m3")
     if fmt not in ("e4m3", "e5m2"):
@@ -96,7 +98,9 @@ def open_view(ck: Checkpoint) -> Checkpoint:
     return QuantizedView(ck, stored, hidden, "fp8", config, qc)
 
 
-def fp8_block_dequantize(codes: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None, dtype: torch.dtype) -> torch.Tensor:
+def fp8_block_dequantize(
+    codes: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] | None, dtype: torch.dtype
+) -> torch.Tensor:
     """The reference formula: ``codes * scale`` per block (or per tensor/row) in fp32, then ``dtype``."""
     s = scale.float()
     if block is not None:

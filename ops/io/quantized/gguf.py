@@ -90,7 +90,9 @@ class GGUFCheckpoint(Checkpoint):
             try:
                 qtype = gguf.GGMLQuantizationType(t.ggml_type)
             except ValueError:
-                raise CheckpointError(f"{self.label}: {t.name} has ggml type {t.ggml_type}, unknown to gguf-py {gguf.__version__}") from None
+                raise CheckpointError(
+                    f"{self.label}: {t.name} has ggml type {t.ggml_type}, unknown to gguf-py {gguf.__version__}"
+                ) from None
             block, type_size = gguf.GGML_QUANT_SIZES[qtype]
             if not t.shape or t.shape[-1] % block:
                 raise CheckpointError(f"{self.label}: {t.name} {list(t.shape)} is not whole {qtype.name} blocks")

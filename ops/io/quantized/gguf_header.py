@@ -63,7 +63,9 @@ class _Buf:
             size = np.dtype(_NUMPY[itype]).itemsize
             return np.frombuffer(self.take(count * size), dtype=_NUMPY[itype]).tolist()
         if vtype not in _SCALARS:
-            raise CheckpointError(f"{self.path}: GGUF value of unknown type {vtype}; the file is corrupt or newer than this reader")
+            raise CheckpointError(
+                f"{self.path}: GGUF value of unknown type {vtype}; the file is corrupt or newer than this reader"
+            )
         v = self.scalar(_SCALARS[vtype])
         return bool(v) if vtype == 7 else v
 
