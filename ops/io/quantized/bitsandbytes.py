@@ -80,7 +80,7 @@ def _four_bit(ck: Checkpoint, state_name: str, infos: dict, label: str) -> Store
     nested = f"{weight}.nested_absmax" in infos
     if nested:
         parts |= {"nested_absmax": f"{weight}.nested_absmax", "nested_quant_map": f"{weight}.nested_quant_map"}
-    for role, n in parts.items():
+    for n in parts.values():
         if n not in infos:
             raise CheckpointError(
                 f"{label}: bitsandbytes {quant_type} needs {n}, which is missing", "the checkpoint is incomplete"
