@@ -117,7 +117,8 @@ class GGUFCheckpoint(Checkpoint):
         return sorted(p for p in self.folder.iterdir() if p.is_file())
 
     def is_quantized(self, name: str) -> bool:
-        return name in self._tensors
+        t = self._tensors.get(name)
+        return t is not None and t[1].name not in ("F32", "F16", "F64", "BF16")
 
     def describe(self, name: str) -> dict | None:
         t = self._tensors.get(name)
