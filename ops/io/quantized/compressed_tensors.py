@@ -92,8 +92,15 @@ def open_view(ck: Checkpoint) -> Checkpoint:
 
 
 def _quantized_modules(infos: dict[str, TensorInfo]) -> list[str]:
-    """Modules holding a weight scale (every quantized format stores one), in checkpoint order."""
-    return [n[: -len(".weight_scale")] for n in infos if n.endswith(".weight_scale")]
+    """Modules holding quantized parts (a scale, packed codes, or an integer/fp8 weight), in checkpoint order."""
+    out: dict[str, None] = {}
+    for n, info in infos.items():
+        for suffix in (".weight_scale", ".weight_packed"):
+            if n.endswith(suffix):
+                out[n[: -len(suffix)]] = None
+        if n.endswith(".weight") and info.dtype in ("I8", "U8", "F8_E4M3", "F8_E5M2"):
+            out[n[: -len(".weight")]] = None
+    return list(out)
 
 
 def _matches(target: str, module: str) -> bool:
