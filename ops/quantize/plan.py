@@ -176,7 +176,9 @@ def check_shapes(ck: Checkpoint, targets: list[str], spec: QuantSpec, problems: 
         cols = info.shape[1]
         g = spec.group_for(cols)
         if g <= 0 or cols % g:
-            flag = "the GGUF block size" if spec.scheme.group_fixed else "--group-size"
+            flag = {"gguf": "the GGUF block size", "nvfp4": "NVFP4's group", "mxfp4": "MXFP4's group"}.get(
+                spec.scheme.family, "--group-size"
+            )
             rows.append(
                 f"{name} has rows of {cols} values, not a multiple of the group size {g} ({flag}); "
                 f"pick a size that divides {cols} or leave the tensor out with --ignore"
@@ -204,6 +206,11 @@ def _plan_compressed_tensors(plan: QuantizePlan, problems: Problems) -> None:
         except SurgeonError as e:
             bad.append(str(e))
     each_tensor(problems, bad)
+    if plan.spec.scheme.name == "nvfp4":
+        plan.notes.append(
+            "note: nvfp4 quantizes activations too; without calibration data each layer's input_global_scale is 1.0 "
+            "(activation groups with a max above 2688 clip). Use nvfp4a16 for weights only"
+        )
     if not plan.spec.symmetric and plan.spec.scheme.ct_format == "pack-quantized":
         plan.notes.append(
             "warning: transformers (5.23, compressed-tensors 0.20) cannot load asymmetric pack-quantized "
