@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from modelsurgeon.kernels import should_use_triton
 from modelsurgeon.ops.io.quantized.codecs import FP8_E4M3_MAX, expand_blocks
 
 BLOCK = (128, 128)
@@ -25,13 +26,33 @@ def block_absmax(x: torch.Tensor, block: tuple[int, int] = BLOCK) -> torch.Tenso
     return p.reshape(math.ceil(rows / bh), bh, math.ceil(cols / bw), bw).amax((1, 3))
 
 
-def fp8_block_quantize(x: torch.Tensor, block: tuple[int, int] = BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float8_e4m3fn codes (rows, cols), scale (ceil(rows/bh), ceil(cols/bw)) in x's dtype)."""
-    wd = x.dtype if x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) else torch.float32
+def fp8_block_scale(x: torch.Tensor, block: tuple[int, int] = BLOCK) -> torch.Tensor:
+    """wd(absmax / 448) per block, eps of wd for an all-zero block; shape (ceil(rows/bh), ceil(cols/bw))."""
+    wd = x.dtype
     scale = (block_absmax(x, block).float() / FP8_E4M3_MAX).to(wd)
-    scale = torch.where(scale == 0, torch.tensor(torch.finfo(wd).eps, dtype=wd, device=x.device), scale)
-    v = (x.float() / expand_blocks(scale.float(), tuple(x.shape), block)).to(wd)
-    return v.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn), scale
+    return torch.where(scale == 0, torch.tensor(torch.finfo(wd).eps, dtype=wd, device=x.device), scale)
+
+
+def fp8_block_encode(
+    x: torch.Tensor, scale: torch.Tensor, block: tuple[int, int] = BLOCK, use_triton: bool | None = None
+) -> torch.Tensor:
+    """float8_e4m3fn codes: fp8(clamp(wd(x / scale), -448, 448)); ``kernels/fp8_block.py`` is its Triton kernel."""
+    if x.dtype != torch.float64 and should_use_triton(x.device, use_triton):
+        from modelsurgeon.kernels.fp8_block import fp8_block_encode as kernel
+
+        return kernel(x, scale, block)
+    v = (x.float() / expand_blocks(scale.float(), tuple(x.shape), block)).to(x.dtype)
+    return v.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+
+
+def fp8_block_quantize(
+    x: torch.Tensor, block: tuple[int, int] = BLOCK, use_triton: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float8_e4m3fn codes (rows, cols), scale (ceil(rows/bh), ceil(cols/bw)) in x's dtype)."""
+    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"fp8-block quantizes float weights, got {x.dtype}")
+    scale = fp8_block_scale(x, block)
+    return fp8_block_encode(x, scale, block, use_triton), scale
 
 
 def fp8_block_dequantize(

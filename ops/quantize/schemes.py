@@ -293,7 +293,7 @@ def _gguf_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need
 def _fp8_block_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
     from .fp8_block import BLOCK, fp8_block_dequantize, fp8_block_quantize
 
-    codes, scale = fp8_block_quantize(w)
+    codes, scale = fp8_block_quantize(w, use_triton=use_triton)
     bpw = 8 + scale.element_size() * 8 * scale.numel() / w.numel()
     return QuantizedWeight({"codes": codes, "scale": scale}, fp8_block_dequantize(codes, scale, w.dtype, BLOCK), bpw)
 
