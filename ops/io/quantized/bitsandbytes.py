@@ -105,7 +105,10 @@ def _four_bit(ck: Checkpoint, state_name: str, infos: dict, label: str) -> Store
             absmax = a.reshape(-1)[:n] + offset
         packed = p["codes"].reshape(-1)
         q = torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(-1)[:numel].long()
-        vals = p["quant_map"].float()[q]
+        table = p["quant_map"].float().clone()
+        if quant_type == "fp4":
+            table[8] = -0.0  # code 8 is the negative zero (bitsandbytes decodes the sign bit; its saved map says +0)
+        vals = table[q]
         pad = -numel % blocksize
         vals = torch.nn.functional.pad(vals, (0, pad)).reshape(-1, blocksize) * absmax.float().reshape(-1, 1)
         return vals.reshape(-1)[:numel].reshape(shape).to(dt).to(out)
