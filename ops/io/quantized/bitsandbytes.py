@@ -94,24 +94,29 @@ def _four_bit(ck: Checkpoint, state_name: str, infos: dict, label: str) -> Store
     offset = float(state.get("nested_offset", 0.0))
     nested_block = int(state.get("nested_blocksize", 256))
 
-    def decode(p: dict[str, torch.Tensor], out: torch.dtype) -> torch.Tensor:
+    cols = math.prod(shape[1:]) if len(shape) > 1 else 1
+
+    def prepare(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         absmax = p["absmax"]
-        if nested:
+        if nested:  # the 8-bit blockwise code of absmax, decoded once per read
             codes = absmax.to(torch.long)
             n = codes.numel()
-            pad = -n % nested_block
-            a = p["nested_quant_map"].float()[codes]
-            a = torch.nn.functional.pad(a, (0, pad)).reshape(-1, nested_block) * p["nested_absmax"].float().reshape(-1, 1)
-            absmax = a.reshape(-1)[:n] + offset
-        packed = p["codes"].reshape(-1)
-        q = torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(-1)[:numel].long()
+            a = torch.nn.functional.pad(p["nested_quant_map"].float()[codes], (0, -n % nested_block))
+            absmax = (a.reshape(-1, nested_block) * p["nested_absmax"].float().reshape(-1, 1)).reshape(-1)[:n] + offset
         table = p["quant_map"].float().clone()
         if quant_type == "fp4":
             table[8] = -0.0  # code 8 is the negative zero (bitsandbytes decodes the sign bit; its saved map says +0)
-        vals = table[q]
-        pad = -numel % blocksize
-        vals = torch.nn.functional.pad(vals, (0, pad)).reshape(-1, blocksize) * absmax.float().reshape(-1, 1)
-        return vals.reshape(-1)[:numel].reshape(shape).to(dt).to(out)
+        return {"codes": p["codes"].reshape(-1), "absmax": absmax.float(), "table": table}
+
+    def decode(p: dict[str, torch.Tensor], out: torch.dtype, r0: int, r1: int) -> torch.Tensor:
+        first, last = r0 * cols, min(numel, r1 * cols)  # first is a multiple of the block size (row_align)
+        packed = p["codes"][first // 2 : (last + 1) // 2]
+        q = torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(-1)[: last - first].long()
+        vals = p["table"][q]
+        n = vals.numel()
+        absmax = p["absmax"][first // blocksize : -(-last // blocksize)]
+        vals = torch.nn.functional.pad(vals, (0, -n % blocksize)).reshape(-1, blocksize) * absmax.reshape(-1, 1)
+        return vals.reshape(-1)[:n].reshape(r1 - r0, *shape[1:]).to(dt).to(out)
 
     return StoredTensor(
         weight,
@@ -123,9 +128,11 @@ def _four_bit(ck: Checkpoint, state_name: str, infos: dict, label: str) -> Store
         decode,
         weight,
         {"blocksize": blocksize},
+        blocksize // math.gcd(blocksize, cols),  # row ranges start on a block (blocks are even: on a whole byte)
+        prepare,
     )
 
 
-def _int8(p: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+def _int8(p: dict[str, torch.Tensor], dtype: torch.dtype, r0: int, r1: int) -> torch.Tensor:
     # bitsandbytes' int8_vectorwise_dequant: A * SCB * (1/127 as float32), in that order
-    return (p["codes"].float() * p["scale"].float().reshape(-1, 1) * 7.874015718698502e-3).to(dtype)
+    return (p["codes"][r0:r1].float() * p["scale"].float().reshape(-1, 1)[r0:r1] * 7.874015718698502e-3).to(dtype)

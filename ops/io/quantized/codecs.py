@@ -10,6 +10,8 @@ into the same layouts (families may import io, not the reverse), so a code means
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 # FP4 E2M1 (OCP MX spec): 1 sign bit, 2 exponent bits, 1 mantissa bit; code & 7 indexes the magnitudes
@@ -25,6 +27,13 @@ def unpack_int32(words: torch.Tensor, bits: int, cols: int, packed_dim: int = 1)
     if packed_dim == 0:
         return unpack_int32(words.t().contiguous(), bits, cols, 1).t().contiguous()
     rows = words.shape[0]
+    if bits in (4, 8) and sys.byteorder == "little" and words.is_contiguous():
+        # word j is bytes 4j..4j+3 here: int8 codes are their offset bytes, int4 ones the nibbles, low first
+        b = words.view(torch.uint8).reshape(rows, -1)
+        if bits == 8:
+            return (b ^ 0x80).view(torch.int8)[:, :cols].contiguous()
+        q = torch.stack([b & 0x0F, b >> 4], dim=-1).reshape(rows, -1)[:, :cols]
+        return (q.view(torch.int8) - 8).contiguous()
     w = words.to(torch.int64) & 0xFFFFFFFF
     start = torch.arange(cols, dtype=torch.int64, device=words.device) * bits
     word, shift = start // 32, start % 32

@@ -241,32 +241,43 @@ def _stored(module: str, fmt: str, args: dict, infos: dict[str, TensorInfo], lab
     if f"{module}.weight_g_idx" in infos:
         parts["g_idx"] = f"{module}.weight_g_idx"
     sd = scale.dtype if scale.dtype in ("F16", "BF16", "F32") else "BF16"
-    decode = _decoder(fmt, args, rows, cols, symmetric)
-    return StoredTensor(name, f"compressed-tensors {fmt}", scheme, parts, (rows, cols), sd, decode, parts["codes"], details)
+    decode, prepare, align = _decoder(fmt, args, rows, cols, symmetric)
+    return StoredTensor(
+        name, f"compressed-tensors {fmt}", scheme, parts, (rows, cols), sd, decode, parts["codes"], details, align, prepare
+    )
 
 
 def _decoder(fmt: str, args: dict, rows: int, cols: int, symmetric: bool):
+    """(decode, prepare, row_align): decode(parts, dtype, r0, r1) gives rows r0:r1 of the weight."""
     bits = args.get("num_bits")
     strategy = args.get("strategy")
     block = tuple(args["block_structure"]) if strategy == "block" else None
 
-    def widen(s: torch.Tensor, n_cols: int, g_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """The scale (or zero point) per weight element."""
+    def widen(s: torch.Tensor, r0: int, r1: int, g_idx: torch.Tensor | None) -> torch.Tensor:
+        """The scale (or zero point) of each weight in rows r0:r1 (or one that broadcasts)."""
         if strategy == "block":
-            return expand_blocks(s.reshape(math.ceil(rows / block[0]), -1), (rows, n_cols), block)
+            s = s.reshape(math.ceil(rows / block[0]), -1)[r0 // block[0] : -(-r1 // block[0])]
+            return expand_blocks(s, (r1 - r0, cols), block)
+        if s.numel() == 1:
+            return s.reshape(1, 1)
+        s = s.reshape(rows, -1)[r0:r1]
         if strategy in ("group", "tensor_group"):
-            if g_idx is not None:
-                return s[:, g_idx.long()]
-            return expand_groups(s, n_cols)
-        return s.reshape(-1, 1) if s.numel() > 1 else s.reshape(1, 1)
+            return s[:, g_idx.long()] if g_idx is not None else expand_groups(s, cols)
+        return s
 
-    def decode(p: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    def prepare(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "zero" in p and fmt == "pack-quantized":  # packed along rows: unpack once, then slice
+            p = {**p, "zero": unpack_int32(p["zero"], bits, rows, packed_dim=0)}
+        return p
+
+    def decode(p: dict[str, torch.Tensor], dtype: torch.dtype, r0: int, r1: int) -> torch.Tensor:
+        codes = p["codes"][r0:r1]
         if fmt == "pack-quantized":
-            q = unpack_int32(p["codes"], bits, cols).float()
+            q = unpack_int32(codes, bits, cols).float()
         elif fmt in ("nvfp4-pack-quantized", "mxfp4-pack-quantized"):
-            q = unpack_fp4(p["codes"])
+            q = unpack_fp4(codes)
         else:
-            q = p["codes"].float()
+            q = codes.float()
         scale = p["scale"]
         g_idx = p.get("g_idx")
         if fmt == "mxfp4-pack-quantized":
@@ -279,11 +290,7 @@ def _decoder(fmt: str, args: dict, rows: int, cols: int, symmetric: bool):
             s = scale.float()
             out_dtype = scale.dtype if scale.dtype.is_floating_point and scale.element_size() > 1 else torch.bfloat16
         if "zero" in p:
-            z = p["zero"]
-            if fmt == "pack-quantized":
-                z = unpack_int32(z, bits, rows, packed_dim=0)
-            q = q - widen(z.float(), cols, g_idx)
-        x = (q * widen(s, cols, g_idx)).to(out_dtype)
-        return x.to(dtype)
+            q -= widen(p["zero"].float(), r0, r1, g_idx)
+        return q.mul_(widen(s, r0, r1, g_idx)).to(out_dtype).to(dtype)
 
-    return decode
+    return decode, prepare, block[0] if block else 1

@@ -93,6 +93,7 @@ def open_view(ck: Checkpoint) -> Checkpoint:
             _decoder(tuple(block) if block else None, rows, cols),
             name,
             details,
+            block[0] if block else 1,
         )
     config = {k: v for k, v in ck.config.items() if k != "quantization_config"}
     return QuantizedView(ck, stored, hidden, "fp8", config, qc)
@@ -113,7 +114,12 @@ def fp8_block_dequantize(
 
 
 def _decoder(block, rows, cols):
-    def decode(p: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
-        return fp8_block_dequantize(p["codes"], p["scale"], block, dtype)
+    def decode(p: dict[str, torch.Tensor], dtype: torch.dtype, r0: int, r1: int) -> torch.Tensor:
+        scale = p["scale"]
+        if block is not None:
+            scale = scale[r0 // block[0] : -(-r1 // block[0])]
+        elif scale.numel() > 1:
+            scale = scale.reshape(-1, 1)[r0:r1]
+        return fp8_block_dequantize(p["codes"][r0:r1], scale, block, dtype)
 
     return decode

@@ -32,6 +32,7 @@ from modelsurgeon.ops.core.errors import CheckpointError
 
 from ..checkpoint import Checkpoint, Resolved, TensorInfo
 from . import gguf_names
+from . import view as _view
 from .gguf_header import read_gguf_header
 
 GGUF_MAGIC = b"GGUF"
@@ -149,14 +150,19 @@ class GGUFCheckpoint(Checkpoint):
             arr = raw.view(plain[qtype]).reshape(shape)
         else:
             arr = raw.reshape(*shape[:-1], shape[-1] // block * type_size)
+        values = np.empty(shape, dtype=np.float32)
+        rows = shape[0] if len(shape) > 1 else 1
+        step = max(1, _view.CHUNK_ELEMS // max(1, math.prod(shape[1:]))) if len(shape) > 1 else 1
         try:
-            values = gguf.quants.dequantize(arr, qtype)
+            if len(shape) == 1:
+                values[:] = gguf.quants.dequantize(arr, qtype).reshape(shape)
+            for r0 in range(0, rows if len(shape) > 1 else 0, step):  # a few rows at a time: bounded temporaries
+                values[r0 : r0 + step] = gguf.quants.dequantize(arr[r0 : r0 + step], qtype)
         except NotImplementedError:
             raise CheckpointError(
                 f"{self.label}: {gname} is stored as {qtype.name}, which gguf-py {gguf.__version__} cannot dequantize",
                 "upgrade gguf, or convert the file with llama.cpp",
             ) from None
-        values = np.asarray(values, dtype=np.float32).reshape(shape)
         heads = gguf_names.heads_for(self.arch, gname, self.config)
         if heads:
             values = gguf_names.unpermute_rows(values, heads)

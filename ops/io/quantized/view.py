@@ -15,6 +15,7 @@ that config rather than copy the file, so a dense output does not claim to be qu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -33,13 +34,39 @@ class StoredTensor:
     parts: dict[str, str]  # role -> stored tensor name ("codes": "...weight_packed", "scale": ...)
     shape: tuple[int, ...]
     dtype: str  # the logical dtype, safetensors spelling
-    decode: Callable[[dict[str, torch.Tensor], torch.dtype], torch.Tensor]
+    decode: Callable[[dict[str, torch.Tensor], torch.dtype, int, int], torch.Tensor]  # (parts, dtype, r0, r1) -> rows r0:r1
     main: str = ""  # the part whose position the logical tensor takes in the listing (default: the first)
     details: dict = field(default_factory=dict)  # settings shown by report (group size, block, ...)
+    row_align: int = 1  # decode row ranges starting at multiples of this (a block's height)
+    prepare: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None  # once per read
 
     @property
     def main_part(self) -> str:
         return self.main or next(iter(self.parts.values()))
+
+
+CHUNK_ELEMS = 1 << 22  # values decoded per step: the float32 temporaries stay at a few tens of MB
+
+
+def decode_rows(st: StoredTensor, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The logical tensor, decoded a few rows at a time into one output of its dtype: memory is the output plus
+    the stored parts plus one step's temporaries, whatever the tensor's size."""
+    dtype = st_dtype_to_torch(st.dtype)
+    if st.prepare is not None:
+        parts = st.prepare(parts)
+    rows = st.shape[0] if st.shape else 1
+    cols = max(1, math.prod(st.shape[1:]))
+    step = max(st.row_align, (CHUNK_ELEMS // cols) // st.row_align * st.row_align)
+    if step >= rows:
+        out = st.decode(parts, dtype, 0, rows)
+    else:
+        out = torch.empty(st.shape, dtype=dtype)
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            out[r0:r1] = st.decode(parts, dtype, r0, r1)
+    if tuple(out.shape) != st.shape:  # a decoder bug, never the user's input
+        raise RuntimeError(f"{st.name}: decoded {list(out.shape)}, expected {list(st.shape)}")
+    return out
 
 
 class QuantizedView(Checkpoint):
@@ -109,10 +136,7 @@ class QuantizedView(Checkpoint):
             self.info(name)  # a clear error for an unknown name
             return self.raw.get(name)
         parts = {role: self.raw.get(n) for role, n in st.parts.items()}
-        out = st.decode(parts, st_dtype_to_torch(st.dtype))
-        if tuple(out.shape) != st.shape:  # a decoder bug, never the user's input
-            raise RuntimeError(f"{name}: decoded {list(out.shape)}, expected {list(st.shape)}")
-        return out
+        return decode_rows(st, parts)
 
     def iter_chunks(self, name: str, max_elems: int = 1 << 24, align: int = 1) -> Iterator[torch.Tensor]:
         if name not in self._stored:

@@ -28,6 +28,13 @@ def _digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
+@pytest.fixture(autouse=True, params=["whole", "in-pieces"])
+def chunking(request, monkeypatch):
+    """Decode each weight whole, and a few hundred values at a time (row ranges, partial blocks)."""
+    if request.param == "in-pieces":
+        monkeypatch.setattr("modelsurgeon.ops.io.quantized.view.CHUNK_ELEMS", 300)
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_equals_bitsandbytes_dequantization(kind):
     ref = json.loads((DATA / kind / "reference.json").read_text())["dequantized_bf16_sha256"]

@@ -33,6 +33,13 @@ CASES = [
 ]
 
 
+@pytest.fixture(autouse=True, params=["whole", "in-pieces"])
+def chunking(request, monkeypatch):
+    """Decode each weight whole, and a few hundred values at a time (row ranges, partial blocks)."""
+    if request.param == "in-pieces":
+        monkeypatch.setattr("modelsurgeon.ops.io.quantized.view.CHUNK_ELEMS", 300)
+
+
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     return make_tiny_llama(tmp_path_factory.mktemp("ct-read") / "fp32", hidden_size=128, intermediate_size=256)
