@@ -57,8 +57,10 @@ def unpack_fp4(packed: torch.Tensor) -> torch.Tensor:
     """uint8 (rows, cols/2), two E2M1 codes per byte (element 2i low nibble, 2i+1 high) -> float32 (rows, cols)."""
     if packed.dtype != torch.uint8:
         raise ValueError(f"unpack_fp4 wants uint8, got {packed.dtype}")
-    codes = torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
-    return fp4_table(packed.device)[codes.long()]
+    t = fp4_table(packed.device)
+    byte = torch.arange(256, device=packed.device)
+    pairs = torch.stack([t[byte & 15], t[byte >> 4]], dim=1)  # one lookup per byte gives both of its values
+    return pairs.index_select(0, packed.reshape(-1).int()).reshape(packed.shape[0], -1)
 
 
 def e8m0_to_float(e: torch.Tensor) -> torch.Tensor:

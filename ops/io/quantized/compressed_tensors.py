@@ -289,6 +289,14 @@ def _decoder(fmt: str, args: dict, rows: int, cols: int, symmetric: bool):
         else:
             s = scale.float()
             out_dtype = scale.dtype if scale.dtype.is_floating_point and scale.element_size() > 1 else torch.bfloat16
+        if strategy in ("group", "tensor_group") and g_idx is None and s.numel() > 1:
+            # (rows, groups, group size) times (rows, groups, 1): no full-size copy of the scales
+            groups = s.shape[-1]
+            qg = q.reshape(r1 - r0, groups, -1)
+            if "zero" in p:
+                qg -= p["zero"].reshape(rows, groups)[r0:r1].float().unsqueeze(-1)
+            qg *= s.reshape(rows, groups)[r0:r1].unsqueeze(-1)
+            return q.to(out_dtype).to(dtype)
         if "zero" in p:
             q -= widen(p["zero"].float(), r0, r1, g_idx)
         return q.mul_(widen(s, r0, r1, g_idx)).to(out_dtype).to(dtype)
