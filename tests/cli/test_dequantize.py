@@ -232,3 +232,25 @@ def test_existing_output_needs_force(capsys, tmp_path):
     code, o, e = run(capsys, "dequantize", fp8, "-o", out)
     assert_one_line_error(code, o, e, 1, "already exists", "--force")
     assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_merge_reads_quantized_inputs(capsys, tmp_path):
+    """A linear merge of two FP8-block checkpoints is the mean of their dequantized weights, written plain."""
+    models = []
+    for i in (0, 1):
+        src = make_tiny_llama(tmp_path / f"m{i}", seed=i, hidden_size=64, intermediate_size=128)
+        models.append(fp8_block_checkpoint(src, tmp_path / f"f{i}", (32, 32)))
+    (tmp_path / "r.yaml").write_text(
+        f"merge_method: linear\nmodels:\n  - model: {models[0]}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {models[1]}\n    parameters: {{weight: 0.5}}\ndtype: float32\n"
+    )
+    code, _, err = run(capsys, "merge", tmp_path / "r.yaml", "-o", tmp_path / "merged", "-q")
+    assert code == 0, err
+    merged = load_file(tmp_path / "merged" / "model.safetensors")
+    from modelsurgeon.ops.io.checkpoint import open_checkpoint
+
+    name = "model.layers.1.mlp.down_proj.weight"
+    with open_checkpoint(models[0]) as a, open_checkpoint(models[1]) as b:
+        want = (a.get(name).float() + b.get(name).float()) / 2
+    assert torch.allclose(merged[name], want, rtol=0, atol=1e-7)
+    assert "quantization_config" not in json.loads((tmp_path / "merged" / "config.json").read_text())
