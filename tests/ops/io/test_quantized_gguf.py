@@ -73,3 +73,29 @@ def test_truncated_file_is_one_line(capsys, tmp_path, gguf_files):
     bad.write_bytes(gguf_files["q8_0"].read_bytes()[:-1000])
     code, o, e = run(capsys, "report", bad)
     assert_one_line_error(code, o, e, 1, "truncated")
+
+
+def test_k_quants_made_by_llama_cpp(tmp_path):
+    """A Q4_K_M file made by llama.cpp's own quantizer (Q4_K and Q6_K blocks) reads as transformers reads it."""
+    import ctypes
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from builders import add_byte_level_tokenizer, make_tiny_llama
+    from transformers import AutoModelForCausalLM
+
+    from modelsurgeon.cli.main import main
+
+    src = make_tiny_llama(tmp_path / "src", hidden_size=256, intermediate_size=512, num_hidden_layers=1, vocab_size=300)
+    add_byte_level_tokenizer(src, 300)  # K-quant rows are whole blocks of 256
+    assert main(["quantize", str(src), "-o", str(tmp_path / "q8.gguf"), "--scheme", "q8_0", "-q"]) == 0
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.allow_requantize = True
+    params.nthread = 1
+    out = tmp_path / "k.gguf"
+    assert llama_cpp.llama_model_quantize(str(tmp_path / "q8.gguf").encode(), str(out).encode(), ctypes.byref(params)) == 0
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name).state_dict()
+    with open_checkpoint(out) as ck:
+        assert {ck.describe(n)["scheme"] for n in ck.names()} >= {"Q4_K", "Q6_K"}
+        for name in ck.names():
+            assert torch.equal(ck.get(name), ref[name]), name
