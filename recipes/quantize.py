@@ -9,18 +9,32 @@ Those rules come from ``SCHEME_RULES``: per scheme, its defaults (group size, sy
 with no torch and no math. ``ops/quantize/schemes.py`` registers each scheme's implementation (bits, the
 formats' details, the math) under the same names, in the same order, and checks at import that the two agree.
 A ``None`` among the settings below means "the scheme's own default".
+
+Per-tensor settings come from ``overrides`` (a recipe's list of ``{match: REGEX, scheme, group_size, asym}``)
+under the one rule of ``recipes/overrides.py``: every matching entry applies in order, a later one winning
+for each setting it names. An entry that names a scheme starts from that scheme's group size and symmetry
+unless it names them too. Every scheme must fit the one output format::
+
+    scheme: w4a16
+    overrides:
+      - {match: 'mlp\\.down_proj', scheme: w8a16}      # 8-bit down_proj, 4-bit elsewhere
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 
 from modelsurgeon.ops.core.errors import UsageError
 from modelsurgeon.ops.core.registry import Registry
 
 from .base import Config, check_int, check_regex, did_you_mean
+from .overrides import Override, parse_overrides, settings_for
+
+OVERRIDE_SETTINGS = ("scheme", "group_size", "asym")
 
 OPTIMIZERS = ("rtn", "hqq")
 FORMATS = ("auto", "compressed-tensors", "gguf", "dense")
@@ -132,6 +146,7 @@ class QuantizeConfig(Config):
     ignore: str | None = None  # removes matches from the selection
     device: str = "auto"
     use_triton: bool | None = None  # None: Triton on CUDA, the torch reference elsewhere
+    overrides: tuple[Override, ...] = ()  # [{match: REGEX, scheme, group_size, asym}], recipes/overrides.py's rule
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -154,6 +169,45 @@ class QuantizeConfig(Config):
         rules = scheme_rules(self.scheme)
         self._set("scheme", rules.name)
         self._check_scheme_takes_the_settings(rules)
+        self._set("overrides", parse_overrides(self.overrides, OVERRIDE_SETTINGS))
+        for o in self.overrides:  # each entry on its own over the base; combinations are checked per tensor
+            self._with(dict(o.settings), f"override {o.match!r}")
+
+    def _with(self, settings: dict, where: str) -> QuantizeConfig:
+        """This config with an override's settings, in the format of the whole run."""
+        if not settings:
+            return self
+        s = dict(settings)
+        if "scheme" in s:
+            s.setdefault("group_size", None)
+            s.setdefault("asym", False)
+        try:
+            return dataclasses.replace(self, overrides=(), format=self.output_format, **s)
+        except UsageError as e:
+            raise UsageError(f"{where}: {e.message}", e.hint) from None
+
+    def for_tensor(self, name: str) -> QuantizeConfig:
+        """The settings tensor ``name`` is quantized with: this config under its matching overrides."""
+        settings = settings_for(self.overrides, name, {"scheme": ("group_size", "asym")})
+        key = tuple(sorted(settings.items()))
+        cache = self._per_tensor
+        if key not in cache:
+            cache[key] = self._with(settings, f"the overrides of {name}")
+        return cache[key]
+
+    @cached_property
+    def _per_tensor(self) -> dict:
+        return {}
+
+    @classmethod
+    def convert(cls, data: dict, source: str) -> dict:
+        from modelsurgeon.ops.core.errors import SurgeonError
+
+        try:
+            data["overrides"] = parse_overrides(data.get("overrides") or [], OVERRIDE_SETTINGS)
+        except UsageError as e:
+            raise SurgeonError(f"{source}: {e.message}", e.hint) from None
+        return data
 
     def _check_scheme_takes_the_settings(self, s: SchemeRules) -> None:
         if self.group_size is not None and s.group_fixed:
