@@ -60,6 +60,20 @@ def quantize(
         str | None,
         typer.Option("--include", help="Regex of float tensors to quantize, replacing the default (2-D linear weights)."),
     ] = None,
+    target_bpw: Annotated[
+        float | None,
+        typer.Option(
+            "--target-bpw",
+            help="Choose a scheme per tensor (from --candidates) to average at most this many bits per weight, least total error.",
+        ),
+    ] = None,
+    candidates: Annotated[
+        str | None,
+        typer.Option(
+            "--candidates",
+            help="Comma-separated schemes for --target-bpw. Default: the GGUF types, or w2a16..w8a16, in --scheme's format.",
+        ),
+    ] = None,
     recipe: Annotated[
         str | None,
         typer.Option(
@@ -87,6 +101,8 @@ def quantize(
         include=include,
         ignore=ignore,
         device=None if device == "auto" else device,
+        target_bpw=target_bpw,
+        candidates=candidates,
     )
     with RichProgress(quiet) as bar:
         result = api.quantize(

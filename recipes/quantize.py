@@ -86,6 +86,16 @@ for _rules in (
     SCHEME_RULES.add(_rules.name, _rules)
 
 
+def default_candidates(rules: SchemeRules, fmt: str) -> list[str]:
+    """What --target-bpw chooses among by default: the schemes of ``rules``' kind that ``fmt`` holds (GGUF
+    types; the weight-only integers w2a16 ... w8a16; else the scheme alone)."""
+    if rules.family == "gguf":
+        return [r.name for r in SCHEME_RULES.values() if r.family == "gguf" and fmt in r.formats]
+    if rules.family == "int" and rules.name.endswith("a16"):
+        return [r.name for r in SCHEME_RULES.values() if r.family == "int" and r.name.endswith("a16") and fmt in r.formats]
+    return [rules.name]
+
+
 def scheme_rules(name: str) -> SchemeRules:
     """The rules of scheme ``name`` (any case), or a usage error listing the known schemes."""
     return SCHEME_RULES.lookup(name.strip().lower())
@@ -147,6 +157,8 @@ class QuantizeConfig(Config):
     device: str = "auto"
     use_triton: bool | None = None  # None: Triton on CUDA, the torch reference elsewhere
     overrides: tuple[Override, ...] = ()  # [{match: REGEX, scheme, group_size, asym}], recipes/overrides.py's rule
+    target_bpw: float | None = None  # choose a scheme per tensor among ``candidates`` to average this many bits
+    candidates: tuple[str, ...] = ()  # for target_bpw; default: the schemes of the output format like ``scheme``
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -172,6 +184,32 @@ class QuantizeConfig(Config):
         self._set("overrides", parse_overrides(self.overrides, OVERRIDE_SETTINGS))
         for o in self.overrides:  # each entry on its own over the base; combinations are checked per tensor
             self._with(dict(o.settings), f"override {o.match!r}")
+        self._check_budget(rules)
+
+    def _check_budget(self, rules: SchemeRules) -> None:
+        if isinstance(self.candidates, str):
+            self._set("candidates", tuple(c for c in self.candidates.split(",") if c.strip()))
+        if self.target_bpw is None:
+            if self.candidates:
+                raise UsageError("--candidates chooses among schemes for --target-bpw", "give --target-bpw BITS too")
+            return
+        b = self.target_bpw
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
+            raise UsageError(f"--target-bpw must be a positive number of bits per weight, got {b!r}")
+        self._set("target_bpw", float(b))
+        if self.overrides:
+            raise UsageError("--target-bpw chooses every tensor's scheme, so a recipe's overrides cannot", "give one of them")
+        cands = [scheme_rules(str(c)).name for c in self.candidates] or default_candidates(rules, self.output_format)
+        if rules.name not in cands:
+            cands.append(rules.name)
+        cands = sorted(set(cands), key=list(SCHEME_RULES).index)
+        for c in cands:
+            self.candidate(c)
+        self._set("candidates", tuple(cands))
+
+    def candidate(self, scheme: str) -> QuantizeConfig:
+        """This config with ``scheme`` (for --target-bpw), in the run's format, group size and symmetry."""
+        return self._with({"scheme": scheme, "group_size": self.group_size, "asym": self.asym}, f"--candidates {scheme}")
 
     def _with(self, settings: dict, where: str) -> QuantizeConfig:
         """This config with an override's settings, in the format of the whole run."""
@@ -182,7 +220,7 @@ class QuantizeConfig(Config):
             s.setdefault("group_size", None)
             s.setdefault("asym", False)
         try:
-            return dataclasses.replace(self, overrides=(), format=self.output_format, **s)
+            return dataclasses.replace(self, overrides=(), target_bpw=None, candidates=(), format=self.output_format, **s)
         except UsageError as e:
             raise UsageError(f"{where}: {e.message}", e.hint) from None
 

@@ -111,6 +111,8 @@ def _plan(cfg: QuantizeConfig, ck: Checkpoint, out: Output, device: torch.device
     problems = Problems(f"the quantization of {ck.label}")
     for s, names in per_tensor_specs(plan):
         check_shapes(ck, names, s, problems)
+    for c in cfg.candidates:  # --target-bpw: every candidate must fit every target
+        check_shapes(ck, targets, quant_spec(cfg.candidate(c), []), problems)
     if plan.format == "gguf":
         _plan_gguf(plan, problems)
     elif plan.format == "compressed-tensors":

@@ -99,6 +99,8 @@ class QuantizeResult(Result):
     seconds: float
     notes: list[str] = field(default_factory=list)
     tensors: list[TensorRow] = field(default_factory=list)
+    target_bpw: float | None = None  # --target-bpw: the budget, and per target the choice among the candidates
+    choices: list[dict] = field(default_factory=list)
 
     @classmethod
     def of(cls, plan: QuantizePlan, rows: list[TensorRow], seconds: float) -> QuantizeResult:
@@ -141,13 +143,22 @@ def run_quantize(plan: QuantizePlan, progress: Progress = SILENT, command: str |
     in the output's metadata (the CLI passes the command line)."""
     for n in plan.notes:
         progress.note(n)
+    t0 = time.perf_counter()
+    choices: list[dict] = []
+    if plan.config.target_bpw is not None:
+        from .budget import choose_schemes
+
+        with cpu_threads():
+            choices = choose_schemes(plan, progress)
     progress.start(f"quantize {plan.spec.scheme.name}", plan.bytes_to_read, "bytes")
     if command is None:
         command = f"modelsurgeon.quantize({plan.ck.label!r}, {str(plan.output.path)!r}, scheme={plan.spec.scheme.name!r})"
-    t0 = time.perf_counter()
     with cpu_threads():
         rows = _write_gguf(plan, progress) if plan.format == "gguf" else _write_folder(plan, progress, command)
-    return QuantizeResult.of(plan, rows, time.perf_counter() - t0)
+    result = QuantizeResult.of(plan, rows, time.perf_counter() - t0)
+    if plan.config.target_bpw is not None:
+        result.target_bpw, result.choices = plan.config.target_bpw, choices
+    return result
 
 
 def _quantize_one(plan: QuantizePlan, name: str, w: torch.Tensor, need_dequant: bool) -> QuantizedWeight:
