@@ -35,7 +35,8 @@ def main() -> None:
     )
     body = (root / "merge.yaml").read_text().splitlines()
     (root / "run.yaml").write_text(
-        "version: 1\nsteps:\n  - merge:\n" + "\n".join("      " + x for x in body)
+        "version: 1\nsteps:\n  - merge:\n"
+        + "\n".join("      " + x for x in body)
         + "\n  - prune: {pattern: '2:4'}\n  - quantize: {scheme: w4a16}\n"
     )
     t1, r1 = run_measured([*SURGEON, "merge", str(root / "merge.yaml"), "-o", str(root / "m1"), "-q"])
@@ -47,7 +48,9 @@ def main() -> None:
     print(f"model {size:.0f} MiB per input ({args.layers} layers, hidden {args.hidden}, bf16)")
     print("| what | seconds | peak RSS MiB |\n|---|---|---|")
     print(f"| surgeon merge | {t1:.1f} | {r1:.0f} |\n| surgeon prune --pattern 2:4 | {t2:.1f} | {r2:.0f} |")
-    print(f"| surgeon quantize --scheme w4a16 | {t3:.1f} | {r3:.0f} |\n| three commands | {t1 + t2 + t3:.1f} | {max(r1, r2, r3):.0f} |")
+    print(
+        f"| surgeon quantize --scheme w4a16 | {t3:.1f} | {r3:.0f} |\n| three commands | {t1 + t2 + t3:.1f} | {max(r1, r2, r3):.0f} |"
+    )
     print(f"| surgeon run (the same three steps) | {tr:.1f} | {rr:.0f} |")
     print("outputs: the same tensors")
 
