@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from . import dequantize, expand, intrinsic_dim, merge, prune, quantize, report
+from . import dequantize, expand, intrinsic_dim, merge, prune, quantize, report, run
 
 app = typer.Typer(
     name="surgeon",
@@ -28,6 +28,7 @@ app.command("merge", epilog=merge.EPILOG)(merge.merge)
 app.command("dequantize", epilog=dequantize.EPILOG)(dequantize.dequantize)
 app.command("intrinsic-dim", epilog=intrinsic_dim.EPILOG)(intrinsic_dim.intrinsic_dim)
 app.command("expand-subspace", epilog=expand.EPILOG)(expand.expand_subspace)
+app.command("run", epilog=run.EPILOG)(run.run)
 
 
 def _print_version(value: bool) -> None:

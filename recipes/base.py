@@ -255,7 +255,7 @@ class Config:
 
 
 def _plain(v):
-    if isinstance(v, Config):
+    if hasattr(v, "to_dict") and not isinstance(v, type):  # a Config, an override entry
         return v.to_dict()
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return {f.name: _plain(getattr(v, f.name)) for f in fields(v)}

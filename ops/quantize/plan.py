@@ -56,6 +56,11 @@ class QuantizePlan:
     notes: list[str] = field(default_factory=list)  # told to the user before the run, and kept in the result
     gguf_tensors: list[GGUFTensor] | None = None  # --format gguf: the file's tensors, in order
     gguf_metadata: dict | None = None
+    specs: dict[str, QuantSpec] = field(default_factory=dict)  # per target, where overrides change ``spec``
+
+    def spec_for(self, name: str) -> QuantSpec:
+        """The scheme and settings target ``name`` is quantized with (``spec`` unless an override says otherwise)."""
+        return self.specs.get(name, self.spec)
 
     @property
     def bytes_to_read(self) -> int:
@@ -104,7 +109,10 @@ def _plan(cfg: QuantizeConfig, ck: Checkpoint, out: Output, device: torch.device
         )
     plan = QuantizePlan(cfg, ck, spec, cfg.output_format, targets, out, device, notes)
     problems = Problems(f"the quantization of {ck.label}")
-    check_shapes(ck, targets, spec, problems)
+    for s, names in per_tensor_specs(plan):
+        check_shapes(ck, names, s, problems)
+    for c in cfg.candidates:  # --target-bpw: every candidate must fit every target
+        check_shapes(ck, targets, quant_spec(cfg.candidate(c), []), problems)
     if plan.format == "gguf":
         _plan_gguf(plan, problems)
     elif plan.format == "compressed-tensors":
@@ -129,6 +137,24 @@ def quant_spec(cfg: QuantizeConfig, notes: list[str]) -> QuantSpec:
         group = hqq.group_size
         notes.append(f"hqq: group size {group} (HQQ's default); pass --group-size {s.group_size} for {s.name}'s usual one")
     return QuantSpec(s, group, cfg.symmetric, hqq)
+
+
+def per_tensor_specs(plan: QuantizePlan) -> list[tuple[QuantSpec, list[str]]]:
+    """Fill ``plan.specs`` from the config's overrides; the targets grouped by the spec they get."""
+    cfg = plan.config
+    made: dict[QuantizeConfig, QuantSpec] = {cfg: plan.spec}
+    groups: dict[int, tuple[QuantSpec, list[str]]] = {}
+    for name in plan.targets:
+        c = cfg.for_tensor(name)
+        if c not in made:
+            notes: list[str] = []
+            made[c] = quant_spec(c, notes)
+            plan.notes.extend(n for n in notes if n not in plan.notes)
+        s = made[c]
+        if s is not plan.spec:
+            plan.specs[name] = s
+        groups.setdefault(id(s), (s, []))[1].append(name)
+    return list(groups.values())
 
 
 def check_not_quantized(ck: Checkpoint, notes: list[str]) -> None:
@@ -226,7 +252,7 @@ def _plan_gguf(plan: QuantizePlan, problems: Problems) -> None:
     ck = plan.ck
     try:
         check_architecture(ck.config, ck.label)
-        plan.gguf_tensors = plan_tensors(ck.infos(), set(plan.targets), plan.spec.scheme.gguf_type)
+        plan.gguf_tensors = plan_tensors(ck.infos(), {n: plan.spec_for(n).scheme.gguf_type for n in plan.targets})
     except SurgeonError as e:  # not a Llama: nothing below applies
         problems.add(str(e))
         return

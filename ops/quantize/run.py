@@ -99,6 +99,8 @@ class QuantizeResult(Result):
     seconds: float
     notes: list[str] = field(default_factory=list)
     tensors: list[TensorRow] = field(default_factory=list)
+    target_bpw: float | None = None  # --target-bpw: the budget, and per target the choice among the candidates
+    choices: list[dict] = field(default_factory=list)
 
     @classmethod
     def of(cls, plan: QuantizePlan, rows: list[TensorRow], seconds: float) -> QuantizeResult:
@@ -141,19 +143,28 @@ def run_quantize(plan: QuantizePlan, progress: Progress = SILENT, command: str |
     in the output's metadata (the CLI passes the command line)."""
     for n in plan.notes:
         progress.note(n)
+    t0 = time.perf_counter()
+    choices: list[dict] = []
+    if plan.config.target_bpw is not None:
+        from .budget import choose_schemes
+
+        with cpu_threads():
+            choices = choose_schemes(plan, progress)
     progress.start(f"quantize {plan.spec.scheme.name}", plan.bytes_to_read, "bytes")
     if command is None:
         command = f"modelsurgeon.quantize({plan.ck.label!r}, {str(plan.output.path)!r}, scheme={plan.spec.scheme.name!r})"
-    t0 = time.perf_counter()
     with cpu_threads():
         rows = _write_gguf(plan, progress) if plan.format == "gguf" else _write_folder(plan, progress, command)
-    return QuantizeResult.of(plan, rows, time.perf_counter() - t0)
+    result = QuantizeResult.of(plan, rows, time.perf_counter() - t0)
+    if plan.config.target_bpw is not None:
+        result.target_bpw, result.choices = plan.config.target_bpw, choices
+    return result
 
 
 def _quantize_one(plan: QuantizePlan, name: str, w: torch.Tensor, need_dequant: bool) -> QuantizedWeight:
     dev = plan.device
     wd = w.to(dev, non_blocking=True) if dev.type != "cpu" else w
-    qw = quantize_weight(wd, plan.spec, plan.config.use_triton, need_dequant)
+    qw = quantize_weight(wd, plan.spec_for(name), plan.config.use_triton, need_dequant)
     if not need_dequant:
         qw.dequantized = None
     sig, noise = qw.extra["signal"], qw.extra["noise"]
@@ -168,13 +179,13 @@ def _quantize_one(plan: QuantizePlan, name: str, w: torch.Tensor, need_dequant: 
 def _write_folder(plan: QuantizePlan, progress: Progress, command: str) -> list[TensorRow]:
     from .formats import compressed_tensors as ct
 
-    ck, spec = plan.ck, plan.spec
+    ck = plan.ck
     dense = plan.format == "dense"
     targets = set(plan.targets)
     specs: list[TensorSpec] = []
     for info in ck.infos():
         if info.name in targets and not dense:
-            specs += ct.output_specs(info.name, info.shape, info.torch_dtype, spec)
+            specs += ct.output_specs(info.name, info.shape, info.torch_dtype, plan.spec_for(info.name))
         else:
             specs.append(TensorSpec(info.name, tuple(info.shape), info.torch_dtype))
     rows: list[TensorRow] = []
@@ -187,6 +198,7 @@ def _write_folder(plan: QuantizePlan, progress: Progress, command: str) -> list[
                 yield name, w
             else:
                 qw = _quantize_one(plan, name, w, need_dequant=dense)
+                spec = plan.spec_for(name)
                 if dense:
                     out = [(name, qw.dequantized.to("cpu"))]
                 else:
@@ -200,7 +212,9 @@ def _write_folder(plan: QuantizePlan, progress: Progress, command: str) -> list[
 
     update = None
     if not dense:
-        qcfg = ct.quantization_config(spec, ct.ignore_list(ck.infos(), targets, ck.config))
+        qcfg = ct.quantization_config(
+            plan.spec, ct.ignore_list(ck.infos(), targets, ck.config), {n: plan.specs[n] for n in plan.targets if n in plan.specs}
+        )
         update = lambda cfg: {**cfg, "quantization_config": qcfg}  # noqa: E731
     meta = {"modelsurgeon_recipe": json.dumps(recipe(plan), sort_keys=True)}
     write_folder(plan.output, specs, produce(), source=ck, command=command, metadata=meta, update_config=update)
@@ -220,7 +234,7 @@ def recipe(plan: QuantizePlan) -> dict:
 def _write_gguf(plan: QuantizePlan, progress: Progress) -> list[TensorRow]:
     from .formats.gguf import StreamingGGUF, heads_for, permute_rows, stored_array
 
-    ck, spec = plan.ck, plan.spec
+    ck = plan.ck
     by_name = {t.hf_name: t for t in plan.gguf_tensors}
     targets = set(plan.targets)
     rows: list[TensorRow] = []
@@ -237,7 +251,14 @@ def _write_gguf(plan: QuantizePlan, progress: Progress) -> list[TensorRow]:
                     qw = _quantize_one(plan, name, w, need_dequant=False)
                     writer.write(qw.parts["blocks"].cpu().numpy())
                     rows.append(
-                        TensorRow.of(info, spec.scheme.name, qw.bits_per_weight, t.nbytes, qw.extra["signal"], qw.extra["noise"])
+                        TensorRow.of(
+                            info,
+                            plan.spec_for(name).scheme.name,
+                            qw.bits_per_weight,
+                            t.nbytes,
+                            qw.extra["signal"],
+                            qw.extra["noise"],
+                        )
                     )
                 else:
                     writer.write(stored_array(t, w))

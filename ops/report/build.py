@@ -6,6 +6,7 @@ statistics of the previous chunk are computed, so the cost stays close to the re
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -21,6 +22,24 @@ CHUNK_ELEMS = 1 << 20  # 4 MB of fp32: memory stays bounded, and the several red
 def _align(info: TensorInfo) -> int:
     row = info.shape[-1] if info.shape else 1
     return 4 if row % 4 == 0 else 1
+
+
+def provenance(ck: Checkpoint) -> dict | None:
+    """What made the checkpoint, when modelsurgeon did: its version, the command and, for `surgeon run`,
+    the recipe (from the weight file's metadata)."""
+    meta = getattr(ck, "metadata", None) or {}
+    out: dict = {}
+    for key in ("version", "command", "recipe", "run"):
+        v = meta.get(f"modelsurgeon_{key}")
+        if v is None:
+            continue
+        if key in ("recipe", "run"):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        out[key] = v
+    return out or None
 
 
 def build_report(
@@ -98,6 +117,7 @@ def build_report(
         "source_format": ck.source_format,
         "stored_bytes": ck.stored_bytes,
         "filter": name_filter.pattern if name_filter else None,
+        "provenance": provenance(ck),
         "tensors": rows,
     }
     if other is not None:

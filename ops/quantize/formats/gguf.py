@@ -144,14 +144,15 @@ class GGUFTensor:
         return rows * row_bytes(self.shape[-1], self.qtype)
 
 
-def plan_tensors(infos, targets: set[str], qtype: str) -> list[GGUFTensor]:
+def plan_tensors(infos, targets: dict[str, str]) -> list[GGUFTensor]:
+    """The file's tensors in checkpoint order; ``targets`` maps each quantized tensor to its GGUF type."""
     out = []
     for info in infos:
         name = gguf_name(info.name)
         if name is None:
             continue
         if info.name in targets:
-            out.append(GGUFTensor(info.name, name, tuple(info.shape), qtype))
+            out.append(GGUFTensor(info.name, name, tuple(info.shape), targets[info.name]))
         elif len(info.shape) <= 1 or info.dtype in ("F32", "F64") or not info.is_float:
             out.append(GGUFTensor(info.name, name, tuple(info.shape), "F32"))
         else:
