@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.patterns import check_pattern
 
 
 def did_you_mean(word: str, known) -> str:
@@ -108,13 +108,8 @@ def check_int(value, where: str, minimum: int | None = 0) -> int:
 
 
 def check_regex(pattern, where: str) -> str:
-    if not isinstance(pattern, str):
-        raise UsageError(f"{where} must be a regular expression string, got {pattern!r}")
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise UsageError(f"{where} '{pattern}' is not a valid regular expression: {e}") from None
-    return pattern
+    """A pattern that compiles in the engine every user pattern is matched with (``core.patterns``)."""
+    return check_pattern(pattern, where)
 
 
 def check_choice(value, where: str, allowed) -> str:

@@ -22,7 +22,6 @@ checked here. Nothing here imports torch: the CLI parses a recipe before any hea
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from modelsurgeon.ops.core.errors import UsageError
+from modelsurgeon.ops.core.patterns import check_pattern
 
 from .base import Config, check_int
 
@@ -269,10 +269,7 @@ def dtype_name(value, flag: str) -> str | None:
 def _check_pattern(pattern: str | None, flag: str) -> None:
     if pattern is None:
         return
-    try:
-        re.compile(pattern)
-    except (re.error, TypeError) as e:
-        raise UsageError(f"{flag} {pattern!r} is not a valid regular expression: {e}") from None
+    check_pattern(pattern, flag)
 
 
 _OVERRIDES = ("dtype", "out_dtype", "tokenizer_source")

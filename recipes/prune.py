@@ -19,11 +19,13 @@ heavy loads or any checkpoint is opened.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.patterns import UserPattern
 from modelsurgeon.ops.core.registry import Registry
 
 from .base import Config, check_choice, check_fraction, check_int, check_regex
@@ -61,6 +63,11 @@ class SparsityOverride:
     def __post_init__(self):
         check_regex(self.pattern, "override pattern")
         object.__setattr__(self, "sparsity", check_sparsity(self.sparsity, f"override {self.pattern!r} sparsity"))
+
+    @functools.cached_property
+    def regex(self) -> UserPattern:
+        """The pattern, matched with a time bound (``core.patterns``)."""
+        return UserPattern(self.pattern, "override pattern")
 
 
 def _is_override(o) -> bool:
@@ -155,7 +162,7 @@ class PruneConfig(Config):
 
     def sparsity_for(self, name: str) -> float:
         for o in self.overrides:
-            if re.search(o.pattern, name):
+            if o.regex.search(name):
                 return o.sparsity
         return self.target_sparsity
 

@@ -159,6 +159,8 @@ def plan_extract(config: ExtractConfig, output: Output | None = None) -> Extract
         raise PlanError(problems.lines(), problems.what)
     ft, bs = cks
     try:
+        if output is not None:  # again, now that the inputs are known
+            output.check("dir", inputs=[*ft.input_paths(), *bs.input_paths()])
         targets = select_targets(bs, config.include, config.exclude)
         candidates = _check_pairs(ft, bs, targets, problems)
         if problems:

@@ -212,6 +212,8 @@ def plan_merge(config: MergeConfig, output: Output | None = None, *, opener: Cal
     check_param_names(recipe, method, problems, warnings)
     models = open_models(recipe.referenced_models(), opener, problems)
     try:
+        if output is not None:  # again, now that the inputs are known
+            output.check("dir", inputs=[p for m in models for p in m.ck.input_paths()])
         builder = JobBuilder(recipe, method, models, problems)
         layout = lay_out(builder, warnings)
         plan_alignment(builder, layout)

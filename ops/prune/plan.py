@@ -112,6 +112,8 @@ def plan_prune(
     criterion = get_criterion(cfg.method)
     ck = open_checkpoint(model, revision)
     try:
+        if output is not None:  # again with what it may not touch, and the room it needs
+            output.check("dir", inputs=ck.input_paths(), expected_bytes=sum(i.nbytes for i in ck.infos()))
         return _plan(ck, cfg, criterion, output, dev, use_triton)
     except BaseException:
         ck.close()

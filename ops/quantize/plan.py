@@ -109,7 +109,7 @@ def _plan(cfg: QuantizeConfig, ck: Checkpoint, out: Output, device: torch.device
     elif plan.format == "compressed-tensors":
         _plan_compressed_tensors(plan, problems)
     try:
-        out.check("file" if plan.format == "gguf" else "dir")
+        out.check("file" if plan.format == "gguf" else "dir", inputs=ck.input_paths())
     except SurgeonError as e:
         problems.add(str(e))
     problems.raise_if_any()

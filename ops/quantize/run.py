@@ -224,7 +224,7 @@ def _write_gguf(plan: QuantizePlan, progress: Progress) -> list[TensorRow]:
     by_name = {t.hf_name: t for t in plan.gguf_tensors}
     targets = set(plan.targets)
     rows: list[TensorRow] = []
-    with plan.output.file() as out:
+    with plan.output.file(expected_bytes=sum(t.nbytes for t in plan.gguf_tensors)) as out:
         writer = StreamingGGUF(out.path, plan.gguf_tensors, plan.gguf_metadata)
         try:
             for name, w in ck.iter_tensors(list(by_name)):

@@ -6,10 +6,10 @@ statistics of the previous chunk are computed, so the cost stays close to the re
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from modelsurgeon.ops.core.errors import SurgeonError
+from modelsurgeon.ops.core.patterns import UserPattern
 from modelsurgeon.ops.core.streaming import prefetched
 from modelsurgeon.ops.io.checkpoint import Checkpoint, TensorInfo
 
@@ -26,7 +26,7 @@ def _align(info: TensorInfo) -> int:
 def build_report(
     ck: Checkpoint,
     other: Checkpoint | None = None,
-    name_filter: re.Pattern | None = None,
+    name_filter: UserPattern | None = None,
     top: int | None = None,
     advance: Callable[[int], None] = lambda n: None,
 ) -> dict:

@@ -219,10 +219,13 @@ class StreamingGGUF:
 def file_metadata(config: dict, qtype: str, name: str, vocab: dict) -> dict:
     import gguf
 
+    from modelsurgeon import __version__
+
     meta = {
         "general.name": name,
         "general.file_type": _FILE_TYPE[qtype],
         "general.quantization_version": int(gguf.GGML_QUANT_VERSION),
+        "modelsurgeon.version": __version__,  # provenance: --force replaces only files that carry it
     }
     meta.update(hyperparameters(config))
     meta.update(vocab)
