@@ -484,6 +484,28 @@ class Checkpoint:
 
 
 # --------------------------------------------------------------------------------------------
+# quantized checkpoints: what the commands that need full-precision weights refuse
+
+_QUANTIZED_DTYPES = {"I8", "U8", "I32", "F8_E4M3", "F8_E5M2", "F8_E8M0"}
+# tensors that quantized checkpoints hold (compressed-tensors, GPTQ/AWQ, bitsandbytes) and plain ones do not
+_QUANTIZED_NAMES = re.compile(
+    r"(weight_packed|weight_scale|weight_zero_point|qweight|qzeros|\.scales|\.absmax|quant_state|\.SCB)$"
+)
+
+
+def quantized_reason(ck) -> str | None:
+    """Why ``ck`` is a quantized checkpoint (its config's quantization_config, or a quantized tensor), or None."""
+    qc = (ck.config or {}).get("quantization_config")
+    if qc:
+        what = " ".join(str(qc.get(k)) for k in ("quant_method", "format") if isinstance(qc, dict) and qc.get(k))
+        return f"config.json quantization_config: {what or 'present'}"
+    for info in ck.infos():
+        if _QUANTIZED_NAMES.search(info.name) or (info.dtype in _QUANTIZED_DTYPES and info.name.endswith("weight")):
+            return f"it holds {info.name} ({info.dtype})"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
 # open
 
 

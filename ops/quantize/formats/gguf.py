@@ -69,11 +69,53 @@ def check_architecture(config: dict | None, label: str) -> str:
         raise SurgeonError(f"{label} has no config.json, which --format gguf needs", f"supported: {supported}")
     mt = config.get("model_type")
     if mt not in SUPPORTED:
-        arch = ", ".join(config.get("architectures") or []) or "unknown"
+        archs = config.get("architectures")
+        arch = ", ".join(map(str, archs)) if isinstance(archs, list) and archs else "unknown"
         raise SurgeonError(
             f"--format gguf does not support {label} (model_type {mt!r}, {arch})", f"supported architectures: {supported}"
         )
+    check_config_numbers(config, label)
     return mt
+
+
+_INT_FIELDS = {  # config.json fields the llama metadata is made of: required, then optional
+    "num_attention_heads": True,
+    "hidden_size": True,
+    "num_hidden_layers": True,
+    "intermediate_size": True,
+    "vocab_size": True,
+    "num_key_value_heads": False,
+    "head_dim": False,
+    "max_position_embeddings": False,
+}
+
+
+def check_config_numbers(config: dict, label: str) -> None:
+    """Every number the GGUF metadata takes from config.json is present (when required) and sane, so a null,
+    a string or an absurd value is one line here rather than a crash later."""
+    for key, required in _INT_FIELDS.items():
+        v = config.get(key)
+        if v is None and not required:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**31:
+            raise SurgeonError(
+                f"{label}'s config.json has {key} = {v!r}; --format gguf needs a positive integer below 2**31", "fix config.json"
+            )
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    if heads % kv:
+        raise SurgeonError(f"{label}'s config.json has {heads} attention heads, not a multiple of {kv} key/value heads")
+    for key in ("rms_norm_eps", "rope_theta"):
+        v = config.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+            raise SurgeonError(f"{label}'s config.json has {key} = {v!r}; it must be a positive number", "fix config.json")
+    for key in ("rope_scaling", "rope_parameters"):
+        v = config.get(key)
+        if v is not None and not isinstance(v, dict):
+            raise SurgeonError(f"{label}'s config.json has {key} = {v!r}; it must be an object or null", "fix config.json")
+        for sub in ("factor", "rope_theta"):
+            x = (v or {}).get(sub)
+            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < float("inf")):
+                raise SurgeonError(f"{label}'s config.json has {key}.{sub} = {x!r}", "fix config.json")
 
 
 def _rope(config: dict) -> tuple[float, dict | None]:
