@@ -184,7 +184,15 @@ def entry() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_now)
     rc = main()
-    sys.stdout.flush()
+    if rc in (128 + signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGHUP):
+        # interrupted: a worker thread may still be inside a torch op (core.interrupt), and the interpreter's
+        # shutdown would then abort the process; everything was cleaned up on the way here, so leave now
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(rc)
     sys.exit(rc)
 
 

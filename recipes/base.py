@@ -107,6 +107,16 @@ def check_int(value, where: str, minimum: int | None = 0) -> int:
     return value
 
 
+MAX_SEED = 2**63 - 1  # torch.Generator's range that every command shares
+
+
+def check_seed(value, where: str = "--seed") -> int:
+    """A seed: an integer in [0, 2**63), the same rule for every command (torch and numpy both take it)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise UsageError(f"{where} must be an integer from 0 to 2**63-1, got {value!r}")
+    return value
+
+
 def check_regex(pattern, where: str) -> str:
     """A pattern that compiles in the engine every user pattern is matched with (``core.patterns``)."""
     return check_pattern(pattern, where)

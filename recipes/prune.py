@@ -28,7 +28,7 @@ from modelsurgeon.ops.core.errors import SurgeonError, UsageError
 from modelsurgeon.ops.core.patterns import UserPattern
 from modelsurgeon.ops.core.registry import Registry
 
-from .base import Config, check_choice, check_fraction, check_int, check_regex
+from .base import Config, check_choice, check_fraction, check_regex, check_seed
 
 SCOPES = ("layer", "row", "global")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -98,7 +98,7 @@ class PruneConfig(Config):
             raise UsageError(f"--method must be a name, got {self.method!r}")
         METHODS.lookup(self.method)
         check_choice(self.scope, "--scope", SCOPES)
-        check_int(self.seed, "--seed")
+        check_seed(self.seed, "--seed")
         for where, rx in (("--include", self.include), ("--exclude", self.exclude)):
             if rx is not None:
                 check_regex(rx, where)

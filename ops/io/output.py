@@ -134,6 +134,12 @@ def check_target(target: str | Path, kind: str, force: bool, inputs: Iterable[st
         )
 
 
+def local_inputs(*specs) -> list[Path]:
+    """The inputs among what the user typed that are local paths (a Hub id is not): for the first check of
+    OUT, before the inputs are opened."""
+    return [Path(s).expanduser() for s in specs if s is not None and os.path.exists(os.path.expanduser(str(s)))]
+
+
 def _same(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)

@@ -21,7 +21,7 @@ from modelsurgeon.ops.core.device import resolve_device
 from modelsurgeon.ops.core.errors import SurgeonError
 from modelsurgeon.ops.core.problems import Problems
 from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint
-from modelsurgeon.ops.io.output import Output
+from modelsurgeon.ops.io.output import Output, local_inputs
 from modelsurgeon.ops.io.targets import select_targets
 from modelsurgeon.recipes.prune import PruneConfig
 
@@ -107,7 +107,7 @@ def plan_prune(
     """Open MODEL (headers only) and plan the pruning; ``output`` None plans a dry run. The caller closes
     the plan (it is a context manager)."""
     if output is not None:
-        output.check("dir")
+        output.check("dir", inputs=local_inputs(model))
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     criterion = get_criterion(cfg.method)
     ck = open_checkpoint(model, revision)
