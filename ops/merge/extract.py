@@ -162,9 +162,11 @@ def plan_extract(config: ExtractConfig, output: Output | None = None) -> Extract
         if output is not None:  # again, now that the inputs are known
             output.check("dir", inputs=[*ft.input_paths(), *bs.input_paths()])
         for ck in (ft, bs):
-            reason = quantized_reason(ck)
+            reason = quantized_reason(ck) if ck.source_format is None else None  # a dequantizing view reads them
             if reason is not None:
-                problems.add(f"{ck.label} is quantized ({reason}); extract LoRA factors from the full-precision checkpoints")
+                problems.add(
+                    f"{ck.label} is quantized ({reason}) in a form that is not read yet; extract LoRA factors from the full-precision checkpoints"
+                )
         targets = select_targets(bs, config.include, config.exclude)
         candidates = _check_pairs(ft, bs, targets, problems)
         if problems:

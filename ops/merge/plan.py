@@ -215,10 +215,10 @@ def plan_merge(config: MergeConfig, output: Output | None = None, *, opener: Cal
         if output is not None:  # again, now that the inputs are known
             output.check("dir", inputs=[p for m in models for p in getattr(m.ck, "input_paths", list)()])
         for m in models:
-            reason = quantized_reason(m.ck) if hasattr(m.ck, "infos") else None
+            reason = quantized_reason(m.ck) if hasattr(m.ck, "infos") and getattr(m.ck, "source_format", None) is None else None
             if reason is not None:
                 problems.add(
-                    f"{m.label} is quantized ({reason}); merging quantized weights is not supported: merge the full-precision checkpoints"
+                    f"{m.label} is quantized ({reason}); a form that is not read yet: merge the full-precision checkpoints"
                 )
         builder = JobBuilder(recipe, method, models, problems)
         layout = lay_out(builder, warnings)
