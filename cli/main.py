@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = show
         try:
             rv = app(args=argv, prog_name="surgeon", standalone_mode=False)
+            if rv == 130:  # typer turns a KeyboardInterrupt into a silent 130 (the output was cleaned up on the way)
+                print(f"interrupted; {_written()}", file=sys.stderr)
             return rv if isinstance(rv, int) else 0
         except SurgeonError as e:
             if debug:
