@@ -20,7 +20,6 @@ from builders import make_tiny_llama, write_checkpoint
 from helpers import assert_one_line_error, run, run_json
 
 from modelsurgeon.ops.core.errors import SurgeonError
-from modelsurgeon.ops.io.output import MARKER, OutputDir, OutputFile, output_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,6 +133,8 @@ def test_force_replaces_an_earlier_output_and_an_empty_folder(capsys, tmp_path, 
 
 
 def test_an_output_that_appears_during_the_run_is_not_replaced(tmp_path):
+    from modelsurgeon.ops.io.output import OutputDir, OutputFile
+
     target = tmp_path / "out"
     with OutputDir(target) as o:
         (o.path / "a.txt").write_text("new\n")
@@ -153,6 +154,8 @@ def test_an_output_that_appears_during_the_run_is_not_replaced(tmp_path):
 
 
 def test_the_old_output_goes_only_once_the_new_one_is_in_place(tmp_path, monkeypatch):
+    from modelsurgeon.ops.io.output import OutputDir
+
     target = tmp_path / "out"
     with OutputDir(target) as o:
         (o.path / "model.safetensors").write_bytes(b"x")
@@ -189,6 +192,8 @@ with output_lock(sys.argv[1]):
 
 
 def test_a_concurrent_run_to_the_same_output_fails_at_once(capsys, tmp_path, small_ckpt):
+    from modelsurgeon.ops.io.output import output_lock
+
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
     try:
@@ -213,6 +218,8 @@ def dead_pid() -> int:
 
 
 def test_a_temp_folder_left_by_a_killed_run_is_removed_with_a_note(capsys, tmp_path, small_ckpt):
+    from modelsurgeon.ops.io.output import MARKER
+
     out = tmp_path / "out"
     stale = tmp_path / f".out.tmp-{dead_pid()}-abcdef"
     stale.mkdir()
@@ -422,10 +429,12 @@ def test_compare_with_nan_reports_nan_and_fails_the_gate(capsys, tmp_path):
     b[2, 3] = float("nan")
     ma = write_checkpoint(tmp_path / "a", {"w": a})
     mb = write_checkpoint(tmp_path / "b", {"w": b})
-    r = run_json(capsys, "report", ma, "--compare", mb)
-    assert r["compare"]["max_rel_l2"] == "nan"
-    c, out, err = run(capsys, "report", ma, "--compare", mb, "--require", "max_rel_l2<0.1")
-    assert c == 1, (out, err)
+    for x, y in ((ma, mb), (mb, ma)):  # the NaN in the other model, then in the model itself
+        r = run_json(capsys, "report", x, "--compare", y)
+        assert r["compare"]["max_rel_l2"] == r["compare"]["mean_rel_l2"] == r["compare"]["min_cosine"] == "nan", r["compare"]
+        for gate in ("max_rel_l2<0.1", "mean_rel_l2<0.1", "min_cosine>0.9"):
+            c, out, err = run(capsys, "report", x, "--compare", y, "--require", gate)
+            assert c == 1, (gate, out, err)
 
 
 def test_every_safetensors_dtype_is_reported(capsys, tmp_path):
