@@ -310,11 +310,11 @@ def _check_entry(entry) -> str | None:
     if not isinstance(entry, dict):
         return "no dtype/shape/offsets record"
     dt, shape, off = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dt not in _ST_DTYPES:
+    if not isinstance(dt, str) or dt not in _ST_DTYPES:
         return f"an unknown dtype {dt!r}"
     if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
         return f"an invalid shape {shape!r}"
-    if math.prod(s for s in shape if s) > MAX_ELEMENTS or len(shape) > 64:
+    if len(shape) > 64 or math.prod(s for s in shape if s) > MAX_ELEMENTS:
         return f"a shape {shape!r} no tensor can have (more than 2**63 elements along its dimensions)"
     if (
         not isinstance(off, list)

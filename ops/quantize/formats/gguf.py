@@ -68,7 +68,7 @@ def check_architecture(config: dict | None, label: str) -> str:
     if not config:
         raise SurgeonError(f"{label} has no config.json, which --format gguf needs", f"supported: {supported}")
     mt = config.get("model_type")
-    if mt not in SUPPORTED:
+    if not isinstance(mt, str) or mt not in SUPPORTED:
         archs = config.get("architectures")
         arch = ", ".join(map(str, archs)) if isinstance(archs, list) and archs else "unknown"
         raise SurgeonError(
