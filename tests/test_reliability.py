@@ -603,3 +603,98 @@ def test_readme_states_the_output_rules():
     section = text[text.index("## Outputs") : text.index("## Conventions")]
     for promise in ("may not be an input", "only an earlier", "lock", "removed only after"):
         assert promise in section.replace("\n", " "), promise
+
+
+# ------------------------------------------------------------------------------------------
+# 4. intrinsic-dim: the doubling stops where memory ends, and Ctrl-C is heard at once
+
+
+def test_the_search_stops_doubling_when_the_next_run_would_not_fit(capsys, monkeypatch):
+    from modelsurgeon.ops.intrinsic import search
+    from modelsurgeon.ops.intrinsic.projections import estimate_bytes
+
+    free = int(estimate_bytes("dense", 1000, 4) / search.HEADROOM) + 1  # toy: D = 1000; d = 4 fits, 8 does not
+    monkeypatch.setattr(search, "available_bytes", lambda: free)
+    c, out, err = run(capsys, "intrinsic-dim", "--task", "toy", "--projection", "dense", "--d-start", "2", "--json", "-q")
+    assert c == 0, err
+    r = json.loads(out)
+    stop = r["search"]["memory_stop"]
+    assert stop["d"] == 8 and stop["need_bytes"] > search.HEADROOM * free
+    assert max(x["d"] for x in r["records"] if x["kind"] == "subspace") == 4
+    assert "the search stopped at d = 8" in out + err
+
+
+def test_ctrl_c_stops_the_search_within_seconds(tmp_path):
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "modelsurgeon",
+            "intrinsic-dim",
+            "--task",
+            "digits",
+            "--epochs",
+            "50",
+            "--plot",
+            str(tmp_path / "p.png"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while not line.startswith("intrinsic-dim:") and time.monotonic() < deadline:  # the plan: training starts
+            line = p.stderr.readline()
+            if not line:
+                break
+        time.sleep(3)
+        t = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+        waited = time.monotonic() - t
+    finally:
+        p.kill()
+    assert p.returncode == 130 and "interrupted" in err, err
+    assert waited < 10, waited  # a second on an idle machine; slack for a loaded CI runner
+    assert not (tmp_path / "p.png").exists()
+    no_temp(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------
+# 7. a full disk or a read-only place is one line
+
+
+def test_a_full_disk_while_writing_is_one_line(capsys, tmp_path, small_ckpt, monkeypatch):
+    import errno
+
+    from modelsurgeon.ops.io import writer
+
+    def full(self, name, tensor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.ShardedWriter, "write", full)
+    c, out, err = run(capsys, "prune", small_ckpt, "-o", tmp_path / "o", "--sparsity", "0.5")
+    assert_one_line_error(c, out, err, 1, "space")
+    assert not (tmp_path / "o").exists()
+    no_temp(tmp_path)
+
+
+def test_a_read_only_place_is_refused_before_the_work(capsys, tmp_path, small_ckpt, monkeypatch):
+    from modelsurgeon.ops.io import output
+
+    real = os.statvfs
+
+    class ReadOnly:
+        def __init__(self, st):
+            self.f_bavail, self.f_frsize, self.f_flag = st.f_bavail, st.f_frsize, st.f_flag | os.ST_RDONLY
+
+    monkeypatch.setattr(output.os, "statvfs", lambda p: ReadOnly(real(p)))
+    for args in (
+        ["prune", small_ckpt, "-o", tmp_path / "o", "--sparsity", "0.5"],
+        ["intrinsic-dim", "--task", "toy", "--grid", "10", "--save-subspace", tmp_path / "s.safetensors"],
+        ["intrinsic-dim", "--task", "toy", "--grid", "10", "--plot", tmp_path / "p.png"],
+    ):
+        c, out, err = run(capsys, *args)
+        assert_one_line_error(c, out, err, 1, "read-only")
