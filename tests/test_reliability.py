@@ -624,6 +624,7 @@ def test_the_search_stops_doubling_when_the_next_run_would_not_fit(capsys, monke
     assert "the search stopped at d = 8" in out + err
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_the_search_within_seconds(tmp_path):
     p = subprocess.Popen(
         [
@@ -698,3 +699,25 @@ def test_a_read_only_place_is_refused_before_the_work(capsys, tmp_path, small_ck
     ):
         c, out, err = run(capsys, *args)
         assert_one_line_error(c, out, err, 1, "read-only")
+
+
+# ------------------------------------------------------------------------------------------
+# 6. merging quantized checkpoints merges their values, not their codes
+
+
+@pytest.mark.slow
+def test_merging_two_w8a8_checkpoints_merges_the_dequantized_weights(capsys, tmp_path):
+    from safetensors.torch import load_file
+
+    q = []
+    for seed in (0, 1):
+        src = make_tiny_llama(tmp_path / f"m{seed}", seed=seed)
+        run_json(capsys, "quantize", src, "-o", tmp_path / f"q{seed}", "--scheme", "w8a8", "-q")
+        run_json(capsys, "dequantize", tmp_path / f"q{seed}", "-o", tmp_path / f"d{seed}", "-q")
+        q.append(tmp_path / f"q{seed}")
+    run_json(capsys, "merge", "--method", "linear", *q, "-o", tmp_path / "from-q", "-q")
+    run_json(capsys, "merge", "--method", "linear", tmp_path / "d0", tmp_path / "d1", "-o", tmp_path / "from-d", "-q")
+    a, b = load_file(str(tmp_path / "from-q" / "model.safetensors")), load_file(str(tmp_path / "from-d" / "model.safetensors"))
+    assert a.keys() == b.keys() and not any(k.endswith(("weight_scale", "weight_packed")) for k in a)
+    for k in a:
+        assert a[k].is_floating_point() and torch.equal(a[k], b[k]), k
