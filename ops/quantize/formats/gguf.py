@@ -120,7 +120,7 @@ def check_config_numbers(config: dict, label: str) -> None:
 
 def _rope(config: dict) -> tuple[float, dict | None]:
     params = config.get("rope_parameters") or {}
-    theta = config.get("rope_theta", params.get("rope_theta", 10000.0))
+    theta = config.get("rope_theta") or params.get("rope_theta") or 10000.0
     scaling = config.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
     return float(theta), scaling
 
@@ -132,7 +132,7 @@ def hyperparameters(config: dict) -> dict:
     head_dim = int(config.get("head_dim") or hidden // n_head)
     theta, scaling = _rope(config)
     kv = {
-        "llama.context_length": int(config.get("max_position_embeddings", 2048)),
+        "llama.context_length": int(config.get("max_position_embeddings") or 2048),
         "llama.embedding_length": hidden,
         "llama.block_count": int(config["num_hidden_layers"]),
         "llama.feed_forward_length": int(config["intermediate_size"]),
