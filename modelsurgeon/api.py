@@ -166,15 +166,24 @@ def expand_subspace(
     max_shard_size: str | int = "5GB",
     progress: Progress | None = None,
     command: str | None = None,
+    task: str | None = None,
 ) -> ExpandResult:
     """A subspace file written by ``intrinsic_dim(save_subspace=...)`` back into the full trained checkpoint
     at ``output``: theta_0 (rebuilt from its seeds, or the base checkpoint, at its recorded path or ``base``,
-    checked by sha256) + P theta_d. ``result.bit_exact`` says whether it equals the trained weights bit for bit."""
+    checked by sha256) + P theta_d. ``result.bit_exact`` says whether it equals the trained weights bit for bit.
+    A subspace of a ``module:function`` task's model needs ``task=`` (the file never chooses code to run)."""
     from modelsurgeon.ops.core.progress import SILENT
     from modelsurgeon.ops.intrinsic.expand import PYTHON_COMMAND, plan_expand, run_expand
 
     with plan_expand(
-        path, output, base=base, device=device, force=force, max_shard_size=max_shard_size, command=command or PYTHON_COMMAND
+        path,
+        output,
+        base=base,
+        device=device,
+        force=force,
+        max_shard_size=max_shard_size,
+        command=command or PYTHON_COMMAND,
+        task=task,
     ) as plan:
         return run_expand(plan, progress or SILENT)
 

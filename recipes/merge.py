@@ -22,7 +22,6 @@ checked here. Nothing here imports torch: the CLI parses a recipe before any hea
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,9 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from modelsurgeon.ops.core.errors import UsageError
+from modelsurgeon.ops.core.patterns import check_pattern
 
-from .base import Config, check_int
+from .base import Config, check_int, check_seed
 
 SCHEMA_VERSION = 1
 
@@ -269,10 +269,7 @@ def dtype_name(value, flag: str) -> str | None:
 def _check_pattern(pattern: str | None, flag: str) -> None:
     if pattern is None:
         return
-    try:
-        re.compile(pattern)
-    except (re.error, TypeError) as e:
-        raise UsageError(f"{flag} {pattern!r} is not a valid regular expression: {e}") from None
+    check_pattern(pattern, flag)
 
 
 _OVERRIDES = ("dtype", "out_dtype", "tokenizer_source")
@@ -303,7 +300,7 @@ class MergeConfig(Config):
     def validate(self) -> None:
         if not isinstance(self.recipe, MergeRecipe):
             raise UsageError("a merge needs a recipe", "give a recipe file or a MergeRecipe (recipes.merge)")
-        check_int(self.seed, "--seed", minimum=None)
+        check_seed(self.seed, "--seed")
         self._set("dtype", dtype_name(self.dtype, "--dtype"))
         self._set("out_dtype", dtype_name(self.out_dtype, "--out-dtype"))
         if self.tokenizer_source is not None and not (isinstance(self.tokenizer_source, str) and self.tokenizer_source.strip()):
@@ -373,7 +370,7 @@ class ExtractConfig(Config):
         check_int(self.rank, "--rank", minimum=1)
         _check_pattern(self.include, "--include")
         _check_pattern(self.exclude, "--exclude")
-        check_int(self.seed, "--seed", minimum=None)
+        check_seed(self.seed, "--seed")
         self._set("out_dtype", dtype_name(self.out_dtype, "--out-dtype"))
         if not isinstance(self.device, str):
             raise UsageError(f"--device {self.device!r} is not a device", "use auto, cpu, cuda or cuda:N")

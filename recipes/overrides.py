@@ -2,7 +2,7 @@
 
 A recipe's ``overrides`` is a list of ``{match: REGEX, SETTING: VALUE, ...}``. The rule:
 
-    Every entry whose ``match`` (a Python regex, ``re.search`` on the tensor name) matches a tensor applies,
+    Every entry whose ``match`` (a Python regex, searched in the tensor name, with a time bound) matches a tensor applies,
     in the order written; a later entry wins for each setting it names. So put the general entries first and
     the exceptions after them (like CSS, or a Makefile's later assignment).
 
@@ -12,12 +12,13 @@ choose the targets). Imports no torch.
 
 from __future__ import annotations
 
-import re
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from modelsurgeon.ops.core.errors import UsageError
+from modelsurgeon.ops.core.patterns import UserPattern
 
 from .base import check_regex, did_you_mean
 
@@ -33,6 +34,11 @@ class Override:
 
     def to_dict(self) -> dict:
         return {"match": self.match, **dict(self.settings)}
+
+    @functools.cached_property
+    def pattern(self) -> UserPattern:
+        """``match`` compiled once, matched with a time bound (``ops.core.patterns``)."""
+        return UserPattern(self.match, "override match", usage=False)
 
 
 def parse_overrides(entries, allowed: Sequence[str], where: str = "overrides") -> tuple[Override, ...]:
@@ -74,7 +80,7 @@ def settings_for(overrides: Sequence[Override], name: str, resets: Mapping[str, 
     scheme starts from its own group size and symmetry) unless it names them too."""
     out: dict = {}
     for o in overrides:
-        if re.search(o.match, name):
+        if o.pattern.search(name):
             for key, _ in o.settings:
                 for dropped in (resets or {}).get(key, ()):
                     out.pop(dropped, None)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
 from modelsurgeon.ops.core.registry import Registry
 
-from .base import Config, check_choice, check_fraction, check_int, check_regex
+from .base import Config, check_choice, check_fraction, check_regex, check_seed
 from .overrides import Override, parse_overrides, settings_for
 
 SCOPES = ("layer", "row", "global")
@@ -89,7 +89,7 @@ class PruneConfig(Config):
             raise UsageError(f"--method must be a name, got {self.method!r}")
         METHODS.lookup(self.method)
         check_choice(self.scope, "--scope", SCOPES)
-        check_int(self.seed, "--seed")
+        check_seed(self.seed, "--seed")
         for where, rx in (("--include", self.include), ("--exclude", self.exclude)):
             if rx is not None:
                 check_regex(rx, where)

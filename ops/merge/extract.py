@@ -28,8 +28,8 @@ from modelsurgeon.ops.core.problems import Problems
 from modelsurgeon.ops.core.progress import SILENT, Progress
 from modelsurgeon.ops.core.result import Result
 from modelsurgeon.ops.core.streaming import cpu_threads, prefetched
-from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint
-from modelsurgeon.ops.io.output import Output
+from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint, quantized_reason
+from modelsurgeon.ops.io.output import Output, local_inputs
 from modelsurgeon.ops.io.targets import select_targets
 from modelsurgeon.ops.io.writer import ShardedWriter, TensorSpec, provenance
 from modelsurgeon.recipes.merge import ExtractConfig
@@ -145,7 +145,7 @@ def plan_extract(config: ExtractConfig, output: Output | None = None) -> Extract
     """Open both models and check that they line up; raise PlanError listing every problem."""
     device = resolve_device(config.device)
     if output is not None:
-        output.check()
+        output.check("dir", inputs=local_inputs(config.finetune, config.base))
     problems = Problems("the LoRA extraction")
     cks = []
     for spec in (config.finetune, config.base):
@@ -159,6 +159,14 @@ def plan_extract(config: ExtractConfig, output: Output | None = None) -> Extract
         raise PlanError(problems.lines(), problems.what)
     ft, bs = cks
     try:
+        if output is not None:  # again, now that the inputs are known
+            output.check("dir", inputs=[*ft.input_paths(), *bs.input_paths()])
+        for ck in (ft, bs):
+            reason = quantized_reason(ck) if ck.source_format is None else None  # a dequantizing view reads them
+            if reason is not None:
+                problems.add(
+                    f"{ck.label} is quantized ({reason}) in a form that is not read yet; extract LoRA factors from the full-precision checkpoints"
+                )
         targets = select_targets(bs, config.include, config.exclude)
         candidates = _check_pairs(ft, bs, targets, problems)
         if problems:
@@ -247,9 +255,11 @@ def _tensors(plan: ExtractPlan, work: list[tuple[str, str]], errors: list[float]
     reads = prefetched(((kind, n, ft.get(n), None if kind == "full" else bs.get(n)) for kind, n in work), depth=1)
     for kind, name, x, b in reads:
         dt = _out_dtype(plan, name)
+        _check_finite(name, x, plan.ft.label)
         if kind == "full":
             yield PREFIX + name, x.to(dt)
             continue
+        _check_finite(name, b, plan.base.label)
         delta = x.to(dev, torch.float32) - b.to(dev, torch.float32)
         del x, b
         mod = PREFIX + parent_module(name)
@@ -266,6 +276,12 @@ def _tensors(plan: ExtractPlan, work: list[tuple[str, str]], errors: list[float]
         yield f"{mod}.lora_A.weight", a.to(dt).cpu()
         yield f"{mod}.lora_B.weight", b.to(dt).cpu()
         progress.advance(1)
+
+
+def _check_finite(name: str, t: torch.Tensor, label: str) -> None:
+    """Refuse NaN or infinity in an input: its factors would be NaN (aminmax propagates NaN and shows inf)."""
+    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(t.float()))).all()):
+        raise SurgeonError(f"{name} of {label} holds NaN or infinite values", "fix the checkpoint; nothing was written")
 
 
 def run_extract(plan: ExtractPlan, progress: Progress = SILENT, command: str = "surgeon merge --extract-lora") -> ExtractResult:

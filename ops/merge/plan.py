@@ -25,8 +25,8 @@ from modelsurgeon.ops.core.device import resolve_device
 from modelsurgeon.ops.core.errors import PlanError, SurgeonError
 from modelsurgeon.ops.core.problems import Problems
 from modelsurgeon.ops.core.result import Result
-from modelsurgeon.ops.io.checkpoint import open_checkpoint, torch_dtype_to_st
-from modelsurgeon.ops.io.output import Output
+from modelsurgeon.ops.io.checkpoint import open_checkpoint, quantized_reason, torch_dtype_to_st
+from modelsurgeon.ops.io.output import Output, local_inputs
 from modelsurgeon.ops.io.writer import TensorSpec
 from modelsurgeon.recipes.merge import MergeConfig, MergeRecipe, ModelRef
 
@@ -206,12 +206,20 @@ def plan_merge(config: MergeConfig, output: Output | None = None, *, opener: Cal
     device = resolve_device(config.device)
     method = get_method(recipe.merge_method)  # the registry first: nothing is opened for a misspelt method
     if output is not None:
-        output.check()
+        output.check("dir", inputs=local_inputs(*(x for r in recipe.referenced_models() for x in (r.model, r.lora))))
     problems = Problems("the merge")
     warnings: list[str] = []
     check_param_names(recipe, method, problems, warnings)
     models = open_models(recipe.referenced_models(), opener, problems)
     try:
+        if output is not None:  # again, now that the inputs are known
+            output.check("dir", inputs=[p for m in models for p in getattr(m.ck, "input_paths", list)()])
+        for m in models:
+            reason = quantized_reason(m.ck) if hasattr(m.ck, "infos") and getattr(m.ck, "source_format", None) is None else None
+            if reason is not None:
+                problems.add(
+                    f"{m.label} is quantized ({reason}); a form that is not read yet: merge the full-precision checkpoints"
+                )
         builder = JobBuilder(recipe, method, models, problems)
         layout = lay_out(builder, warnings)
         plan_alignment(builder, layout)

@@ -16,7 +16,6 @@ output is only checked here, and ``run_quantize`` writes it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ import torch
 from modelsurgeon.ops.core.device import resolve_device
 from modelsurgeon.ops.core.errors import SurgeonError
 from modelsurgeon.ops.core.problems import Problems
-from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint
+from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint, quantized_reason
 from modelsurgeon.ops.io.output import DEFAULT_MAX_SHARD, Output
 from modelsurgeon.ops.io.targets import select_targets
 from modelsurgeon.recipes.quantize import QuantizeConfig
@@ -34,12 +33,6 @@ from .schemes import QuantSpec, get_scheme
 
 if TYPE_CHECKING:
     from .formats.gguf import GGUFTensor
-
-_QUANTIZED_DTYPES = {"I8", "U8", "I32", "F8_E4M3", "F8_E5M2", "F8_E8M0"}
-# tensors that quantized checkpoints hold (compressed-tensors, GPTQ/AWQ, bitsandbytes) and plain ones do not
-_QUANTIZED_NAMES = re.compile(
-    r"(weight_packed|weight_scale|weight_zero_point|qweight|qzeros|\.scales|\.absmax|quant_state|\.SCB)$"
-)
 
 
 @dataclass
@@ -118,7 +111,7 @@ def _plan(cfg: QuantizeConfig, ck: Checkpoint, out: Output, device: torch.device
     elif plan.format == "compressed-tensors":
         _plan_compressed_tensors(plan, problems)
     try:
-        out.check("file" if plan.format == "gguf" else "dir")
+        out.check("file" if plan.format == "gguf" else "dir", inputs=ck.input_paths())
     except SurgeonError as e:
         problems.add(str(e))
     problems.raise_if_any()
@@ -167,19 +160,12 @@ def check_not_quantized(ck: Checkpoint, notes: list[str]) -> None:
             "again, so they are rounded twice. Start from the original weights where you have them"
         )
         return
-    qc = (ck.config or {}).get("quantization_config")
-    if qc:
-        what = " ".join(str(qc.get(k)) for k in ("quant_method", "format") if qc.get(k))
+    reason = quantized_reason(ck)
+    if reason is not None:
         raise SurgeonError(
-            f"{ck.label} is quantized with {what or 'an unnamed method'} (config.json quantization_config), which is not read yet",
+            f"{ck.label} is already quantized ({reason}) in a form that is not read yet",
             "quantize the original full-precision checkpoint; readable: compressed-tensors, fp8 block, bitsandbytes, GGUF",
         )
-    for info in ck.infos():
-        if _QUANTIZED_NAMES.search(info.name) or (info.dtype in _QUANTIZED_DTYPES and info.name.endswith("weight")):
-            raise SurgeonError(
-                f"{ck.label} is already quantized: it holds {info.name} ({info.dtype})",
-                "quantize the original full-precision checkpoint",
-            )
 
 
 def each_tensor(problems: Problems, messages: list[str]) -> None:
@@ -261,6 +247,13 @@ def _plan_gguf(plan: QuantizePlan, problems: Problems) -> None:
         problems.add(
             "--format gguf needs the model folder (config.json and tokenizer beside the weights): "
             "give the folder, not the .safetensors file"
+        )
+        return
+    emb = "model.embed_tokens.weight"
+    if emb in ck and ck.info(emb).shape[:1] != (ck.config["vocab_size"],):
+        problems.add(
+            f"{emb} has {ck.info(emb).shape[0] if ck.info(emb).shape else 0} rows but config.json says vocab_size "
+            f"{ck.config['vocab_size']}: fix config.json"
         )
         return
     try:

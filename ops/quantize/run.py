@@ -164,14 +164,21 @@ def run_quantize(plan: QuantizePlan, progress: Progress = SILENT, command: str |
 def _quantize_one(plan: QuantizePlan, name: str, w: torch.Tensor, need_dequant: bool) -> QuantizedWeight:
     dev = plan.device
     wd = w.to(dev, non_blocking=True) if dev.type != "cpu" else w
+    lo, hi = (float(v) for v in torch.aminmax(wd)) if wd.numel() else (0.0, 0.0)  # aminmax propagates NaN
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise SurgeonError(
+            f"{name} holds NaN or infinite values; quantizing it would be meaningless",
+            "fix the checkpoint, or leave the tensor out with --ignore",
+        )
     qw = quantize_weight(wd, plan.spec_for(name), plan.config.use_triton, need_dequant)
     if not need_dequant:
         qw.dequantized = None
     sig, noise = qw.extra["signal"], qw.extra["noise"]
     if not (math.isfinite(sig) and math.isfinite(noise)):
         raise SurgeonError(
-            f"{name} holds NaN or infinite values; quantizing it would be meaningless",
-            "fix the checkpoint, or leave the tensor out with --ignore",
+            f"{name} holds values up to {max(abs(lo), abs(hi)):.3g}, more than {plan.spec.scheme.name} can represent "
+            "(its scales overflow)",
+            "leave the tensor out with --ignore, or pick another --scheme",
         )
     return qw
 
@@ -238,7 +245,7 @@ def _write_gguf(plan: QuantizePlan, progress: Progress) -> list[TensorRow]:
     by_name = {t.hf_name: t for t in plan.gguf_tensors}
     targets = set(plan.targets)
     rows: list[TensorRow] = []
-    with plan.output.file() as out:
+    with plan.output.file(expected_bytes=sum(t.nbytes for t in plan.gguf_tensors)) as out:
         writer = StreamingGGUF(out.path, plan.gguf_tensors, plan.gguf_metadata)
         try:
             for name, w in ck.iter_tensors(list(by_name)):

@@ -68,17 +68,59 @@ def check_architecture(config: dict | None, label: str) -> str:
     if not config:
         raise SurgeonError(f"{label} has no config.json, which --format gguf needs", f"supported: {supported}")
     mt = config.get("model_type")
-    if mt not in SUPPORTED:
-        arch = ", ".join(config.get("architectures") or []) or "unknown"
+    if not isinstance(mt, str) or mt not in SUPPORTED:
+        archs = config.get("architectures")
+        arch = ", ".join(map(str, archs)) if isinstance(archs, list) and archs else "unknown"
         raise SurgeonError(
             f"--format gguf does not support {label} (model_type {mt!r}, {arch})", f"supported architectures: {supported}"
         )
+    check_config_numbers(config, label)
     return mt
+
+
+_INT_FIELDS = {  # config.json fields the llama metadata is made of: required, then optional
+    "num_attention_heads": True,
+    "hidden_size": True,
+    "num_hidden_layers": True,
+    "intermediate_size": True,
+    "vocab_size": True,
+    "num_key_value_heads": False,
+    "head_dim": False,
+    "max_position_embeddings": False,
+}
+
+
+def check_config_numbers(config: dict, label: str) -> None:
+    """Every number the GGUF metadata takes from config.json is present (when required) and sane, so a null,
+    a string or an absurd value is one line here rather than a crash later."""
+    for key, required in _INT_FIELDS.items():
+        v = config.get(key)
+        if v is None and not required:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**31:
+            raise SurgeonError(
+                f"{label}'s config.json has {key} = {v!r}; --format gguf needs a positive integer below 2**31", "fix config.json"
+            )
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    if heads % kv:
+        raise SurgeonError(f"{label}'s config.json has {heads} attention heads, not a multiple of {kv} key/value heads")
+    for key in ("rms_norm_eps", "rope_theta"):
+        v = config.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+            raise SurgeonError(f"{label}'s config.json has {key} = {v!r}; it must be a positive number", "fix config.json")
+    for key in ("rope_scaling", "rope_parameters"):
+        v = config.get(key)
+        if v is not None and not isinstance(v, dict):
+            raise SurgeonError(f"{label}'s config.json has {key} = {v!r}; it must be an object or null", "fix config.json")
+        for sub in ("factor", "rope_theta"):
+            x = (v or {}).get(sub)
+            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < float("inf")):
+                raise SurgeonError(f"{label}'s config.json has {key}.{sub} = {x!r}", "fix config.json")
 
 
 def _rope(config: dict) -> tuple[float, dict | None]:
     params = config.get("rope_parameters") or {}
-    theta = config.get("rope_theta", params.get("rope_theta", 10000.0))
+    theta = config.get("rope_theta") or params.get("rope_theta") or 10000.0
     scaling = config.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
     return float(theta), scaling
 
@@ -90,7 +132,7 @@ def hyperparameters(config: dict) -> dict:
     head_dim = int(config.get("head_dim") or hidden // n_head)
     theta, scaling = _rope(config)
     kv = {
-        "llama.context_length": int(config.get("max_position_embeddings", 2048)),
+        "llama.context_length": int(config.get("max_position_embeddings") or 2048),
         "llama.embedding_length": hidden,
         "llama.block_count": int(config["num_hidden_layers"]),
         "llama.feed_forward_length": int(config["intermediate_size"]),
@@ -220,10 +262,13 @@ class StreamingGGUF:
 def file_metadata(config: dict, qtype: str, name: str, vocab: dict) -> dict:
     import gguf
 
+    from modelsurgeon import __version__
+
     meta = {
         "general.name": name,
         "general.file_type": _FILE_TYPE[qtype],
         "general.quantization_version": int(gguf.GGML_QUANT_VERSION),
+        "modelsurgeon.version": __version__,  # provenance: --force replaces only files that carry it
     }
     meta.update(hyperparameters(config))
     meta.update(vocab)

@@ -34,13 +34,14 @@ def _flatten(pre: dict | None) -> list[dict]:
     if not pre:
         return []
     if pre.get("type") == "Sequence":
-        return [p for sub in pre.get("pretokenizers", []) for p in _flatten(sub)]
+        subs = pre.get("pretokenizers")
+        return [p for sub in subs if isinstance(sub, dict) for p in _flatten(sub)] if isinstance(subs, list) else []
     return [pre]
 
 
 def _split_regex(p: dict) -> str | None:
-    pat = p.get("pattern") or {}
-    return pat.get("Regex") or pat.get("String")
+    pat = p.get("pattern")
+    return (pat.get("Regex") or pat.get("String")) if isinstance(pat, dict) else None
 
 
 def detect_pre(pre_tokenizer: dict | None) -> str | None:
@@ -62,14 +63,66 @@ def detect_pre(pre_tokenizer: dict | None) -> str | None:
 
 def _load_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise SurgeonError(f"cannot read {path}: {e}", "fix or remove the file") from None
+    if not isinstance(data, dict):
+        raise SurgeonError(f"{path} holds a JSON {type(data).__name__}, not an object", "fix or remove the file")
+    return data
+
+
+def _malformed(path: Path, what: str) -> SurgeonError:
+    return SurgeonError(f"{path} is malformed: {what}", "fix the file, or re-save the tokenizer with transformers")
+
+
+def _is_id(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_tokenizer_json(tok: dict, path: Path, rows: int) -> None:
+    """The parts of tokenizer.json the export reads, with their types, and every token id below ``rows`` (the
+    model's embedding rows): checked before anything is sized from them."""
+    for key in ("model", "pre_tokenizer", "post_processor", "decoder", "normalizer"):
+        if tok.get(key) is not None and not isinstance(tok[key], dict):
+            raise _malformed(path, f"{key} is a {type(tok[key]).__name__}, not an object")
+    model = tok.get("model") or {}
+    vocab = model.get("vocab")
+    if vocab is not None and not (isinstance(vocab, dict) and all(_is_id(i) for i in vocab.values())):
+        raise _malformed(path, "model.vocab must map tokens to non-negative integer ids")
+    merges = model.get("merges")
+    if merges is not None and not (
+        isinstance(merges, list)
+        and all(isinstance(m, str) or (isinstance(m, list) and all(isinstance(p, str) for p in m)) for m in merges)
+    ):
+        raise _malformed(path, "model.merges must be a list of strings or of string pairs")
+    added = tok.get("added_tokens")
+    if added is not None and not (
+        isinstance(added, list)
+        and all(isinstance(a, dict) and _is_id(a.get("id")) and isinstance(a.get("content"), str) for a in added)
+    ):
+        raise _malformed(path, "added_tokens must be a list of {id, content}")
+    ids = [*(vocab or {}).values(), *(a["id"] for a in added or [])]
+    top = max(ids, default=-1)
+    if top >= rows:
+        raise SurgeonError(
+            f"{path} has token id {top} but the model has {rows} embedding rows (config.json vocab_size)",
+            "the tokenizer does not belong to this model; fix tokenizer.json or vocab_size",
+        )
+    pre = tok.get("pre_tokenizer") or {}
+    if pre.get("type") == "Sequence" and not (
+        isinstance(pre.get("pretokenizers"), list) and all(isinstance(p, dict) for p in pre["pretokenizers"])
+    ):
+        raise _malformed(path, "pre_tokenizer.pretokenizers must be a list of objects")
+    post = tok.get("post_processor") or {}
+    if post.get("type") == "Sequence" and not (
+        isinstance(post.get("processors"), list) and all(isinstance(p, dict) for p in post["processors"])
+    ):
+        raise _malformed(path, "post_processor.processors must be a list of objects")
 
 
 def _token_text(v) -> str | None:
     if isinstance(v, dict):
-        return v.get("content")
+        v = v.get("content")
     return v if isinstance(v, str) else None
 
 
@@ -77,14 +130,17 @@ def read_vocab(folder: Path, config: dict, warn=lambda msg: None) -> dict:
     """GGUF tokenizer metadata for the model in ``folder``: a dict of key -> value (lists for arrays)."""
     tj, tm = folder / "tokenizer.json", folder / "tokenizer.model"
     tok_cfg = _load_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
-    vocab_size = int(config.get("vocab_size") or 0)
+    vocab_size = config.get("vocab_size")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 0 < vocab_size < 2**31:
+        raise SurgeonError(f"config.json has vocab_size {vocab_size!r}; a GGUF vocabulary needs a positive integer")
     kv: dict = {}
     token_ids: dict[str, int] = {}
     spm = None
     if tj.is_file():
         tok = _load_json(tj)
+        check_tokenizer_json(tok, tj, vocab_size)
         model = tok.get("model") or {}
-        kinds = {s.get("type") for s in _flatten(tok.get("pre_tokenizer"))} | {(tok.get("decoder") or {}).get("type")}
+        kinds = [s.get("type") for s in _flatten(tok.get("pre_tokenizer"))] + [(tok.get("decoder") or {}).get("type")]
         if model.get("type") == "BPE" and "ByteLevel" in kinds:
             kv, token_ids = _bpe_vocab(tok, vocab_size, warn)
         elif tm.is_file():
@@ -103,6 +159,11 @@ def read_vocab(folder: Path, config: dict, warn=lambda msg: None) -> dict:
         )
     if spm is not None:
         kv, token_ids = _spm_vocab(spm, vocab_size)
+    if len(kv["tokenizer.ggml.tokens"]) > vocab_size:
+        raise SurgeonError(
+            f"the tokenizer of {folder} has {len(kv['tokenizer.ggml.tokens'])} tokens but config.json vocab_size is {vocab_size}",
+            "llama.cpp needs one token per embedding row; fix the tokenizer or the config",
+        )
     # special tokens: names from tokenizer_config.json, ids from the vocabulary; else config.json's ids
     for key, gguf_key in (
         ("bos", "bos_token_id"),
@@ -112,19 +173,22 @@ def read_vocab(folder: Path, config: dict, warn=lambda msg: None) -> dict:
     ):
         text = _token_text(tok_cfg.get(f"{key}_token"))
         tid = token_ids.get(text) if text is not None else None
-        if tid is None and isinstance(config.get(f"{key}_token_id"), int):
+        if tid is None and _is_id(config.get(f"{key}_token_id")):
             tid = config[f"{key}_token_id"]
-        if tid is not None:
+        if tid is not None and tid < vocab_size:
             kv[f"tokenizer.ggml.{gguf_key}"] = int(tid)
     for flag in ("add_bos_token", "add_eos_token"):
         if isinstance(tok_cfg.get(flag), bool):
             kv[f"tokenizer.ggml.{flag}"] = tok_cfg[flag]
     template = tok_cfg.get("chat_template")
     if isinstance(template, list):  # named templates: llama.cpp reads the default one
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
     if not template and (folder / "chat_template.jinja").is_file():
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
-    if template:
+        try:
+            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise SurgeonError(f"cannot read {folder / 'chat_template.jinja'}: {e}") from None
+    if isinstance(template, str) and template:
         kv["tokenizer.chat_template"] = template
     return kv
 
@@ -175,8 +239,9 @@ def _adds_bos(post: dict) -> bool:
     """Whether the post-processor puts a special token in front of a single sequence."""
     procs = post.get("processors") if post.get("type") == "Sequence" else [post]
     for p in procs or []:
-        if p.get("type") == "TemplateProcessing" and p.get("single"):
-            return "SpecialToken" in p["single"][0]
+        single = p.get("single")
+        if p.get("type") == "TemplateProcessing" and isinstance(single, list) and single:
+            return isinstance(single[0], dict) and "SpecialToken" in single[0]
     return False
 
 
