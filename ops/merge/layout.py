@@ -132,6 +132,10 @@ def split_base(b: JobBuilder, inputs: list[ModelInput], base_ref: ModelRef | Non
     method = b.method
     if method.base == "unused":
         return None, list(inputs)
+    if method.base == "joins":  # the base, when given, is one more model (mergekit's karcher)
+        if may_add and base_ref is not None and not any(m.model.same_as(base_ref) for m in inputs):
+            return None, [ModelInput(base_ref), *inputs]
+        return None, list(inputs)
     pos = next((k for k, m in enumerate(inputs) if m.model.same_as(base_ref)), None)
     if base_ref is None:
         if method.base == "required":
@@ -150,7 +154,7 @@ def count_check(b: JobBuilder, n_others: int, where: str) -> None:
     lo, hi = b.method.min_models, b.method.max_models
     if n_others < lo or (hi is not None and n_others > hi):
         want = f"exactly {lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
-        besides = " besides the base" if b.method.base != "unused" else ""
+        besides = " besides the base" if b.method.base not in ("unused", "joins") else ""
         b.problems.add(f"{where}: {b.method.name} merges {want} model(s){besides}, got {n_others}")
 
 
