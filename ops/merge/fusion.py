@@ -92,7 +92,7 @@ def arcee_fusion(inp: MergeInputs) -> torch.Tensor:
         bc, xc = base[r0:r1].to(wd), x[r0:r1].to(wd)
         d = xc - bc
         keep = torch.ge(d.abs().mul_(kls[r0:r1].unsqueeze(-1)), thr).to(wd)
-        out[a:b] = bc.add_(d.mul_(keep)).reshape(-1)
+        out[a:b] = d.mul_(keep).add_(bc).reshape(-1)  # bc may be a view of the input: not written to
 
     map_in_order(step, spans, dev)
     return out.reshape(shape)
