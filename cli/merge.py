@@ -62,7 +62,19 @@ def merge(
     extract_lora: Annotated[
         str | None, typer.Option("--extract-lora", help="Extract a LoRA adapter of --rank from this fine-tune of --base.")
     ] = None,
-    rank: Annotated[int | None, typer.Option("--rank", "-r", min=1, help="LoRA rank for --extract-lora.")] = None,
+    rank: Annotated[
+        int | None, typer.Option("--rank", "-r", min=1, help="LoRA rank for --extract-lora (the cap with --sv-threshold).")
+    ] = None,
+    sv_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--sv-threshold",
+            help="--extract-lora: per module, keep the singular values >= this fraction of its largest (adaptive rank).",
+        ),
+    ] = None,
+    embed_lora: Annotated[
+        bool, typer.Option("--embed-lora", help="--extract-lora: factor the embeddings too (else saved whole if changed).")
+    ] = False,
     include: Annotated[
         str | None,
         typer.Option("--include", help="--extract-lora: regex of the weights to factor (default: all linear weights)."),
@@ -97,7 +109,7 @@ def merge(
         return _list_methods(as_json)
     inputs = list(inputs or [])
     merge_params = {"--weight": weight, "--density": density, "--t": t, "--param": param}
-    extract_flags = rank is not None or include or exclude or exact_svd
+    extract_flags = rank is not None or include or exclude or exact_svd or sv_threshold is not None or embed_lora
     mode = _mode(inputs, output, method, base, lora, extract_lora, merge_params, bool(extract_flags))
     write = _Write(output, force, max_shard_size, dry_run, as_json, quiet)
     if mode == "--extract-lora":
@@ -105,7 +117,15 @@ def merge(
 
         dtype_name(dtype, "--dtype")  # a merge option: checked, not used
         settings = dict(
-            rank=rank, include=include, exclude=exclude, exact_svd=exact_svd, seed=seed, out_dtype=out_dtype, device=device
+            rank=rank,
+            sv_threshold=sv_threshold,
+            embed_lora=embed_lora,
+            include=include,
+            exclude=exclude,
+            exact_svd=exact_svd,
+            seed=seed,
+            out_dtype=out_dtype,
+            device=device,
         )
         return _extract(extract_lora, base, settings, write)
     run = dict(seed=seed, dtype=dtype, out_dtype=out_dtype, tokenizer_source=tokenizer_source, device=device)
@@ -159,7 +179,7 @@ def _mode(inputs, output, method, base, lora, extract_lora, merge_params: dict, 
     if mode == "a recipe file" and base is not None:
         raise UsageError("--base belongs to the --method form", "set base_model in the recipe")
     if mode != "--extract-lora" and extract_flags:
-        raise UsageError("--rank, --include, --exclude and --exact-svd go with --extract-lora")
+        raise UsageError("--rank, --sv-threshold, --embed-lora, --include, --exclude and --exact-svd go with --extract-lora")
     if mode in ("--lora", "--extract-lora"):
         if inputs:
             raise UsageError(
@@ -254,7 +274,13 @@ def _print_plan(s: dict) -> None:
     for key, value in s.items():
         if key in ("warnings", "dry_run") or value is None:
             continue
-        if key in ("output_bytes", "bytes_written", "peak_memory_estimate"):
+        if key == "per_module":
+            ranks = sorted({m["rank"] for m in value.values()})
+            worst = max(value.items(), key=lambda kv: kv[1]["rel_error"], default=None)
+            value = f"{len(value)} modules, ranks {ranks[0]}-{ranks[-1]}" if ranks else "-"
+            if worst is not None:
+                value += f", worst error {worst[1]['rel_error']:.3g} ({worst[0]})"
+        elif key in ("output_bytes", "bytes_written", "peak_memory_estimate"):
             value = fmt_bytes(value)
         elif key == "dtypes":
             value = ", ".join(f"{k} {fmt_count(v)}" for k, v in value.items())

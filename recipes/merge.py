@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 from modelsurgeon.ops.core.errors import UsageError
 
-from .base import Config, check_int
+from .base import Config, check_fraction, check_int
 
 SCHEMA_VERSION = 1
 
@@ -345,14 +345,17 @@ class MergeConfig(Config):
 
 @dataclass(frozen=True)
 class ExtractConfig(Config):
-    """``--extract-lora``: a rank-``rank`` PEFT LoRA adapter that turns ``base`` into ``finetune``."""
+    """``--extract-lora``: a PEFT LoRA adapter that turns ``base`` into ``finetune``: rank ``rank``, or with
+    ``sv_threshold`` each module's own rank up to ``rank``."""
 
     KIND: ClassVar[str] = "extract_lora"
     VERSION: ClassVar[int] = 1
 
     finetune: str | None = None  # a path or Hub id, as for any model
     base: str | None = None
-    rank: int | None = None
+    rank: int | None = None  # the rank, or with sv_threshold the largest rank of a module
+    sv_threshold: float | None = None  # keep singular values >= this fraction of each module's largest
+    embed_lora: bool = False  # factor the embeddings too (else a changed embedding is saved whole)
     include: str | None = None  # regex of the weights to factor (default: every linear weight)
     exclude: str | None = None  # regex of weights to leave out
     exact_svd: bool = False  # full SVD instead of the randomized one
@@ -371,6 +374,10 @@ class ExtractConfig(Config):
         if self.rank is None:
             raise UsageError("--extract-lora needs --rank", "e.g. --rank 16")
         check_int(self.rank, "--rank", minimum=1)
+        if self.sv_threshold is not None:
+            check_fraction(self.sv_threshold, "--sv-threshold", lo_open=True, example="e.g. --sv-threshold 0.05")
+        if not isinstance(self.embed_lora, bool):
+            raise UsageError(f"--embed-lora must be true or false, got {self.embed_lora!r}")
         _check_pattern(self.include, "--include")
         _check_pattern(self.exclude, "--exclude")
         check_int(self.seed, "--seed", minimum=None)
