@@ -168,6 +168,39 @@ class SliceDef:
 
 
 @dataclass(frozen=True)
+class TokenSource:
+    """Where one output token's embedding row comes from (mergekit's ``tokenizer.tokens.<t>.source``):
+    ``model`` (that model's row for the same token), ``model_token`` (that model's row for another token,
+    by text or id) or ``zero``."""
+
+    kind: str
+    model: ModelRef | None = None
+    token: str | None = None
+    token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenSetting:
+    source: TokenSource | None = None
+    force: bool = False  # use the source even for models that have the token
+
+
+CHAT_TEMPLATES = ("alpaca", "chatml", "exaone", "llama3", "mistral")
+
+
+def chat_template_text(name: str) -> str:
+    """The Jinja text of a named chat template shipped with modelsurgeon (the names mergekit ships)."""
+    from importlib.resources import files
+
+    return files("modelsurgeon.recipes").joinpath(f"chat_templates/{name}.jinja").read_text()
+
+
+def is_template_name(value: str) -> bool:
+    """Whether a chat_template value is a name (mergekit's rule: short, one line, no braces) rather than Jinja."""
+    return len(value) < 256 and "\n" not in value and "{" not in value
+
+
+@dataclass(frozen=True)
 class MergeRecipe:
     """One merge in mergekit's schema, as a recipe file or the flags describe it (``MergeConfig`` adds how to run it)."""
 
@@ -178,8 +211,11 @@ class MergeRecipe:
     parameters: Params = field(default_factory=lambda: NO_PARAMS)
     dtype: str | None = None  # inputs are cast to this before merging (mergekit's meaning)
     out_dtype: str | None = None  # the saved dtype; default: dtype, else each tensor's source dtype
-    tokenizer_source: str | None = None  # "base" or a model reference
-    chat_template: str | None = None
+    tokenizer_source: str | None = None  # "union", "base" or a model reference
+    tokens: Mapping[str, TokenSetting] = field(default_factory=lambda: NO_PARAMS)  # per-token embedding sources
+    pad_to_multiple_of: int | None = None  # the output's vocabulary rows, rounded up
+    chat_template: str | None = None  # "auto", a name from CHAT_TEMPLATES, or Jinja text
+    name: str | None = None  # a stage of a multi-document recipe: later stages use this name as a model
     source: str = "<flags>"  # where it came from, for messages
     text: str | None = None  # the recipe file as written, kept verbatim beside the output
     schema: int = SCHEMA_VERSION
@@ -238,10 +274,37 @@ class MergeRecipe:
                 doc["slices"].append(d)
         if self.parameters:
             doc["parameters"] = {k: setting_to_plain(v) for k, v in self.parameters.items()}
-        for key in ("dtype", "out_dtype", "tokenizer_source", "chat_template"):
+        for key in ("dtype", "out_dtype", "chat_template"):
             if getattr(self, key) is not None:
                 doc[key] = getattr(self, key)
+        if self.tokens or self.pad_to_multiple_of is not None:
+            tok: dict[str, Any] = {"source": self.tokenizer_source or "union"}
+            if self.tokens:
+                tok["tokens"] = {t: _token_plain(v) for t, v in self.tokens.items()}
+            if self.pad_to_multiple_of is not None:
+                tok["pad_to_multiple_of"] = self.pad_to_multiple_of
+            doc["tokenizer"] = tok
+        elif self.tokenizer_source is not None:
+            doc["tokenizer_source"] = self.tokenizer_source
+        if self.name is not None:
+            doc = {"name": self.name, **doc}
         return doc
+
+
+def _token_plain(t: TokenSetting) -> dict:
+    d: dict[str, Any] = {}
+    src = t.source
+    if src is not None:
+        if src.kind == "model":
+            d["source"] = str(src.model)
+        elif src.kind == "zero":
+            d["source"] = {"kind": "zero"}
+        else:
+            d["source"] = {"kind": "model_token", "model": str(src.model)}
+            d["source"]["token" if src.token is not None else "token_id"] = src.token if src.token is not None else src.token_id
+    if t.force:
+        d["force"] = True
+    return d
 
 
 def _input_plain(m: ModelInput) -> dict:

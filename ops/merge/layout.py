@@ -32,6 +32,8 @@ class Layout:
     config_model: int = 0  # supplies config.json (and the output's tensor list for models:)
     tokenizer_model: int = 0  # supplies the tokenizer files and the vocabulary order
     config_updates: dict[str, Any] = field(default_factory=dict)  # written over config.json
+    tokenizer: Any = None  # a built tokenizer (transformers), written instead of the tokenizer model's files
+    chat_template: str | None = None  # resolved Jinja text
 
 
 def lay_out(b: JobBuilder, warnings: list[str]) -> Layout:
@@ -161,9 +163,9 @@ def count_check(b: JobBuilder, n_others: int, where: str) -> None:
 def tokenizer_model(b: JobBuilder, config_model: int) -> int:
     """The model whose tokenizer (and vocabulary order) the output keeps: tokenizer_source, else the config's."""
     tok = b.recipe.tokenizer_source
-    if tok is None or tok == "base":
+    if tok is None or tok in ("base", "union"):
         if tok == "base" and b.recipe.base_model is None:
-            b.problems.add("tokenizer_source: base needs a base_model")
+            b.problems.add("tokenizer_source: base needs a base_model")  # (union starts from the first model)
         return config_model
     ref = ModelRef.parse(tok)
     idx = next((i for i, m in enumerate(b.models) if m.ref.same_as(ref) or m.ref.model == tok), None)
