@@ -296,7 +296,7 @@ def build_tokenizer(b: JobBuilder, layout: Layout) -> None:
     out_tok = copy.deepcopy(toks[src_idx])
     if src == "union":
         have = set(out_tok.get_vocab())
-        for i, t in enumerate(toks):
+        for t in toks:
             added = {info.content for info in t.added_tokens_decoder.values()}
             regular = sorted(((idx, tok) for tok, idx in t.get_vocab().items() if tok not in added), key=lambda x: x[0])
             for _, tok in regular:
@@ -343,7 +343,6 @@ def _vocab_map(r, job, models, model_vocabs, vocab: dict[str, int], rows: int, n
             if j is not None and j < n:
                 m[i] = j
         maps.append(m)
-    pos_of = {s.model: p for p, s in enumerate(srcs)}
     base_pos = 0 if job.base is not None else None
     fills: dict[int, tuple] = {}
     force: set[int] = set()
@@ -381,7 +380,6 @@ def _vocab_map(r, job, models, model_vocabs, vocab: dict[str, int], rows: int, n
             fills[i] = ("row", base_pos, int(maps[base_pos][i]))
         else:
             fills[i] = ("mean", -1, -1)
-    del pos_of
     return VocabMap(rows, n_tokens, maps, fills, force)
 
 
