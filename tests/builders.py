@@ -86,3 +86,33 @@ def make_llama_with_tokenizer(folder: Path, text: str) -> Path:
     tok.train_from_iterator([text], trainer)
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>").save_pretrained(folder)
     return folder
+
+
+def make_llama_with_own_tokenizer(folder: Path, text: str, seed: int, extra=(), eos: str = "</s>") -> Path:
+    """A one-layer Llama with a byte-level BPE trained on ``text`` (plus ``extra`` special tokens), its
+    embedding rows exactly its tokenizer's size; different texts give overlapping, differently ordered
+    vocabularies."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=256, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:200]
+    )
+    tok.train_from_iterator([text], trainer)
+    t = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token=eos)
+    if extra:
+        t.add_tokens([AddedToken(e, special=True) for e in extra], special_tokens=True)
+    make_tiny_llama(
+        folder,
+        seed=seed,
+        vocab_size=len(t),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        max_position_embeddings=64,
+    )
+    t.save_pretrained(folder)
+    return folder
