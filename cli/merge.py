@@ -98,6 +98,10 @@ def merge(
     ] = None,
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
+    intermediate_dir: Annotated[
+        str | None,
+        typer.Option("--intermediate-dir", help="Multi-document recipes: keep the stages' outputs here (and reuse them)."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and print the plan; write nothing.")] = False,
     list_methods: Annotated[bool, typer.Option("--list-methods", help="List the merge methods and exit.")] = False,
     force: ForceOpt = False,
@@ -111,7 +115,7 @@ def merge(
     merge_params = {"--weight": weight, "--density": density, "--t": t, "--param": param}
     extract_flags = rank is not None or include or exclude or exact_svd or sv_threshold is not None or embed_lora
     mode = _mode(inputs, output, method, base, lora, extract_lora, merge_params, bool(extract_flags))
-    write = _Write(output, force, max_shard_size, dry_run, as_json, quiet)
+    write = _Write(output, force, max_shard_size, dry_run, as_json, quiet, intermediate_dir)
     if mode == "--extract-lora":
         from modelsurgeon.recipes.merge import dtype_name
 
@@ -146,6 +150,7 @@ class _Write:
     dry_run: bool
     as_json: bool
     quiet: bool
+    intermediate_dir: str | None = None
 
 
 def _mode(inputs, output, method, base, lora, extract_lora, merge_params: dict, extract_flags: bool) -> str:
@@ -191,9 +196,12 @@ def _mode(inputs, output, method, base, lora, extract_lora, merge_params: dict, 
 
 
 def _merge_recipe_file(path: str, run: dict, write: _Write) -> int:
-    """``surgeon merge RECIPE.yaml``: a mergekit recipe, the run flags over it."""
+    """``surgeon merge RECIPE.yaml``: a mergekit recipe (one or several stages), the run flags over it."""
+    from modelsurgeon.ops.merge.stages import count_documents
     from modelsurgeon.recipes.merge import MergeConfig
 
+    if count_documents(path) > 1:
+        return _merge(path, write, run)
     return _merge(MergeConfig.build(path, **run), write)
 
 
@@ -213,7 +221,7 @@ def _fold_lora(base: str, adapter: str, run: dict, write: _Write) -> int:
     return _merge(MergeConfig.build(MergeRecipe.fold_lora(base, adapter), **run), write)
 
 
-def _merge(cfg, write: _Write) -> int:
+def _merge(cfg, write: _Write, settings: dict | None = None) -> int:
     from modelsurgeon import api
 
     with RichProgress(write.quiet) as bar:
@@ -225,6 +233,8 @@ def _merge(cfg, write: _Write) -> int:
             max_shard_size=write.max_shard_size,
             progress=bar,
             command=command_line(),
+            intermediate_dir=write.intermediate_dir,
+            **(settings or {}),
         )
     render(result, write.as_json, _print_plan)
     return 0

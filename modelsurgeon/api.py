@@ -160,6 +160,7 @@ def merge(
     max_shard_size: str | int = "5GB",
     progress: Progress | None = None,
     command: str = "surgeon merge",
+    intermediate_dir: str | Path | None = None,
     **settings,
 ) -> MergeResult:
     """Merge models as a mergekit recipe says, streaming one tensor at a time into ``output`` (a folder,
@@ -170,7 +171,10 @@ def merge(
     ``MergeConfig``'s run options laid over it (``seed``, ``dtype``, ``out_dtype``, ``tokenizer_source``,
     ``device``). To fold a PEFT LoRA adapter: ``merge(MergeRecipe.fold_lora("org/base", "adapter/"), out)``;
     the CLI's flag form is ``ops.merge.flags.recipe_from_flags(method, models, base, ...)``. Warnings go
-    to ``progress.note``."""
+    to ``progress.note``. A recipe file of several YAML documents (mergekit-multi) runs its stages in
+    order (``ops.merge.stages``); ``intermediate_dir`` keeps their outputs (default: removed)."""
+    from pathlib import Path
+
     from modelsurgeon.ops.core.errors import UsageError
     from modelsurgeon.ops.core.progress import SILENT
     from modelsurgeon.ops.io.output import Output
@@ -179,9 +183,24 @@ def merge(
     from modelsurgeon.recipes.merge import MergeConfig
 
     given = {k: v for k, v in settings.items() if v is not None}
-    cfg = recipe.replace(**given) if isinstance(recipe, MergeConfig) else MergeConfig.build(recipe, **given)
     if output is None and not dry_run:
         raise UsageError("a merge needs an output folder", "pass output=..., or dry_run=True")
+    if isinstance(recipe, (str, Path)):
+        from modelsurgeon.ops.merge.stages import count_documents, merge_stages
+
+        if count_documents(recipe) > 1:  # mergekit-multi: stages
+            return merge_stages(
+                recipe,
+                output,
+                settings=given,
+                dry_run=dry_run,
+                force=force,
+                max_shard_size=max_shard_size,
+                intermediate_dir=intermediate_dir,
+                progress=progress or SILENT,
+                command=command,
+            )
+    cfg = recipe.replace(**given) if isinstance(recipe, MergeConfig) else MergeConfig.build(recipe, **given)
     out = Output.of(output, force, max_shard_size) if output is not None else None
     progress = progress or SILENT
     with plan_merge(cfg, out) as plan:

@@ -36,7 +36,6 @@ from .merge import (
 )
 
 TOP_KEYS = (
-    "name",
     "merge_method",
     "base_model",
     "models",
@@ -47,6 +46,7 @@ TOP_KEYS = (
     "tokenizer_source",
     "tokenizer",
     "chat_template",
+    "name",
 )
 MODEL_KEYS = ("model", "parameters")
 SOURCE_KEYS = ("model", "layer_range", "parameters")

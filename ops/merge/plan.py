@@ -60,9 +60,12 @@ class MergeResult(Result):
     files: list[str] | None = None  # after a merge: the output folder's files
     bytes_written: int | None = None
     seconds: float | None = None
+    stages: list[str] | None = None  # a multi-document recipe: the stages, in the order they run
 
     def to_dict(self) -> dict:
         out = super().to_dict()
+        if self.stages is None:
+            out.pop("stages")
         if self.dry_run:
             for key in ("files", "bytes_written", "seconds"):
                 out.pop(key)
