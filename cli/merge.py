@@ -28,6 +28,8 @@ EPILOG = """Examples:
 
   surgeon merge --extract-lora finetuned/ --base org/base --rank 16 -o adapter/
 
+  surgeon merge --adapters --method ties lora-a/ lora-b/ --density 0.5 --rank 16 -o merged-adapter/
+
   surgeon merge --list-methods
 """
 
@@ -59,6 +61,12 @@ def merge(
         typer.Option("--param", "-p", help="Any global parameter as KEY=VALUE (e.g. lambda=0.8, normalize=false); repeatable."),
     ] = None,
     lora: Annotated[str | None, typer.Option("--lora", help="Fold this PEFT LoRA adapter folder into --base.")] = None,
+    adapters: Annotated[
+        bool,
+        typer.Option(
+            "--adapters", help="With --method: the arguments are PEFT LoRA adapters of one base, merged into one adapter."
+        ),
+    ] = False,
     extract_lora: Annotated[
         str | None, typer.Option("--extract-lora", help="Extract a LoRA adapter of --rank from this fine-tune of --base.")
     ] = None,
@@ -113,6 +121,32 @@ def merge(
         return _list_methods(as_json)
     inputs = list(inputs or [])
     merge_params = {"--weight": weight, "--density": density, "--t": t, "--param": param}
+    if adapters:
+        return _merge_adapters(
+            inputs,
+            output,
+            method,
+            base,
+            weight,
+            density,
+            param,
+            t,
+            rank,
+            sv_threshold,
+            exact_svd,
+            seed,
+            out_dtype,
+            device,
+            force,
+            dry_run,
+            as_json,
+            quiet,
+            lora,
+            extract_lora,
+            include,
+            exclude,
+            embed_lora,
+        )
     extract_flags = rank is not None or include or exclude or exact_svd or sv_threshold is not None or embed_lora
     mode = _mode(inputs, output, method, base, lora, extract_lora, merge_params, bool(extract_flags))
     write = _Write(output, force, max_shard_size, dry_run, as_json, quiet, intermediate_dir)
@@ -193,6 +227,62 @@ def _mode(inputs, output, method, base, lora, extract_lora, merge_params: dict, 
         if base is None:
             raise UsageError(f"{mode} needs --base")
     return mode
+
+
+def _merge_adapters(
+    inputs,
+    output,
+    method,
+    base,
+    weight,
+    density,
+    param,
+    t,
+    rank,
+    sv_threshold,
+    exact_svd,
+    seed,
+    out_dtype,
+    device,
+    force,
+    dry_run,
+    as_json,
+    quiet,
+    *others,
+) -> int:
+    """``surgeon merge --adapters --method M ADAPTER...``: one adapter from several, in adapter space."""
+    from modelsurgeon import api
+    from modelsurgeon.ops.core.errors import UsageError
+    from modelsurgeon.ops.merge.flags import parse_params
+
+    if any(others) or base is not None or t is not None:
+        raise UsageError(
+            "--adapters takes --method, adapters, --weight, --density, --param, --rank, --sv-threshold and --exact-svd only"
+        )
+    if method is None:
+        raise UsageError(
+            "--adapters needs --method", "e.g. surgeon merge --adapters --method ties a/ b/ --density 0.5 -o merged/"
+        )
+    if output is None:
+        raise UsageError("-o/--output is required", "name the adapter folder to write, e.g. -o merged/")
+    settings = dict(
+        method=method,
+        weight=tuple(weight or ()),
+        density=tuple(density or ()),
+        params=parse_params(param or ()),
+        rank=rank,
+        sv_threshold=sv_threshold,
+        exact_svd=exact_svd,
+        seed=seed,
+        out_dtype=out_dtype,
+        device=device,
+    )
+    with RichProgress(quiet) as bar:
+        result = api.merge_adapters(
+            inputs, output, dry_run=dry_run, force=force, progress=bar, command=command_line(), **settings
+        )
+    render(result, as_json, _print_plan)
+    return 0
 
 
 def _merge_recipe_file(path: str, run: dict, write: _Write) -> int:

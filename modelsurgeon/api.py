@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from modelsurgeon.recipes.quantize import QuantizeConfig
     from modelsurgeon.recipes.report import ReportConfig
 
-__all__ = ["expand_subspace", "extract_lora", "intrinsic_dim", "merge", "prune", "quantize", "report"]
+__all__ = ["expand_subspace", "extract_lora", "intrinsic_dim", "merge", "merge_adapters", "prune", "quantize", "report"]
 
 
 def _config(cls, config, settings: dict):
@@ -209,6 +209,36 @@ def merge(
         if dry_run:
             return plan.result(None if output is None else str(output))
         return run_merge(plan, progress, command)
+
+
+def merge_adapters(
+    adapters,
+    output: str | Path | None = None,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+    command: str = "surgeon merge --adapters",
+    **settings,
+):
+    """Merge several PEFT LoRA adapters of one base into one adapter folder at ``output`` (atomic):
+    ``method`` ("ties", "dare_linear", ... on the adapters' deltas), ``weight``/``density`` (once or per
+    adapter), ``params`` (global parameters), ``rank`` / ``sv_threshold`` for the re-factoring. The
+    result reports each module's re-factoring error. Settings: ``AdapterMergeConfig``'s fields."""
+    from modelsurgeon.ops.core.errors import UsageError
+    from modelsurgeon.ops.core.progress import SILENT
+    from modelsurgeon.ops.io.output import Output
+    from modelsurgeon.ops.merge.adapters import plan_adapter_merge, run_adapter_merge
+    from modelsurgeon.recipes.merge import AdapterMergeConfig
+
+    cfg = AdapterMergeConfig(adapters=tuple(str(a) for a in adapters), **settings)
+    if output is None and not dry_run:
+        raise UsageError("an adapter merge needs an output folder", "pass output=..., or dry_run=True")
+    out = Output.of(output, force) if output is not None else None
+    with plan_adapter_merge(cfg, out) as plan:
+        if dry_run:
+            return plan.result(None if output is None else str(output))
+        return run_adapter_merge(plan, progress or SILENT, command)
 
 
 def extract_lora(

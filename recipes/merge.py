@@ -447,3 +447,42 @@ class ExtractConfig(Config):
         self._set("out_dtype", dtype_name(self.out_dtype, "--out-dtype"))
         if not isinstance(self.device, str):
             raise UsageError(f"--device {self.device!r} is not a device", "use auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class AdapterMergeConfig(Config):
+    """``--adapters``: several PEFT LoRA adapters of one base merged into one adapter by ``method``
+    (a task-vector method, on the adapters' deltas), re-factored at ``rank`` (default: the sum of the
+    adapters' ranks) or, with ``sv_threshold``, at each module's own rank up to ``rank``."""
+
+    KIND: ClassVar[str] = "merge_adapters"
+    VERSION: ClassVar[int] = 1
+
+    adapters: tuple[str, ...] = ()
+    method: str = "linear"
+    weight: tuple[float, ...] = ()  # once for all, or once per adapter
+    density: tuple[float, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)  # global parameters (--param KEY=VALUE)
+    rank: int | None = None
+    sv_threshold: float | None = None
+    exact_svd: bool = False
+    seed: int = 0
+    out_dtype: str | None = None
+    device: str = "auto"
+
+    def validate(self) -> None:
+        self._set("adapters", tuple(str(a) for a in self.adapters))
+        if len(self.adapters) < 2:
+            raise UsageError(
+                "--adapters merges two or more adapters", "e.g. surgeon merge --adapters --method ties a/ b/ -o merged/"
+            )
+        if not isinstance(self.method, str) or not self.method:
+            raise UsageError("--adapters needs --method", "e.g. --method ties")
+        self._set("weight", tuple(self.weight or ()))
+        self._set("density", tuple(self.density or ()))
+        if self.rank is not None:
+            check_int(self.rank, "--rank", minimum=1)
+        if self.sv_threshold is not None:
+            check_fraction(self.sv_threshold, "--sv-threshold", lo_open=True, example="e.g. --sv-threshold 0.05")
+        check_int(self.seed, "--seed", minimum=None)
+        self._set("out_dtype", dtype_name(self.out_dtype, "--out-dtype"))

@@ -117,7 +117,10 @@ def test_every_structural_problem_at_once():
             "merge_method: x\nmodels: [a]\ntokenizer:\n  tokens:\n    <t>: {source: {kind: model_token, model: a}}\n",
             "give exactly one of token or token_id",
         ),
-        ("merge_method: x\nmodels: [a]\ntokenizer:\n  tokens:\n    <t>: {source: {kind: nope}}\n", "kind must be model_token or zero"),
+        (
+            "merge_method: x\nmodels: [a]\ntokenizer:\n  tokens:\n    <t>: {source: {kind: nope}}\n",
+            "kind must be model_token or zero",
+        ),
         ("merge_method: x\nmodels: [a]\ntokenizer:\n  tokens:\n    <t>: {force: true}\n", "force needs a source"),
         ("merge_method: x\nmodels: [a]\ntokenizer:\n  pad_to_multiple_of: 0\n", "expected a whole number >= 1"),
         ("merge_method: x\nslices:\n  - sources:\n      - model: a\n", "a slice source needs layer_range"),
