@@ -106,6 +106,13 @@ def merge(
     ] = None,
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
+    allow_same: Annotated[
+        bool,
+        typer.Option(
+            "--i-understand-this-is-not-useful-without-training",
+            help="MoE recipes: allow every expert to be the same model (mergekit-moe's flag).",
+        ),
+    ] = False,
     intermediate_dir: Annotated[
         str | None,
         typer.Option("--intermediate-dir", help="Multi-document recipes: keep the stages' outputs here (and reuse them)."),
@@ -149,7 +156,7 @@ def merge(
         )
     extract_flags = rank is not None or include or exclude or exact_svd or sv_threshold is not None or embed_lora
     mode = _mode(inputs, output, method, base, lora, extract_lora, merge_params, bool(extract_flags))
-    write = _Write(output, force, max_shard_size, dry_run, as_json, quiet, intermediate_dir)
+    write = _Write(output, force, max_shard_size, dry_run, as_json, quiet, intermediate_dir, allow_same)
     if mode == "--extract-lora":
         from modelsurgeon.recipes.merge import dtype_name
 
@@ -185,6 +192,7 @@ class _Write:
     as_json: bool
     quiet: bool
     intermediate_dir: str | None = None
+    allow_same: bool = False
 
 
 def _mode(inputs, output, method, base, lora, extract_lora, merge_params: dict, extract_flags: bool) -> str:
@@ -290,9 +298,19 @@ def _merge_recipe_file(path: str, run: dict, write: _Write) -> int:
     from modelsurgeon.ops.merge.stages import count_documents
     from modelsurgeon.recipes.merge import MergeConfig
 
-    if count_documents(path) > 1:
-        return _merge(path, write, run)
+    if count_documents(path) > 1 or write.allow_same or _is_moe(path):
+        return _merge(path, write, {**run, "allow_same": write.allow_same} if write.allow_same else run)
     return _merge(MergeConfig.build(path, **run), write)
+
+
+def _is_moe(path: str) -> bool:
+    from modelsurgeon.recipes.base import read_yaml
+    from modelsurgeon.recipes.merge import is_moe_recipe
+
+    try:
+        return is_moe_recipe(read_yaml(path))
+    except Exception:  # noqa: BLE001 - the merge reader reports a bad file with line and column
+        return False
 
 
 def _merge_flags(method, base, models, weight, density, t, param, run: dict, write: _Write) -> int:

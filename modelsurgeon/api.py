@@ -188,6 +188,22 @@ def merge(
     if isinstance(recipe, (str, Path)):
         from modelsurgeon.ops.merge.stages import count_documents, merge_stages
 
+        moe = _moe_recipe(recipe)
+        if moe is not None:  # mergekit-moe: a mixture of experts
+            from modelsurgeon.ops.merge.moe import plan_moe, run_moe
+            from modelsurgeon.recipes.merge import MoEConfig
+
+            run = {k: given[k] for k in ("seed", "device", "allow_same") if k in given}
+            cfg = MoEConfig.from_recipe(moe, str(recipe), **run)
+            out = Output.of(output, force, max_shard_size) if output is not None else None
+            with plan_moe(cfg, out) as plan:
+                for w in plan.warnings:
+                    (progress or SILENT).note(f"warning: {w}")
+                if dry_run:
+                    return plan.result(None if output is None else str(output))
+                return run_moe(plan, progress or SILENT, command)
+        if given.pop("allow_same", False):
+            raise UsageError("--i-understand-this-is-not-useful-without-training goes with MoE recipes (experts:)")
         if count_documents(recipe) > 1:  # mergekit-multi: stages
             return merge_stages(
                 recipe,
@@ -209,6 +225,18 @@ def merge(
         if dry_run:
             return plan.result(None if output is None else str(output))
         return run_merge(plan, progress, command)
+
+
+def _moe_recipe(path) -> dict | None:
+    """The mapping of a mergekit-moe recipe file (experts, no merge_method), else None."""
+    from modelsurgeon.recipes.base import read_yaml
+    from modelsurgeon.recipes.merge import is_moe_recipe
+
+    try:
+        data = read_yaml(path)
+    except Exception:  # noqa: BLE001 - the merge reader reports a bad file with line and column
+        return None
+    return data if is_moe_recipe(data) else None
 
 
 def merge_adapters(

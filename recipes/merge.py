@@ -486,3 +486,134 @@ class AdapterMergeConfig(Config):
             check_fraction(self.sv_threshold, "--sv-threshold", lo_open=True, example="e.g. --sv-threshold 0.05")
         check_int(self.seed, "--seed", minimum=None)
         self._set("out_dtype", dtype_name(self.out_dtype, "--out-dtype"))
+
+
+# --------------------------------------------------------------------------------------------
+# mixture of experts (mergekit-moe's YAML)
+
+MOE_GATE_MODES = ("hidden", "hidden_avg", "hidden_last", "cheap_embed", "random", "uniform_random")
+MOE_ARCHITECTURES = ("mixtral", "qwen")
+
+
+@dataclass(frozen=True)
+class MoEExpert:
+    source_model: str
+    positive_prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[str, ...] = ()
+    noise_scale: float | None = None
+    residual_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class MoEConfig(Config):
+    """A mixture of experts from a dense base and dense fine-tunes (mergekit-moe's recipe): the base's
+    attention, norms and embeddings, each fine-tune's MLP as one expert per layer, and a router per layer
+    initialised from prompts (``gate_mode``)."""
+
+    KIND: ClassVar[str] = "moe"
+    VERSION: ClassVar[int] = 1
+
+    base_model: str | None = None
+    experts: tuple[MoEExpert, ...] = ()
+    gate_mode: str = "hidden"
+    dtype: str | None = None
+    experts_per_token: int = 2
+    shared_experts: tuple[MoEExpert, ...] = ()
+    architecture: str | None = None  # mixtral | qwen (default: qwen with a shared expert, else mixtral)
+    seed: int = 0  # random gates
+    device: str = "auto"
+    allow_same: bool = False  # every expert the same model: only useful before training
+
+    def validate(self) -> None:
+        if not self.base_model:
+            raise UsageError("a MoE recipe needs base_model")
+        if not self.experts:
+            raise UsageError("a MoE recipe needs experts: a list of {source_model, positive_prompts}")
+        check_int(self.experts_per_token, "experts_per_token", minimum=1)
+        if self.experts_per_token > len(self.experts):
+            raise UsageError(
+                f"experts_per_token is {self.experts_per_token} but there are only {len(self.experts)} experts",
+                "lower experts_per_token or add experts",
+            )
+        if self.gate_mode not in MOE_GATE_MODES:
+            raise UsageError(f"gate_mode {self.gate_mode!r} is not one of {', '.join(MOE_GATE_MODES)}")
+        self._set("dtype", dtype_name(self.dtype, "dtype"))
+        arch = self.architecture
+        if arch is not None:
+            low = str(arch).lower().replace(" ", "")
+            match = next((a for a in MOE_ARCHITECTURES if low.startswith(a)), None)
+            if match is None:
+                raise UsageError(f"architecture {arch!r} is not one of Mixtral, Qwen MoE")
+            self._set("architecture", match)
+        else:
+            self._set("architecture", "qwen" if self.shared_experts else "mixtral")
+        if self.architecture == "mixtral" and self.shared_experts:
+            raise UsageError("Mixtral has no shared experts", "use architecture: qwen, or drop shared_experts")
+        if self.architecture == "qwen" and len(self.shared_experts) != 1:
+            raise UsageError("Qwen MoE needs exactly one shared expert (shared_experts: [...])")
+        if self.gate_mode not in ("random", "uniform_random"):
+            for i, e in enumerate(self.experts + self.shared_experts):
+                if not e.positive_prompts:
+                    raise UsageError(
+                        f"expert {i} ({e.source_model}) has no positive_prompts", f"gate_mode {self.gate_mode} routes by prompts"
+                    )
+            prompts = {(e.positive_prompts, e.negative_prompts) for e in self.experts}
+            if len(self.experts) > 1 and len(prompts) == 1:
+                raise UsageError(
+                    "every expert has the same prompts, so the router cannot tell them apart",
+                    "give each expert its own positive_prompts",
+                )
+        if not self.allow_same and len(self.experts) > 1 and len({e.source_model for e in self.experts}) == 1:
+            raise UsageError(
+                "every expert is the same model: the MoE would compute exactly what the model does",
+                "to train it afterwards anyway, pass --i-understand-this-is-not-useful-without-training",
+            )
+        check_int(self.seed, "--seed", minimum=None)
+
+    @classmethod
+    def from_recipe(cls, data: Mapping, source: str, **run) -> MoEConfig:
+        known = ("base_model", "experts", "gate_mode", "dtype", "experts_per_token", "shared_experts", "architecture")
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            from .base import did_you_mean
+
+            raise UsageError(
+                f"{source}: unknown key {unknown[0]!r} in a MoE recipe{did_you_mean(unknown[0], known)}",
+                f"known: {', '.join(known)}",
+            )
+
+        def experts(key: str) -> tuple[MoEExpert, ...]:
+            raw = data.get(key) or []
+            if not isinstance(raw, list):
+                raise UsageError(f"{source}: {key} must be a list of {{source_model, positive_prompts, ...}}")
+            out = []
+            for i, e in enumerate(raw):
+                ek = ("source_model", "positive_prompts", "negative_prompts", "noise_scale", "residual_scale")
+                if not isinstance(e, Mapping) or "source_model" not in e or any(k not in ek for k in e):
+                    raise UsageError(f"{source}: {key}[{i}] must be a mapping with source_model (and {', '.join(ek[1:])})")
+                out.append(
+                    MoEExpert(
+                        str(e["source_model"]),
+                        tuple(str(p) for p in e.get("positive_prompts") or ()),
+                        tuple(str(p) for p in e.get("negative_prompts") or ()),
+                        e.get("noise_scale"),
+                        e.get("residual_scale"),
+                    )
+                )
+            return tuple(out)
+
+        return cls(
+            base_model=str(data["base_model"]) if data.get("base_model") else None,
+            experts=experts("experts"),
+            shared_experts=experts("shared_experts"),
+            gate_mode=str(data.get("gate_mode", "hidden")),
+            dtype=data.get("dtype"),
+            experts_per_token=data.get("experts_per_token", 2),
+            architecture=data.get("architecture"),
+            **run,
+        )
+
+
+def is_moe_recipe(data) -> bool:
+    """A mergekit-moe recipe: experts and a base, no merge_method."""
+    return isinstance(data, Mapping) and "experts" in data and "merge_method" not in data

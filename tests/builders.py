@@ -88,7 +88,7 @@ def make_llama_with_tokenizer(folder: Path, text: str) -> Path:
     return folder
 
 
-def make_llama_with_own_tokenizer(folder: Path, text: str, seed: int, extra=(), eos: str = "</s>") -> Path:
+def make_llama_with_own_tokenizer(folder: Path, text: str, seed: int, extra=(), eos: str = "</s>", layers: int = 1) -> Path:
     """A one-layer Llama with a byte-level BPE trained on ``text`` (plus ``extra`` special tokens), its
     embedding rows exactly its tokenizer's size; different texts give overlapping, differently ordered
     vocabularies."""
@@ -111,7 +111,7 @@ def make_llama_with_own_tokenizer(folder: Path, text: str, seed: int, extra=(), 
         vocab_size=len(t),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=1,
+        num_hidden_layers=layers,
         max_position_embeddings=64,
     )
     t.save_pretrained(folder)
