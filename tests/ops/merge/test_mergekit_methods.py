@@ -1,11 +1,11 @@
 """multislerp, karcher, sce, ram, ramplus_tl and arcee_fusion against mergekit's arithmetic.
 
-mergekit itself is not a test dependency (it pins transformers<6 and pulls in datasets; see
-benchmarks/bench_merge.py --check, which runs it). The references below are transcriptions of mergekit
-0.1.5's functions (merge_methods/{multislerp,karcher,sce,ram,arcee_fusion}.py) in their whole-tensor
-form: the same operations in the same order, so a float32 merge agrees to rounding (1e-6 relative) or
-bit for bit where no reduction is reordered. The benchmark's check compared these references with
-mergekit-yaml's outputs on tiny Llamas (benchmarks/RESULTS.md).
+mergekit itself is not a test dependency (it pins transformers<6 and pulls in datasets). Its real outputs on
+a tiny Llama are fixtures (tests/data/mergekit, test_against_mergekit.py); the references below are
+transcriptions of mergekit 0.1.5's functions (merge_methods/{multislerp,karcher,sce,ram,arcee_fusion}.py) in
+their whole-tensor form, used where no fixture reaches: other shapes, a BERT-style model, parameters, the
+streamed chunks. The same operations in the same order, so a float32 merge agrees to rounding (1e-6
+relative) or bit for bit where no reduction is reordered.
 """
 
 from __future__ import annotations

@@ -1,0 +1,103 @@
+"""Regenerate the mergekit fixtures: a tiny float32 Llama base and three sparse fine-tunes of it, and what
+mergekit-yaml makes of them for each recipe in RECIPES, stored as JSON (float32 bytes, base64) so the tests
+compare `surgeon merge` with mergekit's own output without mergekit installed.
+
+    python3 -m venv /tmp/venv-mergekit && /tmp/venv-mergekit/bin/pip install torch==2.13.0 mergekit==0.1.5
+    /tmp/venv-mergekit/bin/python tests/data/mergekit/make.py
+
+The tests (tests/ops/merge/test_against_mergekit.py) rebuild the input folders from inputs.json and run the
+same recipes. Made with mergekit 0.1.5, transformers 5.24.0, torch 2.13.0 (CPU)."""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata as md
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+CONFIG = dict(
+    vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1
+)
+
+# {base}, {a}, {b}, {c} name the input folders
+RECIPES = {
+    "multislerp": "merge_method: multislerp\nmodels:\n  - {model: '{a}', parameters: {weight: 0.5}}\n"
+    "  - {model: '{b}', parameters: {weight: 0.3}}\n  - {model: '{c}', parameters: {weight: 0.2}}\n",
+    "multislerp_base": "merge_method: multislerp\nbase_model: '{base}'\nmodels:\n  - {model: '{a}', parameters: {weight: 0.5}}\n"
+    "  - {model: '{b}', parameters: {weight: 0.3}}\n  - {model: '{c}', parameters: {weight: 0.2}}\n",
+    "karcher": "merge_method: karcher\nparameters: {max_iter: 10, tol: 1.0e-5}\nmodels:\n  - model: '{a}'\n  - model: '{b}'\n  - model: '{c}'\n",
+    "karcher_base": "merge_method: karcher\nbase_model: '{base}'\nmodels:\n  - model: '{a}'\n  - model: '{b}'\n",
+    "sce": "merge_method: sce\nbase_model: '{base}'\nmodels:\n  - model: '{a}'\n  - model: '{b}'\n  - model: '{c}'\n",
+    "sce_topk": "merge_method: sce\nbase_model: '{base}'\nparameters: {select_topk: 0.5}\n"
+    "models:\n  - model: '{a}'\n  - model: '{b}'\n  - model: '{c}'\n",
+    "ram": "merge_method: ram\nbase_model: '{base}'\nmodels:\n  - model: '{a}'\n  - model: '{b}'\n  - model: '{c}'\n",
+    "ramplus_tl": "merge_method: ramplus_tl\nbase_model: '{base}'\nparameters: {r: 0.5, alpha: 0.4}\n"
+    "models:\n  - model: '{a}'\n  - model: '{b}'\n  - model: '{c}'\n",
+    "arcee_fusion": "merge_method: arcee_fusion\nbase_model: '{base}'\nmodels:\n  - model: '{a}'\n",
+    "linear": "merge_method: linear\nmodels:\n  - {model: '{a}', parameters: {weight: 1.0}}\n"
+    "  - {model: '{b}', parameters: {weight: 0.7}}\n  - {model: '{c}', parameters: {weight: 0.5}}\n",
+    "ties": "merge_method: ties\nbase_model: '{base}'\nparameters: {density: 0.5}\nmodels:\n  - {model: '{a}', parameters: {weight: 1.0}}\n"
+    "  - {model: '{b}', parameters: {weight: 0.7}}\n  - {model: '{c}', parameters: {weight: 0.5}}\n",
+    "slerp": "merge_method: slerp\nbase_model: '{a}'\nparameters: {t: 0.3}\nmodels:\n  - model: '{a}'\n  - model: '{b}'\n",
+    "nuslerp": "merge_method: nuslerp\nbase_model: '{base}'\nmodels:\n  - {model: '{a}', parameters: {weight: 0.6}}\n"
+    "  - {model: '{b}', parameters: {weight: 0.4}}\n",
+    "model_stock": "merge_method: model_stock\nbase_model: '{base}'\nmodels:\n  - model: '{a}'\n  - model: '{b}'\n  - model: '{c}'\n",
+}
+
+
+def pack(sd: dict[str, torch.Tensor]) -> dict:
+    return {
+        k: [list(v.shape), base64.b64encode(v.float().contiguous().numpy().tobytes()).decode()] for k, v in sorted(sd.items())
+    }
+
+
+def sparse_finetune(base: dict[str, torch.Tensor], seed: int, frac: float = 0.4) -> dict[str, torch.Tensor]:
+    """base + noise on a random ``frac`` of the entries (so RAM and SCE see unique and shared changes)."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + 0.02 * torch.randn(v.shape, generator=g) * (torch.rand(v.shape, generator=g) < frac) for k, v in base.items()}
+
+
+def main() -> None:
+    from builders import make_tiny_llama
+
+    mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
+    tmp = Path(tempfile.mkdtemp())
+    make_tiny_llama(tmp / "base", seed=0, **CONFIG)
+    base = load_file(str(tmp / "base" / "model.safetensors"))
+    config = json.loads((tmp / "base" / "config.json").read_text())
+    models = {"base": base} | {n: sparse_finetune(base, i) for i, n in enumerate("abc", 1)}
+    for n, sd in models.items():
+        (tmp / n).mkdir(exist_ok=True)
+        save_file(sd, str(tmp / n / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / n / "config.json").write_text(json.dumps(config))
+    (HERE / "inputs.json").write_text(json.dumps({"config": config, "models": {n: pack(sd) for n, sd in models.items()}}) + "\n")
+    outputs = {}
+    for case, recipe in RECIPES.items():
+        path = tmp / f"{case}.yml"
+        path.write_text(
+            recipe.replace("'{base}'", str(tmp / "base"))
+            .replace("'{a}'", str(tmp / "a"))
+            .replace("'{b}'", str(tmp / "b"))
+            .replace("'{c}'", str(tmp / "c"))
+        )
+        out = tmp / f"out-{case}"
+        subprocess.run([str(mergekit_yaml), str(path), str(out), "--no-copy-tokenizer", "--no-write-model-card"], check=True)
+        sd = {}
+        for f in sorted(out.glob("*.safetensors")):
+            sd |= load_file(str(f))
+        outputs[case] = {"recipe": recipe, "tensors": pack(sd)}
+    meta = {"mergekit": md.version("mergekit"), "transformers": md.version("transformers"), "torch": torch.__version__}
+    (HERE / "outputs.json").write_text(json.dumps({"versions": meta, "cases": outputs}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
