@@ -6,7 +6,9 @@ compare `surgeon merge` with mergekit's own output without mergekit installed.
     /tmp/venv-mergekit/bin/python tests/data/mergekit/make.py
 
 The tests (tests/ops/merge/test_against_mergekit.py) rebuild the input folders from inputs.json and run the
-same recipes. Made with mergekit 0.1.5, transformers 5.24.0, torch 2.13.0 (CPU)."""
+same recipes. union.json holds two tiny Llamas with their own byte-level BPE tokenizers (and the files those
+tokenizers are), a recipe with `tokenizer: {source: union, tokens: ...}` and `chat_template: chatml`, and
+mergekit's merged vocabulary, chat template and tensors. Made with mergekit 0.1.5, transformers 5.24.0, torch 2.13.0 (CPU)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from importlib.resources import files
 from pathlib import Path
 
 import torch
@@ -66,6 +69,112 @@ def sparse_finetune(base: dict[str, torch.Tensor], seed: int, frac: float = 0.4)
     return {k: v + 0.02 * torch.randn(v.shape, generator=g) * (torch.rand(v.shape, generator=g) < frac) for k, v in base.items()}
 
 
+UNION_RECIPE = """merge_method: linear
+models:
+  - model: '{a}'
+    parameters: {weight: 0.6}
+  - model: '{b}'
+    parameters: {weight: 0.4}
+tokenizer:
+  source: union
+  tokens:
+    <|im_start|>:
+      source: '{b}'
+    <|im_end|>:
+      source: {kind: model_token, model: '{a}', token: </s>}
+      force: true
+    <s>:
+      source: {kind: zero}
+      force: true
+    <new>:
+      source: {kind: model_token, model: '{b}', token_id: 5}
+chat_template: chatml
+"""
+
+
+TEMPLATES = ["alpaca", "chatml", "exaone", "llama3", "mistral"]
+CONVERSATIONS = [
+    [{"role": "user", "content": "hi"}],
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "sum 2+2"}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+]
+
+
+def tokenizer_model(folder: Path, text: str, seed: int, extra: list[str]) -> None:
+    """A one-layer hidden-8 Llama whose embedding rows are its own BPE's (about 60 tokens, learnt on ``text``)."""
+    from builders import make_tiny_llama
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = sorted({c for w in pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(text) for c in w[0]})
+    tok.train_from_iterator(
+        [text],
+        trainers.BpeTrainer(vocab_size=len(alphabet) + 24, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=alphabet),
+    )
+    t = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    if extra:
+        t.add_tokens([AddedToken(e, special=True) for e in extra], special_tokens=True)
+    make_tiny_llama(
+        folder,
+        seed=seed,
+        vocab_size=len(t),
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+    )
+    t.save_pretrained(folder)
+
+
+def union_case(tmp: Path, mergekit_yaml: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    inputs = {}
+    for name, text, seed, extra in (
+        ("a", "the quick brown fox jumps over the lazy dog " * 30, 0, []),
+        ("b", "hello world, merging tokenizers is a union " * 30, 1, ["<|im_start|>", "<|im_end|>"]),
+    ):
+        folder = tmp / f"tok-{name}"
+        tokenizer_model(folder, text, seed, extra)
+        inputs[name] = {
+            "files": {f.name: f.read_text() for f in folder.iterdir() if f.suffix in (".json", ".jinja")},
+            "tensors": pack(load_file(str(folder / "model.safetensors"))),
+        }
+    recipe = UNION_RECIPE.replace("'{a}'", str(tmp / "tok-a")).replace("'{b}'", str(tmp / "tok-b"))
+    (tmp / "union.yml").write_text(recipe)
+    out = tmp / "out-union"
+    subprocess.run([str(mergekit_yaml), str(tmp / "union.yml"), str(out), "--no-write-model-card"], check=True)
+    sd = {}
+    for f in sorted(out.glob("*.safetensors")):
+        sd |= load_file(str(f))
+    tok = AutoTokenizer.from_pretrained(out)
+    renders = {}
+    for name in TEMPLATES:
+        template = (files("mergekit._data.chat_templates") / f"{name}.jinja").read_text()
+        for i, conv in enumerate(CONVERSATIONS):
+            for gp in (False, True):
+                try:
+                    text = tok.apply_chat_template(conv, chat_template=template, tokenize=False, add_generation_prompt=gp)
+                except Exception as e:  # a template that refuses the conversation (say, a system turn)
+                    text = f"error: {type(e).__name__}"
+                renders[f"{name}/{i}/{gp}"] = text
+    return {
+        "recipe": UNION_RECIPE,
+        "inputs": inputs,
+        "vocab": tok.get_vocab(),
+        "special_added": sorted(t.content for t in tok.added_tokens_decoder.values() if t.special),
+        "chat_template": tok.chat_template,
+        "conversations": CONVERSATIONS,
+        "renders": renders,
+        "tensors": pack(sd),
+    }
+
+
 def main() -> None:
     from builders import make_tiny_llama
 
@@ -79,9 +188,12 @@ def main() -> None:
         (tmp / n).mkdir(exist_ok=True)
         save_file(sd, str(tmp / n / "model.safetensors"), metadata={"format": "pt"})
         (tmp / n / "config.json").write_text(json.dumps(config))
-    (HERE / "inputs.json").write_text(json.dumps({"config": config, "models": {n: pack(sd) for n, sd in models.items()}}) + "\n")
+    if "--union-only" not in sys.argv:
+        (HERE / "inputs.json").write_text(
+            json.dumps({"config": config, "models": {n: pack(sd) for n, sd in models.items()}}) + "\n"
+        )
     outputs = {}
-    for case, recipe in RECIPES.items():
+    for case, recipe in RECIPES.items() if "--union-only" not in sys.argv else ():
         path = tmp / f"{case}.yml"
         path.write_text(
             recipe.replace("'{base}'", str(tmp / "base"))
@@ -96,7 +208,9 @@ def main() -> None:
             sd |= load_file(str(f))
         outputs[case] = {"recipe": recipe, "tensors": pack(sd)}
     meta = {"mergekit": md.version("mergekit"), "transformers": md.version("transformers"), "torch": torch.__version__}
-    (HERE / "outputs.json").write_text(json.dumps({"versions": meta, "cases": outputs}) + "\n")
+    (HERE / "union.json").write_text(json.dumps({"versions": meta} | union_case(tmp, mergekit_yaml)) + "\n")
+    if "--union-only" not in sys.argv:
+        (HERE / "outputs.json").write_text(json.dumps({"versions": meta, "cases": outputs}) + "\n")
 
 
 if __name__ == "__main__":

@@ -54,3 +54,70 @@ def test_equals_mergekit(capsys, tmp_path, inputs, case):
         else:
             rel = float((got.double() - want.double()).abs().max() / want.double().abs().max())
             assert rel <= 1e-6, (k, rel)
+
+
+def test_union_tokenizer_tokens_and_chat_template_equal_mergekit(capsys, tmp_path):
+    """tokenizer source union with tokens: overrides (source, model_token by text and by id, zero, force) and
+    the chatml template: the same vocabulary, special tokens and template as mergekit's, and every token's
+    embedding and output rows equal to mergekit's rows for that token (new tokens' ids follow a hash map's
+    order in mergekit, so rows are matched by token)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = json.loads((DATA / "union.json").read_text())
+    recipe = data["recipe"]
+    for n, spec in data["inputs"].items():
+        folder = tmp_path / f"tok-{n}"
+        write_checkpoint(folder, unpack(spec["tensors"]))
+        for fname, text in spec["files"].items():
+            (folder / fname).write_text(text)
+        recipe = recipe.replace(f"'{{{n}}}'", str(folder))
+    (tmp_path / "r.yml").write_text(recipe)
+    out = tmp_path / "out"
+    run_json(capsys, "merge", str(tmp_path / "r.yml"), "-o", str(out), "-q")
+    tok = AutoTokenizer.from_pretrained(out)
+    vocab, theirs_vocab = tok.get_vocab(), data["vocab"]
+    assert set(vocab) == set(theirs_vocab)
+    assert sorted(t.content for t in tok.added_tokens_decoder.values() if t.special) == data["special_added"]
+    conv = data["conversations"][1]
+    assert tok.apply_chat_template(conv, tokenize=False) == data["renders"]["chatml/1/False"]
+    ours, theirs = load_file(str(out / "model.safetensors")), unpack(data["tensors"])
+    assert set(ours) == set(theirs)
+    for k, want in theirs.items():
+        if k in ("model.embed_tokens.weight", "lm_head.weight"):
+            assert ours[k].shape == want.shape, k
+            for t, i in theirs_vocab.items():
+                assert torch.allclose(ours[k][vocab[t]], want[i], rtol=0, atol=1e-6), (k, t)
+        else:
+            assert torch.equal(ours[k], want), k
+    model = AutoModelForCausalLM.from_pretrained(out)
+    ids = tok("hello <|im_start|> fox", return_tensors="pt")["input_ids"]
+    assert model.generate(ids, max_new_tokens=2, do_sample=False).shape == (1, ids.shape[1] + 2)
+
+
+def test_named_chat_templates_render_as_mergekits():
+    """Each template mergekit ships renders the same text for the same conversations (errors included), but
+    EXAONE: mergekit's exaone.jinja is indented, and without Jinja's whitespace control the indentation lands
+    in the prompt ('        [|system|]...'); ours renders the format EXAONE's own template writes, which is
+    mergekit's text without that whitespace."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from modelsurgeon.recipes.merge import chat_template_text
+
+    data = json.loads((DATA / "union.json").read_text())
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE()), bos_token="<s>", eos_token="</s>")
+    for key, theirs in data["renders"].items():
+        name, i, gp = key.split("/")
+        try:
+            ours = tok.apply_chat_template(
+                data["conversations"][int(i)],
+                chat_template=chat_template_text(name),
+                tokenize=False,
+                add_generation_prompt=gp == "True",
+            )
+        except Exception as e:
+            ours = f"error: {type(e).__name__}"
+        if name == "exaone":
+            assert "".join(ours.split()) == "".join(theirs.split()) and not ours.startswith(" "), key
+        else:
+            assert ours == theirs, key

@@ -1,6 +1,6 @@
 """tokenizer_source: union, tokenizer.tokens and named chat templates: the merged tokenizer loads in
-transformers and every token's embedding row follows mergekit's rules (benchmarks/bench_merge.py --check
-compared the same recipe with mergekit 0.1.5: same vocabulary, same added tokens, same rows by token)."""
+transformers and every token's embedding row follows mergekit's rules (test_against_mergekit.py compares a
+recipe like this one with mergekit 0.1.5's own output: same vocabulary, special tokens and rows by token)."""
 
 from __future__ import annotations
 
