@@ -8,7 +8,8 @@ compare `surgeon merge` with mergekit's own output without mergekit installed.
 The tests (tests/ops/merge/test_against_mergekit.py) rebuild the input folders from inputs.json and run the
 same recipes. union.json holds two tiny Llamas with their own byte-level BPE tokenizers (and the files those
 tokenizers are), a recipe with `tokenizer: {source: union, tokens: ...}` and `chat_template: chatml`, and
-mergekit's merged vocabulary, chat template and tensors. Made with mergekit 0.1.5, transformers 5.24.0, torch 2.13.0 (CPU)."""
+mergekit's merged vocabulary, chat template and tensors. moe.json: mergekit-moe's Mixtral from that model a
+and three experts (their MLP tensors stored) with cheap_embed routers. Made with mergekit 0.1.5, transformers 5.24.0, torch 2.13.0 (CPU)."""
 
 from __future__ import annotations
 
@@ -175,6 +176,51 @@ def union_case(tmp: Path, mergekit_yaml: Path) -> dict:
     }
 
 
+MOE_RECIPE = """base_model: '{base}'
+gate_mode: cheap_embed
+dtype: float32
+experts_per_token: 2
+experts:
+  - source_model: '{e1}'
+    positive_prompts: ['the quick fox', 'the lazy dog']
+    negative_prompts: ['over']
+  - source_model: '{e2}'
+    positive_prompts: ['jumps over']
+  - source_model: '{e3}'
+    positive_prompts: ['brown dog']
+"""
+
+
+def moe_case(tmp: Path) -> dict:
+    """mergekit-moe with cheap_embed routers over the union case's model a and three experts (its MLPs plus
+    noise)."""
+    import shutil
+
+    base_sd = load_file(str(tmp / "tok-a" / "model.safetensors"))
+    recipe = MOE_RECIPE.replace("'{base}'", str(tmp / "tok-a"))
+    experts = {}
+    for i in (1, 2, 3):
+        g = torch.Generator().manual_seed(100 + i)
+        sd = {k: v + 0.05 * torch.randn(v.shape, generator=g) if ".mlp." in k else v for k, v in base_sd.items()}
+        folder = tmp / f"e{i}"
+        shutil.copytree(tmp / "tok-a", folder)
+        save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        experts[f"e{i}"] = pack({k: v for k, v in sd.items() if ".mlp." in k})
+        recipe = recipe.replace(f"'{{e{i}}}'", str(folder))
+    (tmp / "moe.yml").write_text(recipe)
+    out = tmp / "out-moe"
+    subprocess.run([str(Path(sys.executable).parent / "mergekit-moe"), str(tmp / "moe.yml"), str(out)], check=True)
+    sd = {}
+    for f in sorted(out.glob("*.safetensors")):
+        sd |= load_file(str(f))
+    return {
+        "recipe": MOE_RECIPE,
+        "experts": experts,
+        "config": json.loads((out / "config.json").read_text()),
+        "tensors": pack(sd),
+    }
+
+
 def main() -> None:
     from builders import make_tiny_llama
 
@@ -209,6 +255,7 @@ def main() -> None:
         outputs[case] = {"recipe": recipe, "tensors": pack(sd)}
     meta = {"mergekit": md.version("mergekit"), "transformers": md.version("transformers"), "torch": torch.__version__}
     (HERE / "union.json").write_text(json.dumps({"versions": meta} | union_case(tmp, mergekit_yaml)) + "\n")
+    (HERE / "moe.json").write_text(json.dumps({"versions": meta} | moe_case(tmp)) + "\n")
     if "--union-only" not in sys.argv:
         (HERE / "outputs.json").write_text(json.dumps({"versions": meta, "cases": outputs}) + "\n")
 

@@ -121,3 +121,37 @@ def test_named_chat_templates_render_as_mergekits():
             assert "".join(ours.split()) == "".join(theirs.split()) and not ours.startswith(" "), key
         else:
             assert ours == theirs, key
+
+
+def test_moe_with_cheap_embed_routers_equals_mergekit_moe(capsys, tmp_path):
+    """mergekit-moe's Mixtral (transformers 5's fused expert layout) and ours (the per-expert layout) load in
+    transformers as the same model: experts, attention and cheap_embed routers equal, logits equal."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    union, data = (json.loads((DATA / f).read_text()) for f in ("union.json", "moe.json"))
+    a = union["inputs"]["a"]
+    base = write_checkpoint(tmp_path / "base", unpack(a["tensors"]))
+    for fname, text in a["files"].items():
+        (base / fname).write_text(text)
+    recipe = data["recipe"].replace("'{base}'", str(base))
+    for name, mlp in data["experts"].items():
+        folder = write_checkpoint(tmp_path / name, unpack(a["tensors"]) | unpack(mlp))
+        for fname, text in a["files"].items():
+            (folder / fname).write_text(text)
+        recipe = recipe.replace(f"'{{{name}}}'", str(folder))
+    (tmp_path / "moe.yml").write_text(recipe)
+    run_json(capsys, "merge", str(tmp_path / "moe.yml"), "-o", str(tmp_path / "ours"), "-q")
+    theirs_dir = write_checkpoint(tmp_path / "theirs", unpack(data["tensors"]), data["config"])
+    for fname, text in a["files"].items():
+        if fname != "config.json":
+            (theirs_dir / fname).write_text(text)
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "ours")
+    theirs = AutoModelForCausalLM.from_pretrained(theirs_dir)
+    so, st = ours.state_dict(), theirs.state_dict()
+    assert set(so) == set(st)
+    for k, want in st.items():
+        assert torch.allclose(so[k], want, rtol=0, atol=1e-6 if ".gate." in k else 0), k
+    tok = AutoTokenizer.from_pretrained(tmp_path / "ours")
+    ids = tok("the quick brown fox jumps", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(ours(ids).logits, theirs(ids).logits, rtol=0, atol=1e-5)
