@@ -326,3 +326,17 @@ def test_hand_computed_values():
     base = torch.zeros(3)
     got = call("ram", base, [torch.tensor([1.0, 2.0, 0.0]), torch.tensor([0.0, 4.0, 0.0])])
     assert torch.equal(got, torch.tensor([1.0, 3.0, 0.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sce_variance_is_torch_var_bit_for_bit(dtype):
+    """SCE's elementwise Welford variance equals torch.var over the stacked models (mergekit's call) exactly,
+    so the selected entries are the same; the inputs are left untouched."""
+    from modelsurgeon.ops.merge.agreement import _variance
+
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 3, 5):
+        ds = [(0.01 * (i + 1) * torch.randn(50_000, generator=g)).to(dtype) for i in range(n)]
+        before = [d.clone() for d in ds]
+        assert torch.equal(_variance(ds), torch.var(torch.stack(ds), dim=0, unbiased=False))
+        assert all(torch.equal(a, b) for a, b in zip(ds, before))
