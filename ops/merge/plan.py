@@ -34,7 +34,7 @@ from .jobs import Job, JobBuilder, Models, OpenModel, torch_dtype
 from .layout import Layout, lay_out
 from .methods import MergeMethod, get_method
 from .params import check_param_names
-from .vocab import plan_alignment
+from .vocab import plan_alignment, plan_chat_template
 
 
 @dataclass
@@ -60,9 +60,12 @@ class MergeResult(Result):
     files: list[str] | None = None  # after a merge: the output folder's files
     bytes_written: int | None = None
     seconds: float | None = None
+    stages: list[str] | None = None  # a multi-document recipe: the stages, in the order they run
 
     def to_dict(self) -> dict:
         out = super().to_dict()
+        if self.stages is None:
+            out.pop("stages")
         if self.dry_run:
             for key in ("files", "bytes_written", "seconds"):
                 out.pop(key)
@@ -116,7 +119,7 @@ class MergePlan:
             out = numel * torch.empty((), dtype=j.dtype).element_size()
             if j.copy:
                 w = out
-            elif self.method.streams and j.row_maps is None:
+            elif self.method.streams and j.row_maps is None and j.vocab is None:
                 w = out + numel * len(j.inputs)
             else:
                 w = out + numel * 4 * (len(j.sources) + 3)
@@ -223,6 +226,7 @@ def plan_merge(config: MergeConfig, output: Output | None = None, *, opener: Cal
         builder = JobBuilder(recipe, method, models, problems)
         layout = lay_out(builder, warnings)
         plan_alignment(builder, layout)
+        plan_chat_template(builder, layout)
         if problems:
             # always the block form, "N problem(s) with the merge, nothing was written", one per line
             raise PlanError(problems.lines(), problems.what)
