@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (tests call this directly)."""
     from modelsurgeon.ops.core.errors import SurgeonError
 
+    from ._output import error_line, settings
+
+    settings.reset()
     debug = os.environ.get("SURGEON_DEBUG", "") not in ("", "0")
     try:
         rv = app(args=argv, prog_name="surgeon", standalone_mode=False)
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except SurgeonError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        error_line(str(e))
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
@@ -65,12 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()  # `surgeon report m | head`: the reader left, nothing to say
         return 1
     except Exception as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `surgeon`: the help (already on stdout) is the answer
+            message = e.format_message().strip() if hasattr(e, "format_message") else ""
+            if message:
+                print(message)
+            return 0
         # Typer's usage errors (unknown option, bad value) carry an exit code and a message;
         # print them on one line instead of Rich's boxed panel.
         if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):
             ctx = getattr(e, "ctx", None)
             where = ctx.command_path if ctx is not None else "surgeon"
-            print(f"error: {e.format_message()} (see '{where} --help')", file=sys.stderr)
+            error_line(f"{e.format_message()} (see '{where} --help')")
             return e.exit_code
         if type(e).__name__ == "Abort":
             print("aborted", file=sys.stderr)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.errors import SurgeonError, UsageError, typed
 
 
 def did_you_mean(word: str, known) -> str:
@@ -109,7 +109,7 @@ def check_int(value, where: str, minimum: int | None = 0) -> int:
 
 def check_regex(pattern, where: str) -> str:
     if not isinstance(pattern, str):
-        raise UsageError(f"{where} must be a regular expression string, got {pattern!r}")
+        raise UsageError(f"{where} must be a regular expression string, got {typed(pattern)}")
     try:
         re.compile(pattern)
     except re.error as e:
@@ -119,7 +119,7 @@ def check_regex(pattern, where: str) -> str:
 
 def check_choice(value, where: str, allowed) -> str:
     if value not in allowed:
-        raise UsageError(f"{where} {value!r} is not one of {', '.join(map(str, allowed))}{did_you_mean(value, allowed)}")
+        raise UsageError(f"{where} {typed(value)} is not one of {', '.join(map(str, allowed))}{did_you_mean(value, allowed)}")
     return value
 
 

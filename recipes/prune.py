@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.errors import SurgeonError, UsageError, typed
 from modelsurgeon.ops.core.registry import Registry
 
 from .base import Config, check_choice, check_fraction, check_int, check_regex
@@ -46,10 +46,10 @@ def check_sparsity(value, where: str) -> float:
 def parse_nm(text: str, where: str = "--pattern") -> tuple[int, int]:
     m = _NM.match(str(text))
     if not m:
-        raise UsageError(f"{where} {text!r} is not of the form N:M", "e.g. 2:4 keeps the 2 largest of every 4")
+        raise UsageError(f"{where} {typed(text)} is not of the form N:M", "e.g. 2:4 keeps the 2 largest of every 4")
     n, mm = int(m.group(1)), int(m.group(2))
     if not 0 < n < mm:
-        raise UsageError(f"{where} {text!r} needs 0 < N < M", "N is how many of every M weights are kept, e.g. 2:4")
+        raise UsageError(f"{where} {typed(text)} needs 0 < N < M", "N is how many of every M weights are kept, e.g. 2:4")
     return n, mm
 
 
@@ -60,7 +60,7 @@ class SparsityOverride:
 
     def __post_init__(self):
         check_regex(self.pattern, "override pattern")
-        object.__setattr__(self, "sparsity", check_sparsity(self.sparsity, f"override {self.pattern!r} sparsity"))
+        object.__setattr__(self, "sparsity", check_sparsity(self.sparsity, f"override {typed(self.pattern)} sparsity"))
 
 
 def _is_override(o) -> bool:

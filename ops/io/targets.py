@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.errors import SurgeonError, UsageError, typed
 from modelsurgeon.ops.core.names import is_linear_weight
 
 from .checkpoint import Checkpoint, TensorInfo
@@ -21,7 +21,7 @@ def compile_regex(pattern: str | None, flag: str) -> re.Pattern | None:
     try:
         return re.compile(pattern)
     except re.error as e:
-        raise UsageError(f"{flag} {pattern!r} is not a valid regular expression: {e}") from None
+        raise UsageError(f"{flag} {typed(pattern)} is not a valid regular expression: {e}") from None
 
 
 def is_default_target(info: TensorInfo) -> bool:
@@ -43,14 +43,14 @@ def select_targets(
         chosen = [i for i in infos if i.is_float and inc.search(i.name)]
         if not chosen:
             raise SurgeonError(
-                f"{include_flag} {include!r} matches no float tensor of {ck.label}", "list names with `surgeon report MODEL`"
+                f"{include_flag} {typed(include)} matches no float tensor of {ck.label}", "list names with `surgeon report MODEL`"
             )
     else:
         chosen = [i for i in infos if is_default_target(i)]
     if exc is not None:
         if not any(exc.search(i.name) for i in infos):
             raise SurgeonError(
-                f"{exclude_flag} {exclude!r} matches no tensor of {ck.label}", "list names with `surgeon report MODEL`"
+                f"{exclude_flag} {typed(exclude)} matches no tensor of {ck.label}", "list names with `surgeon report MODEL`"
             )
         chosen = [i for i in chosen if not exc.search(i.name)]
     return [i.name for i in chosen]
