@@ -386,12 +386,20 @@ def print_table(cols: list[Col], rows: list[list], title: str | None = None, con
     for raw, row in zip(rows, fitted):
         t.add_row(row[0], *(raw[i] if hasattr(raw[i], "plain") else row[i] for i in shown[1:]))
     natural = _table_width(cols, [max([len(cols[i].header)] + [len(r[i]) for r in fitted]) for i in shown])
-    console.print(t, width=max(console.width, natural) if width is None else None)
+    if width is None and natural > console.width:  # whole: as wide as it takes (Rich clamps print(width=) to the console's)
+        saved = console.width
+        console.width = natural
+        try:
+            console.print(t)
+        finally:
+            console.width = saved
+    else:
+        console.print(t)
     hidden = [cols[i].header for i in range(len(cols)) if i not in shown]
     if hidden:
         console.print(f"(not shown at this width: {', '.join(hidden)}; --wide shows every column)", style="dim")
     if legend:
-        console.print(legend, style="dim", soft_wrap=True)
+        console.print(legend, style="dim", highlight=False)
 
 
 def print_lines(lines: list, console=None) -> None:

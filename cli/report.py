@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ._options import JsonOpt, QuietOpt, RevisionOpt
-from ._output import RichProgress, fmt_bytes, fmt_count, fmt_float, fmt_pct, print_lines, render
+from ._options import JsonOpt, QuietOpt, RevisionOpt, WideOpt
+from ._output import RichProgress, fmt_bytes, fmt_count, fmt_float, fmt_pct, print_lines, render, settings
 
 EPILOG = """Examples:
 
@@ -35,10 +35,12 @@ def report(
         typer.Option("--require", help="A gate such as 'sparsity>=0.5'; repeatable. Exit 1 if one fails."),
     ] = None,
     revision: RevisionOpt = None,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> int:
     """Tensor-by-tensor statistics and totals; optionally compared with another checkpoint."""
+    settings.wide = wide
     from modelsurgeon import api
     from modelsurgeon.ops.core.errors import SurgeonError
     from modelsurgeon.recipes.report import ReportConfig
