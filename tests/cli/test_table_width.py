@@ -6,7 +6,6 @@ pseudo-terminal (and tmux where it is installed), the way a user sees `surgeon r
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import shutil
@@ -75,6 +74,13 @@ def check_fits(lines: list[str], names: list[str], width: int, headers: list[str
 
 
 @pytest.fixture(scope="module")
+def minilm_report(minilm_dir) -> dict:
+    from modelsurgeon import api
+
+    return api.report(str(minilm_dir)).to_dict()
+
+
+@pytest.fixture(scope="module")
 def llama(tmp_path_factory):
     return make_tiny_llama(tmp_path_factory.mktemp("w") / "tiny-llama-with-a-long-folder-name", hidden_size=64)
 
@@ -91,8 +97,8 @@ def test_shorten_middle_keeps_the_layer_index_and_the_leaf():
     assert shorten_middle("embeddings.word_embeddings.weight", 24) == "…word_embeddings.weight"
 
 
-def test_report_table_fits_every_width(capsys, minilm_dir):
-    data = run_json(capsys, "report", str(minilm_dir))
+def test_report_table_fits_every_width(minilm_report):
+    data = minilm_report
     names = [t["name"] for t in data["tensors"]]
     headers = ["tensor", "shape", "dtype", "params", "nonzero", "2:4", "mean|w|", "std", "min", "max"]
     seen = {}
@@ -193,9 +199,9 @@ def _surgeon_in_a_terminal(args: list[str], columns: int) -> str:
 
 
 @pytest.mark.slow
-def test_report_minilm_in_an_80_column_terminal(capsys):
+def test_report_minilm_in_an_80_column_terminal(minilm_report):
     """`surgeon report minilm` in a real (pseudo-)terminal 80 columns wide: every tensor name on its line."""
-    names = [t["name"] for t in run_json(capsys, "report", "minilm")["tensors"]]
+    names = [t["name"] for t in minilm_report["tensors"]]
     text = _surgeon_in_a_terminal(["report", "minilm"], 80)
     lines = [line for line in text.splitlines() if "━" not in line]
     assert "nonzero" in text, text[:2000]  # the table came, with colour codes stripped
@@ -204,8 +210,8 @@ def test_report_minilm_in_an_80_column_terminal(capsys):
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_report_minilm_in_an_80_column_tmux_pane(capsys, tmp_path):
-    names = [t["name"] for t in run_json(capsys, "report", "minilm")["tensors"]]
+def test_report_minilm_in_an_80_column_tmux_pane(minilm_report, tmp_path):
+    names = [t["name"] for t in minilm_report["tensors"]]
     sock = str(tmp_path / "tmux.sock")
     cmd = f"{sys.executable} -c 'from modelsurgeon.cli.main import entry; entry()' report minilm -q; echo done-$?"
     tmux = ["tmux", "-S", sock, "-f", "/dev/null"]
@@ -225,22 +231,27 @@ def test_report_minilm_in_an_80_column_tmux_pane(capsys, tmp_path):
     check_fits(lines, names, 80, ["tensor", "shape", "params", "nonzero"])
 
 
-def test_piped_output_keeps_whole_names(minilm_dir):
+def test_piped_output_keeps_whole_names(capsys, minilm_dir, monkeypatch):
     """Piped (no COLUMNS), a table keeps whole names for grep; with COLUMNS it fits that width."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    code, out, err = run(capsys, "report", str(minilm_dir), "--top", "40", "-q")
+    assert code == 0, err
+    _, rows = body(out.splitlines())
+    assert len(rows) == 40 and "…" not in out and max(len(line) for line in rows) > 80
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run(capsys, "report", str(minilm_dir), "--top", "40", "-q")
+    _, rows = body(out.splitlines())
+    assert len(rows) == 40 and max(len(line) for line in rows) <= 80
+
+
+@pytest.mark.slow
+def test_nothing_empty_on_a_piped_stderr(minilm_dir):
+    """stderr that is not a terminal gets no bar and no blank line: a clean run leaves it empty."""
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     code = "from modelsurgeon.cli.main import entry; entry()"
     out = subprocess.run(
-        [sys.executable, "-c", code, "report", str(minilm_dir), "-q"], capture_output=True, text=True, env=env, check=True
+        [sys.executable, "-c", code, "report", str(minilm_dir), "--top", "3"], capture_output=True, text=True, env=env
     )
-    assert "encoder.layer.0.attention.output.LayerNorm.weight" in out.stdout
+    assert out.returncode == 0, out.stderr
     assert out.stderr == ""
-    out = subprocess.run(
-        [sys.executable, "-c", code, "report", str(minilm_dir)],
-        capture_output=True,
-        text=True,
-        env={**env, "COLUMNS": "80"},
-        check=True,
-    )
-    assert max(len(line) for line in out.stdout.splitlines()) <= 80
-    assert out.stderr == ""  # no bar and no blank line when stderr is not a terminal
-    json.dumps(out.stdout)
+    assert "embeddings.word_embeddings.weight" in out.stdout
