@@ -17,7 +17,7 @@ app = typer.Typer(
     name="surgeon",
     help="Streaming model surgery on safetensors checkpoints.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # surgeon --install-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         error_line(str(e))
         return e.exit_code
+    except SystemExit as e:  # --show-completion and --install-completion end with sys.exit
+        return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130

@@ -23,7 +23,7 @@ EPILOG = """Examples:
 
   surgeon prune minilm -o minilm-50 --sparsity 0.5
 
-  surgeon prune org/model -o pruned --sparsity 0.6 --scope global --exclude 'layers\\.0\\.'
+  surgeon prune org/model -o pruned --sparsity 0.6 --scope global --exclude 'layers?\\.0\\.'
 
   surgeon prune org/model -o pruned-24 --pattern 2:4
 

@@ -33,7 +33,7 @@ EPILOG = """Examples:
 
   surgeon quantize model/ -o model-nf4-dense/ --scheme nf4 --format dense --json | jq .sqnr_db
 
-  surgeon quantize model/ -o out/ --scheme w8a8 --ignore 'mlp\\.down_proj'
+  surgeon quantize model/ -o out/ --scheme w8a8 --ignore 'layers?\\.0\\.'    # keep the first layer as it is
 """
 
 

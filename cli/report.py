@@ -15,9 +15,9 @@ EPILOG = """Examples:
 
   surgeon report pruned/ --compare org/base --top 10
 
-  surgeon report pruned/ --filter 'layers?\\.\\d+\\.mlp' --json | jq .sparsity
+  surgeon report pruned/ --filter 'layers?\\.\\d+\\..*weight$' --json | jq .sparsity
 
-  surgeon report pruned/ --filter 'proj\\.weight$' --require 'sparsity>=0.5'
+  surgeon report pruned/ --filter 'layers?\\.\\d+\\..*(proj|query|key|value|dense)\\.weight$' --require 'sparsity>=0.5'
 """
 
 
