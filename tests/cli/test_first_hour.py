@@ -146,3 +146,13 @@ def test_poor_lora_extraction_warns(capsys, tmp_path):
         capsys, "merge", "--extract-lora", str(ft), "--base", str(base), "--rank", "64", "-o", str(tmp_path / "ad64"), "-q"
     )
     assert data["mean_rel_error"] < 0.5
+
+
+def test_missing_optional_package_names_the_extra(capsys, monkeypatch):
+    """Without scikit-learn, --task digits says which extra installs it, on one line, before any work."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    code, out, err = run(capsys, "intrinsic-dim", "--task", "digits", "--grid", "8", "--epochs", "1")
+    assert_one_line_error(code, out, err, 1, "scikit-learn", "pip install 'modelsurgeon[tasks]'")
