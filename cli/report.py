@@ -84,7 +84,7 @@ def _print_table(r: dict) -> None:
             ]
         else:
             cells += [
-                status(row["nm_2_4"], "yes", "no"),
+                {True: "yes", False: "no", None: "-"}[row["nm_2_4"]],
                 fmt_float(row["mean_abs"], 3),
                 fmt_float(row["std"], 3),
                 fmt_float(row["min"], 3),

@@ -156,3 +156,16 @@ def test_missing_optional_package_names_the_extra(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     code, out, err = run(capsys, "intrinsic-dim", "--task", "digits", "--grid", "8", "--epochs", "1")
     assert_one_line_error(code, out, err, 1, "scikit-learn", "pip install 'modelsurgeon[tasks]'")
+
+
+def test_a_folded_lora_is_labelled_as_such():
+    from modelsurgeon.cli import merge
+
+    console = Console(width=100, file=io.StringIO(), force_terminal=False)
+    _output.settings.console = console
+    try:
+        merge._print_plan({"method": "passthrough", "models": ["org/base+my-adapter/"], "output": "folded/", "dry_run": False})
+    finally:
+        _output.settings.console = None
+    text = console.file.getvalue()
+    assert "fold LoRA" in text and "org/base+my-adapter/" in text
