@@ -70,12 +70,6 @@ def _fit_width(console) -> int | None:
     return console.width
 
 
-def colour_enabled(console=None) -> bool:
-    """Colour only on a terminal and without NO_COLOR (Rich checks both)."""
-    console = console or out_console()
-    return console.is_terminal and not console.no_color and console.color_system is not None
-
-
 def status(ok: bool | None, yes: str = "ok", no: str = "FAILED"):
     """ok in green, FAILED in red on a terminal; plain text when piped or with NO_COLOR."""
     from rich.text import Text
