@@ -22,3 +22,6 @@ DEFAULT_MAX_SHARD = "5GB"
 def command_line() -> str:
     """The command as the user typed it, for provenance."""
     return " ".join(["surgeon", *map(shlex.quote, sys.argv[1:])])
+
+
+WideOpt = Annotated[bool, typer.Option("--wide", help="Show every column and whole tensor names, however wide the table gets.")]

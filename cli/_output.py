@@ -18,20 +18,65 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
+class Settings:
+    """How tables print, set once by a command from its flags. ``wide``: every column and whole names,
+    whatever the width. ``console``: a console to print to instead of stdout's (the width tests)."""
+
+    wide: bool = False
+    top: int | None = None  # prune, quantize: list only the N largest tensors in the table
+    console = None
+
+    def reset(self) -> None:
+        """Back to the defaults (main() calls it before each command; the console override stays)."""
+        self.wide, self.top = False, None
+
+
+settings = Settings()
+
+MIN_NAME = 24  # narrowest tensor-name column before numeric columns are dropped
+PIPE_WIDTH = 200  # tables piped to a file or another program: whole names, columns never dropped
+
+
 def err_console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def out_console():
-    """stdout; when it is a pipe or a file, wide enough that tables are not folded."""
+    """stdout's console (or the one ``settings.console`` names). A table fits the width of a terminal;
+    piped, it keeps whole names (``COLUMNS=N`` fits it to N columns anyway)."""
+    import os
+
     from rich.console import Console
 
-    console = Console()
+    if settings.console is not None:
+        return settings.console
+    console = Console(highlight=False)
     if not console.is_terminal:
-        console = Console(width=200)
+        columns = os.environ.get("COLUMNS", "")
+        console = Console(width=int(columns) if columns.isdigit() else PIPE_WIDTH, highlight=False)
     return console
+
+
+def _fit_width(console) -> int | None:
+    """The width a table must fit, or None when it prints whole (--wide, or piped without COLUMNS)."""
+    import os
+
+    if settings.wide:
+        return None
+    if settings.console is None and not console.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+        return None
+    return console.width
+
+
+def status(ok: bool | None, yes: str = "ok", no: str = "FAILED"):
+    """ok in green, FAILED in red on a terminal; plain text when piped or with NO_COLOR."""
+    from rich.text import Text
+
+    if ok is None:
+        return Text("-")
+    return Text(yes, style="green") if ok else Text(no, style="bold red")
 
 
 def render(result, as_json: bool, table: Callable[[dict], None]) -> None:
@@ -45,13 +90,27 @@ def render(result, as_json: bool, table: Callable[[dict], None]) -> None:
 
 
 def note(msg: str, quiet: bool = False) -> None:
-    """A line of information or a warning for the user, on stderr."""
-    if not quiet:
+    """A line of information or a warning for the user, on stderr (a warning's prefix in yellow on a terminal)."""
+    if msg.startswith("warning:"):
+        warn(msg[len("warning:") :].lstrip())
+    elif not quiet:
         print(msg, file=sys.stderr)
 
 
 def warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr)
+    """``warning: msg`` on stderr, whatever --quiet says."""
+    err_console().print(_stderr_line("warning:", "yellow", msg))
+
+
+def error_line(msg: str) -> None:
+    """``error: msg`` on stderr (the prefix red on a terminal): how main() reports every failure."""
+    err_console().print(_stderr_line("error:", "bold red", msg))
+
+
+def _stderr_line(prefix: str, style: str, msg: str):
+    from rich.text import Text
+
+    return Text.assemble((prefix, style), " ", msg)
 
 
 def emit_json(obj) -> None:
@@ -70,10 +129,15 @@ def _jsonable(obj):
     return obj
 
 
+def _bars_off(quiet: bool) -> bool:
+    """No bar with --quiet, nor when stderr is not a terminal (a log file gets no bar and no blank line)."""
+    return quiet or not err_console().is_terminal
+
+
 @contextmanager
 def progress(total: float, description: str, quiet: bool = False, unit: str = "bytes") -> Iterator:
-    """A Rich progress bar on stderr; yields ``advance(n)``. Silent with --quiet."""
-    if quiet:
+    """A Rich progress bar on stderr; yields ``advance(n)``. Silent with --quiet or when stderr is not a terminal."""
+    if _bars_off(quiet):
         yield lambda n=1, description=None: None
         return
     from rich.progress import (
@@ -117,6 +181,18 @@ def fmt_bytes(n: int | float) -> str:
     return _scaled(n, ("B", "KB", "MB", "GB", "TB", "PB"), " ")
 
 
+def fmt_pct(v) -> str:
+    """A fraction as a percentage with 2 decimals, everywhere; a value that is not exactly 0 or 1 never
+    prints as 0.00% or 100.00% (it prints <0.01% or >99.99%)."""
+    if v is None:
+        return "-"
+    if 0 < v < 0.00005:
+        return "<0.01%"
+    if 0.99995 <= v < 1:
+        return ">99.99%"
+    return f"{v:.2%}"
+
+
 def fmt_float(v, digits: int = 4) -> str:
     if v is None:
         return "-"
@@ -148,7 +224,7 @@ class RichProgress:
             self._bar = None
 
     def start(self, description: str, total: float | None = None, unit: str = "items") -> None:
-        if self.quiet:
+        if _bars_off(self.quiet):
             return
         from rich.progress import (
             BarColumn,
@@ -184,7 +260,144 @@ class RichProgress:
     def note(self, message: str) -> None:
         if self.quiet and not message.startswith("warning"):
             return
-        if self._bar is not None:
-            self._bar.console.print(message, highlight=False, markup=False, soft_wrap=True)
+        if message.startswith("warning:"):
+            line = _stderr_line("warning:", "yellow", message[len("warning:") :].lstrip())
+            (self._bar.console if self._bar is not None else err_console()).print(line)
+        elif self._bar is not None:
+            self._bar.console.print(message, highlight=False, markup=False, emoji=False, soft_wrap=True)
         else:
             print(message, file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# tables that fit: the name column is never dropped or wrapped; names shorten in the middle; numeric
+# columns drop first, in the order each command states; --wide (or a pipe) prints everything
+
+
+class Col:
+    """A table column. ``drop``: 0 = always shown; otherwise columns go highest ``drop`` first when the
+    names would get narrower than MIN_NAME."""
+
+    def __init__(self, header: str, justify: str = "right", drop: int = 0):
+        self.header, self.justify, self.drop = header, justify, drop
+
+
+def top_rows(rows: list[dict], key: str = "numel") -> list[dict]:
+    """The table's rows: all, or with ``--top N`` the N largest (by ``key``), largest first."""
+    if not settings.top:
+        return rows
+    return sorted(rows, key=lambda r: -(r.get(key) or math.prod(r.get("shape") or [0])))[: settings.top]
+
+
+def top_title(title: str, shown: int, total: int) -> str:
+    return title + (f"  (top {shown} of {total} by size)" if settings.top and shown < total else "")
+
+
+def shorten_middle(name: str, width: int) -> str:
+    """``name`` in at most ``width`` characters, cut in the middle and marked with "…": whole dotted parts
+    go first (the leading prefix, then those after the layer index), so the layer index and the leaf stay:
+    ``model.layers.12.self_attn.q_proj.weight`` -> ``…layers.12.…q_proj.weight``."""
+    if len(name) <= width:
+        return name
+    parts = name.split(".")
+    last = len(parts) - 1
+    index = next((i for i, p in enumerate(parts) if p.isdigit()), None)
+    # the parts to drop, in order: the prefix before the layer's container, the parts between the layer index
+    # and the leaf's owner, then the container; the index and the last two parts stay
+    if index is None:
+        order = list(range(0, last - 1))
+    else:
+        order = list(range(0, index - 1)) + list(range(index + 1, last - 1)) + [index - 1]
+    order = list(dict.fromkeys(i for i in order if 0 <= i < last - 1 and i != index))
+    dropped: set[int] = set()
+
+    def joined() -> str:
+        out: list[str] = []
+        for k, p in enumerate(parts):
+            if k not in dropped:
+                out.append(p)
+            elif not out or out[-1] != "…":
+                out.append("…")
+        return ".".join(out).replace("….", "…")
+
+    for k in order:
+        dropped.add(k)
+        text = joined()
+        if len(text) <= width:
+            return text
+    # still too long (long parts): keep a third from the start and the rest from the end, where the leaf is
+    if width <= 1:
+        return "…"[:width]
+    head = (width - 1) // 3
+    tail = width - 1 - head
+    return name[:head] + "…" + name[len(name) - tail :]
+
+
+def _table_width(cols: list[Col], widths: list[int]) -> int:
+    """What Rich's SIMPLE_HEAD table with pad_edge=False needs: the cells, one space of padding either side
+    between columns, a divider between columns and an edge on either side."""
+    n = len(widths)
+    return sum(widths) + 2 * (n - 1) + (n - 1) + 2 if n else 0
+
+
+def fit_columns(cols: list[Col], rows: list[list[str]], width: int | None) -> tuple[list[int], list[list[str]]]:
+    """Which columns to show (their indices) and the rows with names shortened, so the table fits in ``width``
+    (None: everything, whole). The name is column 0."""
+    shown = list(range(len(cols)))
+    if width is None or not rows:
+        return shown, rows
+
+    def natural(i: int) -> int:
+        return max([len(cols[i].header)] + [len(str(r[i])) for r in rows])
+
+    drop_order = sorted((i for i, c in enumerate(cols) if c.drop), key=lambda i: -cols[i].drop)
+    names = [str(r[0]) for r in rows]
+    longest = natural(0)
+    while True:
+        others = [natural(i) for i in shown[1:]]
+        room = max(width - _table_width(cols, [0, *others]), len(cols[0].header), 8)
+        short = names if room >= longest else [shorten_middle(n, room) for n in names]
+        # enough room, and no two names shortened alike (else the rows could not be told apart)
+        if (room >= min(longest, MIN_NAME) and len(set(short)) == len(set(names))) or not drop_order:
+            break
+        shown.remove(drop_order.pop(0))
+    return shown, [[n, *r[1:]] for n, r in zip(short, rows)]
+
+
+def print_table(cols: list[Col], rows: list[list], title: str | None = None, console=None, legend: str | None = None) -> None:
+    """A table of one row per tensor (the name first) that fits the terminal: see ``fit_columns``. Cells are
+    strings or Rich Text (coloured status)."""
+    from rich import box
+    from rich.table import Table
+
+    console = console or out_console()
+    width = _fit_width(console)
+    plain = [[c.plain if hasattr(c, "plain") else str(c) for c in r] for r in rows]
+    shown, fitted = fit_columns(cols, plain, width)
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, title_style="")
+    for i in shown:
+        t.add_column(cols[i].header, justify=cols[i].justify, no_wrap=True, overflow="ellipsis")
+    for raw, row in zip(rows, fitted):
+        t.add_row(row[0], *(raw[i] if hasattr(raw[i], "plain") else row[i] for i in shown[1:]))
+    natural = _table_width(cols, [max([len(cols[i].header)] + [len(r[i]) for r in fitted]) for i in shown])
+    if width is None and natural > console.width:  # whole: as wide as it takes (Rich clamps print(width=) to the console's)
+        saved = console.width
+        console.width = natural
+        try:
+            console.print(t)
+        finally:
+            console.width = saved
+    else:
+        console.print(t)
+    hidden = [cols[i].header for i in range(len(cols)) if i not in shown]
+    if hidden:
+        console.print(f"(not shown at this width: {', '.join(hidden)}; --wide shows every column)", style="dim")
+    if legend:
+        console.print(legend, style="dim", highlight=False)
+
+
+def print_lines(lines: list, console=None) -> None:
+    """Summary lines under a table: plain text (or Rich Text), never folded, never read as markup."""
+    console = console or out_console()
+    for line in lines:
+        console.print(line, highlight=False, markup=False, emoji=False, soft_wrap=True)

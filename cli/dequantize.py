@@ -14,9 +14,9 @@ EPILOG = """Examples:
 
   surgeon dequantize model-w4a16/ -o model-dense/                       # compressed-tensors -> bf16 safetensors
 
-  surgeon dequantize model.Q4_K_M.gguf -o model-hf/ --dtype bf16         # GGUF -> transformers layout
+  surgeon dequantize model-q4_0.gguf -o model-hf/ --dtype bf16            # GGUF -> transformers layout
 
-  surgeon dequantize org/model-FP8 -o dense/ --json | jq .bytes_written
+  surgeon dequantize model-fp8-block/ -o dense/ --json | jq .bytes_written
 """
 
 

@@ -39,7 +39,7 @@ def _app():
         name="surgeon",
         help="Streaming model surgery on safetensors checkpoints.",
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,  # surgeon --install-completion (bash, zsh, fish, PowerShell)
         pretty_exceptions_enable=False,
         context_settings={"help_option_names": ["-h", "--help"]},
     )
@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("SURGEON_DEBUG", "") not in ("", "0")
     handlers = {}
     try:
-        app = __getattr__("app")  # the imports: under entry's handlers a signal still exits at once
+        app = __getattr__("app")
+        from ._output import error_line, settings
+
+        settings.reset()  # the imports: under entry's handlers a signal still exits at once
         from modelsurgeon.ops.core.errors import Interrupted, SurgeonError, write_error
 
         if _in_main_thread():  # from here on a signal unwinds, removing any temporary output
@@ -133,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         except SurgeonError as e:
             if debug:
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            error_line(str(e))
             return e.exit_code
+        except SystemExit as e:  # --show-completion and --install-completion end with sys.exit
+            return e.code if isinstance(e.code, int) else 0
         except KeyboardInterrupt:
             print(f"interrupted; {_written()}", file=sys.stderr)
             return 130
@@ -156,12 +161,17 @@ def main(argv: list[str] | None = None) -> int:
             print("error: out of memory: the command needs more memory than this machine has free", file=sys.stderr)
             return 1
         except Exception as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `surgeon`: the help (already on stdout) is the answer
+                message = e.format_message().strip() if hasattr(e, "format_message") else ""
+                if message:
+                    print(message)
+                return 0
             # Typer's usage errors (unknown option, bad value) carry an exit code and a message;
             # print them on one line instead of Rich's boxed panel.
             if hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int):
                 ctx = getattr(e, "ctx", None)
                 where = ctx.command_path if ctx is not None else "surgeon"
-                print(f"error: {e.format_message()} (see '{where} --help')", file=sys.stderr)
+                error_line(f"{e.format_message()} (see '{where} --help')")
                 return e.exit_code
             if type(e).__name__ == "Abort":
                 print(f"interrupted; {_written()}", file=sys.stderr)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, command_line
-from ._output import RichProgress, emit_json, fmt_bytes, fmt_count, render
+from ._output import RichProgress, emit_json, fmt_bytes, fmt_count, render, warn
 
 EPILOG = """Examples:
 
@@ -359,6 +359,11 @@ def _extract(finetune: str, base: str, settings: dict, write: _Write) -> int:
             config=cfg, output=write.output, dry_run=write.dry_run, force=write.force, progress=bar, command=command_line()
         )
     render(result, write.as_json, _print_plan)
+    if not write.dry_run and result.modules and result.mean_rel_error > LORA_POOR_ERROR:
+        warn(
+            f"the rank-{result.rank} adapter reproduces the fine-tune poorly: mean relative error "
+            f"{result.mean_rel_error:.2f} (above {LORA_POOR_ERROR}); a higher --rank keeps more of the change"
+        )
     return 0
 
 
@@ -384,11 +389,24 @@ def _list_methods(as_json: bool) -> int:
     return 0
 
 
+LORA_POOR_ERROR = 0.5  # an extracted adapter's mean relative error above this gets a warning
+
+
+def _label(key: str, s: dict) -> str:
+    return {"mean_rel_error": "mean rel error", "max_rel_error": "max rel error"}.get(key, key.replace("_", " "))
+
+
 def _print_plan(s: dict) -> None:
-    from ._output import out_console
+    """A merge's (or an extraction's) summary as a two-column table: setting, value."""
+    from rich import box
+    from rich.table import Table
+
+    from ._output import out_console, print_lines
 
     console = out_console()
-    lines = []
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=False, title_justify="left")
+    t.add_column("setting", no_wrap=True, style="bold")
+    t.add_column("value", overflow="fold")
     for key, value in s.items():
         if key in ("warnings", "dry_run") or value is None:
             continue
@@ -402,12 +420,14 @@ def _print_plan(s: dict) -> None:
             value = fmt_bytes(value)
         elif key == "dtypes":
             value = ", ".join(f"{k} {fmt_count(v)}" for k, v in value.items())
+        elif key == "method" and value == "passthrough" and any("+" in str(m) for m in s.get("models") or []):
+            value = "fold LoRA (passthrough of MODEL+ADAPTER)"
         elif isinstance(value, list):
             value = ", ".join(map(str, value)) if value else "-"
         elif isinstance(value, float):
             value = f"{value:.4g}"
-        lines.append(f"{key.replace('_', ' '):<22} {value}")
-    if s.get("dry_run"):
-        lines.append("dry run: nothing was written")
-    for line in lines:
-        console.print(line, highlight=False, soft_wrap=True)
+        t.add_row(_label(key, s), str(value))
+    t.title = "plan (dry run: nothing was written)" if s.get("dry_run") else None
+    console.print(t)
+    if s.get("mean_rel_error") is not None and "rank" in s:
+        print_lines(["rel error = |delta - B A| / |delta| per weight, delta = fine-tune - base"], console)

@@ -6,14 +6,24 @@ from typing import Annotated
 
 import typer
 
-from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, RevisionOpt, command_line
-from ._output import RichProgress, fmt_count, note, render
+from ._options import (
+    DEFAULT_MAX_SHARD,
+    DeviceOpt,
+    ForceOpt,
+    JsonOpt,
+    MaxShardOpt,
+    QuietOpt,
+    RevisionOpt,
+    WideOpt,
+    command_line,
+)
+from ._output import RichProgress, fmt_count, fmt_pct, note, print_lines, render, settings, top_rows
 
 EPILOG = """Examples:
 
   surgeon prune minilm -o minilm-50 --sparsity 0.5
 
-  surgeon prune org/model -o pruned --sparsity 0.6 --scope global --exclude 'layers\\.0\\.'
+  surgeon prune org/model -o pruned --sparsity 0.6 --scope global --exclude 'layers?\\.0\\.'
 
   surgeon prune org/model -o pruned-24 --pattern 2:4
 
@@ -57,6 +67,10 @@ def prune(
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
     force: ForceOpt = False,
     revision: RevisionOpt = None,
+    top: Annotated[
+        int | None, typer.Option("--top", min=1, help="List only the N largest tensors in the table (--json lists all).")
+    ] = None,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> int:
@@ -64,6 +78,7 @@ def prune(
     from modelsurgeon import api
     from modelsurgeon.recipes.prune import PruneConfig
 
+    settings.wide, settings.top = wide, top
     cfg = PruneConfig.build(
         recipe, sparsity=sparsity, method=method, scope=scope, pattern=pattern, include=include, exclude=exclude, seed=seed
     )
@@ -87,39 +102,33 @@ def prune(
 
 
 def _print(r: dict) -> None:
-    from rich import box
-    from rich.table import Table
+    from rich.text import Text
 
-    from ._output import fmt_float, out_console
+    from ._output import Col, fmt_float, out_console, print_table, status, top_title
 
     console = out_console()
     what = f"{r['method']} {r['pattern'] or r['scope']}"
     title = f"{'plan: ' if r['dry_run'] else ''}prune {r['model']} ({what}, sparsity {r['sparsity']:.4g})"
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    t.add_column("tensor", overflow="fold", ratio=1, min_width=20)
-    t.add_column("shape", no_wrap=True)
-    t.add_column("params", justify="right", no_wrap=True)
-    t.add_column("target", justify="right", no_wrap=True)
-    t.add_column("pruned", justify="right", no_wrap=True)
+    cols = [Col("tensor", "left"), Col("shape", "left", drop=2), Col("params", drop=3), Col("target"), Col("pruned", drop=1)]
     if not r["dry_run"]:
-        t.add_column("zeros before", justify="right", no_wrap=True)
-        t.add_column("sparsity", justify="right", no_wrap=True)
-    for row in r["tensors"]:
+        cols += [Col("zeros before", drop=4), Col("sparsity")]
+    rows = []
+    for row in top_rows(r["tensors"]):
         name = row["name"] + (f" (= {', '.join(row['aliases'])})" if row["aliases"] else "")
         cells = [
             name,
             "x".join(map(str, row["shape"])) or "()",
             fmt_count(row["numel"]),
-            f"{row['sparsity_target']:.2%}",
+            fmt_pct(row["sparsity_target"]),
             "pool" if row["pruned"] is None else fmt_count(row["pruned"]),
         ]
         if not r["dry_run"]:
-            cells += [fmt_count(row["zeros_before"]), f"{row['sparsity']:.2%}"]
-        t.add_row(*cells)
-    console.print(t)
+            cells += [fmt_count(row["zeros_before"]), fmt_pct(row["sparsity"])]
+        rows.append(cells)
+    print_table(cols, rows, title=top_title(title, len(rows), len(r["tensors"])), console=console)
     share = r["target_params"] / r["total_params"] if r["total_params"] else 0
     lines = [
-        f"targets {r['num_targets']}   params {fmt_count(r['target_params'])} of {fmt_count(r['total_params'])} ({share:.1%})"
+        f"targets {r['num_targets']}   params {fmt_count(r['target_params'])} of {fmt_count(r['total_params'])} ({fmt_pct(share)})"
     ]
     if r["dry_run"]:
         lines[0] += f"   would prune {fmt_count(r['pruned'])}"
@@ -130,11 +139,12 @@ def _print(r: dict) -> None:
             )
         lines.append("dry run: nothing was written")
     else:
-        lines[0] += f"   pruned {fmt_count(r['pruned'])}   zeros {fmt_count(r['zeros'])}   sparsity {r['target_sparsity']:.4%}"
+        lines[0] += (
+            f"   pruned {fmt_count(r['pruned'])}   zeros {fmt_count(r['zeros'])}   sparsity {fmt_pct(r['target_sparsity'])}"
+        )
         if r.get("threshold") is not None:
             lines.append(f"global threshold: |w| <= {fmt_float(r['threshold'], 6)}")
         if "nm_compliant" in r:
-            lines.append(f"{r['pattern']} compliant: {'yes, every group' if r['nm_compliant'] else 'NO'}")
+            lines.append(Text.assemble(f"{r['pattern']} compliant: ", status(r["nm_compliant"], "yes, every group", "NO")))
         lines.append(f"output {r['output']}")
-    for line in lines:
-        console.print(line, highlight=False, soft_wrap=True)
+    print_lines(lines, console)

@@ -8,8 +8,18 @@ import typer
 
 from modelsurgeon.recipes.quantize import SCHEME_RULES, QuantizeConfig
 
-from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, RevisionOpt, command_line
-from ._output import RichProgress, fmt_bytes, fmt_float, render
+from ._options import (
+    DEFAULT_MAX_SHARD,
+    DeviceOpt,
+    ForceOpt,
+    JsonOpt,
+    MaxShardOpt,
+    QuietOpt,
+    RevisionOpt,
+    WideOpt,
+    command_line,
+)
+from ._output import RichProgress, fmt_bytes, fmt_float, print_lines, render, settings
 
 SCHEME_NAMES = ", ".join(SCHEME_RULES)  # from the torch-free rules, so --help stays light
 
@@ -23,7 +33,7 @@ EPILOG = """Examples:
 
   surgeon quantize model/ -o model-nf4-dense/ --scheme nf4 --format dense --json | jq .sqnr_db
 
-  surgeon quantize model/ -o out/ --scheme w8a8 --ignore 'mlp\\.down_proj'
+  surgeon quantize model/ -o out/ --scheme w8a8 --ignore 'layers?\\.0\\.'    # keep the first layer as it is
 
   surgeon quantize model/ -o out/ --recipe recipes/w4a16_down_proj_8bit.yaml  # 8-bit down_proj, 4-bit elsewhere
 """
@@ -85,12 +95,17 @@ def quantize(
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
     revision: RevisionOpt = None,
     force: ForceOpt = False,
+    top: Annotated[
+        int | None, typer.Option("--top", min=1, help="List only the N largest tensors in the table (--json lists all).")
+    ] = None,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> int:
     """Quantize a checkpoint's linear weights; report bits per weight and the error of every tensor."""
     from modelsurgeon import api
 
+    settings.wide, settings.top = wide, top
     cfg = QuantizeConfig.build(
         recipe,
         scheme=scheme,
@@ -120,28 +135,16 @@ def quantize(
 
 
 def _print_table(r: dict) -> None:
-    from rich import box
-    from rich.table import Table
-
-    from ._output import out_console
+    from ._output import Col, out_console, print_table, top_rows, top_title
 
     console = out_console()
-    t = Table(
-        title=f"{r['model']} -> {r['output']}  ({r['scheme']}, {r['format']})",
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-    )
-    t.add_column("tensor", overflow="fold", ratio=1, min_width=20)
-    t.add_column("shape", no_wrap=True)
-    for c in ("bits/w", "before", "after", "SQNR dB", "rel L2"):
-        t.add_column(c, justify="right", no_wrap=True)
-    kept = 0
-    for row in r["tensors"]:
-        if not row["scheme"]:
-            kept += 1
-            continue
-        t.add_row(
+    title = f"{r['model']} -> {r['output']}  ({r['scheme']}, {r['format']})"
+    cols = [Col("tensor", "left"), Col("shape", "left", drop=2), Col("bits/w", drop=1)]
+    cols += [Col("before", drop=3), Col("after", drop=4), Col("SQNR dB"), Col("rel L2")]
+    quantized = [row for row in r["tensors"] if row["scheme"]]
+    kept = len(r["tensors"]) - len(quantized)
+    rows = [
+        [
             row["name"],
             "x".join(map(str, row["shape"])),
             f"{row['bits_per_weight']:.3f}",
@@ -149,14 +152,22 @@ def _print_table(r: dict) -> None:
             fmt_bytes(row["bytes_after"]),
             fmt_float(row["sqnr_db"], 4),
             fmt_float(row["rel_l2"], 3),
-        )
-    console.print(t)
+        ]
+        for row in top_rows(quantized)
+    ]
+    legend = "SQNR: signal-to-quantization-noise ratio (higher is better); rel L2 = |w - q(w)|/|w|"
+    print_table(cols, rows, title=top_title(title, len(rows), len(quantized)), console=console, legend=legend)
     group = "per row" if r["group_size"] == -1 else f"group {r['group_size']}"
     lines = [
         f"quantized {r['quantized_tensors']} of {r['num_tensors']} tensors ({r['quantized_params']:,} weights), {kept} kept as they are; "
         f"{'symmetric' if r['symmetric'] else 'asymmetric'}, {group}, optimizer {r['optimizer']}",
         f"bits per weight {fmt_float(r['bits_per_weight'], 4)}   SQNR {fmt_float(r['sqnr_db'], 4)} dB   rel L2 {fmt_float(r['rel_l2'], 3)}",
-        f"size {fmt_bytes(r['bytes_before'])} -> {fmt_bytes(r['bytes_after'])} ({fmt_float(r['compression'], 3)}x) in {r['seconds']:.1f} s",
+        f"size {fmt_bytes(r['bytes_before'])} -> {fmt_bytes(r['bytes_after'])} "
+        f"({fmt_float(r['compression'], 3)}x compression{_why_dense(r)}) in {r['seconds']:.1f} s",
     ]
-    for line in lines:
-        console.print(line, highlight=False, soft_wrap=True)
+    print_lines(lines, console)
+
+
+def _why_dense(r: dict) -> str:
+    """Why a dense output is not smaller: it stores the dequantized values in the input's dtype."""
+    return ": a dense output stores the dequantized values in the input dtype" if r["format"] == "dense" else ""

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ._options import JsonOpt, QuietOpt, RevisionOpt
-from ._output import RichProgress, fmt_bytes, fmt_count, fmt_float, render
+from ._options import JsonOpt, QuietOpt, RevisionOpt, WideOpt
+from ._output import RichProgress, fmt_bytes, fmt_count, fmt_float, fmt_pct, print_lines, render, settings
 
 EPILOG = """Examples:
 
@@ -15,9 +15,9 @@ EPILOG = """Examples:
 
   surgeon report pruned/ --compare org/base --top 10
 
-  surgeon report pruned/ --filter 'layers?\\.\\d+\\.mlp' --json | jq .sparsity
+  surgeon report pruned/ --filter 'layers?\\.\\d+\\..*weight$' --json | jq .sparsity
 
-  surgeon report pruned/ --filter 'proj\\.weight$' --require 'sparsity>=0.5'
+  surgeon report pruned/ --filter 'layers?\\.\\d+\\..*(proj|query|key|value|dense)\\.weight$' --require 'sparsity>=0.5'
 """
 
 
@@ -35,10 +35,12 @@ def report(
         typer.Option("--require", help="A gate such as 'sparsity>=0.5'; repeatable. Exit 1 if one fails."),
     ] = None,
     revision: RevisionOpt = None,
+    wide: WideOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> int:
     """Tensor-by-tensor statistics and totals; optionally compared with another checkpoint."""
+    settings.wide = wide
     from modelsurgeon import api
     from modelsurgeon.ops.core.errors import SurgeonError
     from modelsurgeon.recipes.report import ReportConfig
@@ -53,62 +55,55 @@ def report(
 
 
 def _print_table(r: dict) -> None:
-    from rich import box
-    from rich.table import Table
-
-    from ._output import out_console
+    from ._output import Col, out_console, print_table, status
 
     console = out_console()
     cmp = "compare" in r
-    t = Table(
-        title=f"{r['model']}" + (f"  vs  {r['compare']['other']}" if cmp else ""),
-        title_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-    )
-    t.add_column("tensor", overflow="fold", ratio=1, min_width=20)
-    t.add_column("shape", no_wrap=True)
-    t.add_column("dtype", no_wrap=True)
-    t.add_column("params", justify="right", no_wrap=True)
-    t.add_column("nonzero", justify="right", no_wrap=True)
+    # the name, shape, params and nonzero always show; the others go, highest `drop` first, when the names
+    # would get narrower than MIN_NAME (--wide shows all)
+    cols = [Col("tensor", "left"), Col("shape", "left"), Col("dtype", "left", drop=3), Col("params"), Col("nonzero")]
     if cmp:
-        for c in ("rel L2", "cosine", "changed", "sign="):
-            t.add_column(c, justify="right", no_wrap=True)
+        cols += [Col("rel L2"), Col("cosine", drop=2), Col("changed", drop=4), Col("same sign", drop=5)]
     else:
-        t.add_column("2:4", justify="center", no_wrap=True)
-        for c in ("mean|w|", "std", "min", "max"):
-            t.add_column(c, justify="right", no_wrap=True)
+        cols += [Col("2:4", "center", drop=4), Col("mean|w|", drop=1), Col("std", drop=2), Col("min", drop=6), Col("max", drop=5)]
+    rows = []
     for row in r["tensors"]:
         cells = [
             row["name"],
             "x".join(map(str, row["shape"])) or "()",
             row["dtype"] + (f" <- {row['stored']['scheme']}" if row.get("stored") else ""),
             fmt_count(row["numel"]),
-            f"{1 - row['sparsity']:.1%}",
+            fmt_pct(1 - row["sparsity"]),
         ]
         if cmp:
-            pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
             cells += [
                 fmt_float(row["rel_l2"], 3),
                 fmt_float(row["cosine"], 5),
-                pct(row["changed_fraction"]),
-                pct(row["sign_agreement"]),
+                fmt_pct(row["changed_fraction"]),
+                fmt_pct(row["sign_agreement"]),
             ]
         else:
-            nm = {True: "yes", False: "no", None: "-"}[row["nm_2_4"]]
             cells += [
-                nm,
+                {True: "yes", False: "no", None: "-"}[row["nm_2_4"]],
                 fmt_float(row["mean_abs"], 3),
                 fmt_float(row["std"], 3),
                 fmt_float(row["min"], 3),
                 fmt_float(row["max"], 3),
             ]
-        t.add_row(*cells)
-    console.print(t)
+        rows.append(cells)
+    legend = (
+        "rel L2 = |a-b|/|a| (a = this model); changed: share of values that differ; same sign: share of values whose sign agrees"
+        if cmp
+        else "2:4: every group of 4 consecutive weights along a row holds at most 2 nonzeros"
+    )
+    title = f"{r['model']}" + (f"  vs  {r['compare']['other']}" if cmp else "")
+    from rich.text import Text
+
+    print_table(cols, rows, title=title, console=console, legend=legend)
     shown = f" (showing top {r['top']})" if r.get("top") else ""
     lines = [
         f"tensors {r['num_tensors']}{shown}   params {fmt_count(r['total_params'])} ({r['total_params']:,})   "
-        f"nonzero {fmt_count(r['nonzero_params'])}   sparsity {r['sparsity']:.2%}",
+        f"nonzero {fmt_count(r['nonzero_params'])}   sparsity {fmt_pct(r['sparsity'])}",
         f"on disk {fmt_bytes(r['bytes_on_disk'])} in {len(r['files'])} file(s), {r['format']}   dtypes "
         + ", ".join(f"{k} {fmt_count(v)}" for k, v in r["dtypes"].items()),
     ]
@@ -133,7 +128,7 @@ def _print_table(r: dict) -> None:
         c = r["compare"]
         lines.append(
             f"compared {c['compared_tensors']} tensors: max rel L2 {fmt_float(c['max_rel_l2'])}, mean {fmt_float(c['mean_rel_l2'])}, "
-            f"min cosine {fmt_float(c['min_cosine'])}, changed {c['changed_fraction']:.2%}"
+            f"min cosine {fmt_float(c['min_cosine'])}, changed {fmt_pct(c['changed_fraction'])}"
         )
         for key, label in (("missing_tensors", "missing from other"), ("extra_tensors", "only in other")):
             if c[key]:
@@ -141,6 +136,5 @@ def _print_table(r: dict) -> None:
         for s in c["shape_changed_tensors"][:8]:
             lines.append(f"shape changed: {s['name']} {s['shape']} -> {s['other_shape']}")
     for req in r.get("requirements", []):
-        lines.append(f"require {req['require']}: {'ok' if req['ok'] else 'FAILED'} ({fmt_float(req['value'], 6)})")
-    for line in lines:
-        console.print(line, highlight=False, soft_wrap=True)
+        lines.append(Text.assemble(f"require {req['require']}: ", status(req["ok"]), f" ({fmt_float(req['value'], 6)})"))
+    print_lines(lines, console)

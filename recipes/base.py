@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.errors import SurgeonError, UsageError, typed
 from modelsurgeon.ops.core.patterns import check_pattern
 
 
@@ -124,7 +124,7 @@ def check_regex(pattern, where: str) -> str:
 
 def check_choice(value, where: str, allowed) -> str:
     if value not in allowed:
-        raise UsageError(f"{where} {value!r} is not one of {', '.join(map(str, allowed))}{did_you_mean(value, allowed)}")
+        raise UsageError(f"{where} {typed(value)} is not one of {', '.join(map(str, allowed))}{did_you_mean(value, allowed)}")
     return value
 
 

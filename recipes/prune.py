@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.errors import SurgeonError, UsageError, typed
 from modelsurgeon.ops.core.registry import Registry
 
 from .base import Config, check_choice, check_fraction, check_regex, check_seed
@@ -50,10 +50,10 @@ def check_sparsity(value, where: str) -> float:
 def parse_nm(text: str, where: str = "--pattern") -> tuple[int, int]:
     m = _NM.match(str(text))
     if not m:
-        raise UsageError(f"{where} {text!r} is not of the form N:M", "e.g. 2:4 keeps the 2 largest of every 4")
+        raise UsageError(f"{where} {typed(text)} is not of the form N:M", "e.g. 2:4 keeps the 2 largest of every 4")
     n, mm = int(m.group(1)), int(m.group(2))
     if not 0 < n < mm:
-        raise UsageError(f"{where} {text!r} needs 0 < N < M", "N is how many of every M weights are kept, e.g. 2:4")
+        raise UsageError(f"{where} {typed(text)} needs 0 < N < M", "N is how many of every M weights are kept, e.g. 2:4")
     return n, mm
 
 

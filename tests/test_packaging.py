@@ -23,3 +23,25 @@ def test_every_package_is_listed():
             found.add(".".join([name, *rel.parts]))
     assert found <= listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"
     assert listed <= found, f"listed but missing: {sorted(listed - found)}"
+
+
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_default_install_is_light():
+    """No triton in the default dependencies (1 GB a CPU-only machine cannot run; CUDA torch brings its own);
+    the extras that optional features ask for exist, and the tests' interpreter keeps triton."""
+    project = _project()
+    assert not [d for d in project["dependencies"] if d.lower().startswith("triton")]
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("matplotlib") for d in extras["plot"])
+    assert any(d.startswith("scikit-learn") for d in extras["tasks"])
+    assert any(d.startswith("triton") for d in extras["gpu"])
+    assert any(d.startswith("triton") for d in extras["test"])
+    assert extras["all"] == ["modelsurgeon[plot,tasks,gpu]"]
+
+
+@pytest.mark.parametrize(("module", "extra"), [("ops/intrinsic/plan.py", "plot"), ("ops/intrinsic/tasks/digits.py", "tasks")])
+def test_errors_name_the_extra(module, extra):
+    assert f"pip install 'modelsurgeon[{extra}]'" in (ROOT / module).read_text()

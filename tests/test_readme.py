@@ -44,6 +44,21 @@ def readme_commands() -> list[str]:
     return lines
 
 
+def help_commands() -> list[str]:
+    """Every `surgeon ...` example in the commands' --help epilogs, as the user sees them."""
+    import typer
+
+    from modelsurgeon.cli.main import app
+
+    lines = []
+    for command in typer.main.get_command(app).commands.values():
+        for line in (command.epilog or "").splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line.startswith("surgeon "):
+                lines.append(line)
+    return lines
+
+
 def _make_inputs(root: Path) -> None:
     for i, name in enumerate(["org/base", "org/model", "org/a", "org/b", "model", "base", "a", "b", "c"]):
         # all share one random init (seed 0); a/ b/ c/ org/a org/b are then perturbed like fine-tunes
@@ -181,3 +196,73 @@ def test_readme_python_blocks(tmp_path, monkeypatch):
             for line in block.splitlines():
                 if re.match(r"(from|import) modelsurgeon", line):
                     exec(line, {})  # noqa: S102 - our own README
+
+
+def _ensure_outputs_of_earlier_examples(capsys, root: Path) -> None:
+    """What the README's own examples write before later ones read it (for a test run on its own)."""
+    makes = {
+        "pruned": ("prune", "org/base", "-o", "pruned", "--pattern", "2:4"),
+        "model-q4_0.gguf": ("quantize", "model/", "-o", "model-q4_0.gguf", "--scheme", "q4_0"),
+        "model-fp8-block": ("quantize", "model-q4_0.gguf", "-o", "model-fp8-block/", "--scheme", "fp8-block"),
+    }
+    for path, args in makes.items():
+        if not (root / path).exists():
+            code, _, err = run(capsys, *args, "-q")
+            assert code == 0, err
+
+
+def test_every_help_example_runs(capsys, workdir, monkeypatch):
+    """The --help epilogs' examples run on the same stand-ins (those the README shows too ran above)."""
+    monkeypatch.chdir(workdir)
+    _ensure_outputs_of_earlier_examples(capsys, workdir)
+    shown = set(readme_commands())
+    ran = []
+    for line in help_commands():
+        if line in shown or any(key in line for key in SKIP):
+            continue
+        if "s.safetensors" in line and not (workdir / "s.safetensors").exists():
+            continue  # made by the README test; expand-subspace's examples are all in the README
+        args, jq = _prepare(line, workdir)
+        code, out, err = run(capsys, *args)
+        assert code == 0, f"--help example failed ({code}): {line}\n{err}"
+        if jq:
+            assert jq in json.loads(out), (line, out[:500])
+        ran.append(line)
+    assert len(ran) >= 3, ran
+    assert len(help_commands()) >= 25
+
+
+PATTERN_FLAGS = ("--filter", "--exclude", "--ignore", "--include")
+
+
+def test_example_patterns_match_both_model_families(workdir, minilm_dir):
+    """A regex in an example matches a tensor of the built-in model (MiniLM, BERT names) and of a Llama,
+    unless the example runs on minilm alone; so no example exits 1 with "matches no tensor"."""
+    from safetensors import safe_open
+
+    def names(folder: Path) -> list[str]:
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            return list(f.keys())
+
+    families = {"minilm": names(minilm_dir), "llama": names(workdir / "org/base")}
+    checked = 0
+    for line in readme_commands() + help_commands():
+        args = shlex.split(re.sub(r"\s*\|\s*jq.*$", "", line))
+        if args[1] == "intrinsic-dim":
+            continue  # its --include/--exclude name module parameters, checked by its own tests
+        for flag in PATTERN_FLAGS:
+            if flag not in args:
+                continue
+            pattern = re.compile(args[args.index(flag) + 1])
+            wanted = ["minilm"] if args[2] == "minilm" else list(families)
+            for family in wanted:
+                assert any(pattern.search(n) for n in families[family]), (line, family)
+            checked += 1
+    assert checked >= 5
+
+
+def test_report_help_and_readme_show_the_same_filters():
+    readme = {line for line in readme_commands() if line.startswith("surgeon report") and "--filter" in line}
+    helps = [line for line in help_commands() if line.startswith("surgeon report") and "--filter" in line]
+    filters = lambda lines: {shlex.split(line)[shlex.split(line).index("--filter") + 1] for line in lines}  # noqa: E731
+    assert filters(helps) <= filters(readme), (helps, readme)

@@ -8,6 +8,14 @@ and keeps its traceback.
 from __future__ import annotations
 
 
+def typed(value) -> str:
+    """``value`` as the user typed it in a shell: single-quoted, backslashes kept single (``{x!r}`` would
+    double them: ``'layers\\\\.0'``). Anything but a string (a number from a recipe) keeps its repr."""
+    if not isinstance(value, str):
+        return repr(value)
+    return "'" + str(value).replace("'", "'\"'\"'") + "'"
+
+
 class SurgeonError(Exception):
     """A failure the user can fix (exit code 1)."""
 

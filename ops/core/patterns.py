@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from .errors import SurgeonError, UsageError
+from .errors import SurgeonError, UsageError, typed
 
 BUDGET = 2.0  # seconds one pattern may spend matching, summed over every name it is tried on
 
@@ -39,11 +39,11 @@ class UserPattern:
         rx = _engine()
         self._error = UsageError if usage else SurgeonError  # a flag (exit 2), or a file's contents (exit 1)
         if not isinstance(pattern, str):
-            raise self._error(f"{where} must be a regular expression string, got {pattern!r}")
+            raise self._error(f"{where} must be a regular expression string, got {typed(pattern)}")
         try:
             self._rx = rx.compile(pattern)
         except (rx.error, ValueError, TypeError, OverflowError, RecursionError) as e:
-            raise self._error(f"{where} {pattern!r} is not a valid regular expression: {e}") from None
+            raise self._error(f"{where} {typed(pattern)} is not a valid regular expression: {e}") from None
         self.pattern, self.where, self._left = pattern, where, float(budget)
 
     def _run(self, method: str, text: str):
@@ -60,7 +60,7 @@ class UserPattern:
     def _too_slow(self, text: str):
         shown = text if len(text) <= 60 else text[:57] + "..."
         raise self._error(
-            f"{self.where} {self.pattern!r} takes too long to match (over {BUDGET:g} s, on {shown!r}): "
+            f"{self.where} {typed(self.pattern)} takes too long to match (over {BUDGET:g} s, on {typed(shown)}): "
             "it backtracks catastrophically",
             "simplify it, e.g. (a+)+ -> a+, (a|aa)+ -> a+",
         )

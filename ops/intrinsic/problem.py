@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from modelsurgeon.ops.core.errors import SurgeonError
+from modelsurgeon.ops.core.errors import SurgeonError, typed
 from modelsurgeon.ops.io.targets import compile_regex
 
 
@@ -30,17 +30,17 @@ class Problem:
             named = [(n, p) for n, p in named if inc.search(n)]
             if not named:
                 raise SurgeonError(
-                    f"--include {include!r} matches no parameter of the model", "names look like " + _examples(module)
+                    f"--include {typed(include)} matches no parameter of the model", "names look like " + _examples(module)
                 )
         if exc is not None:
             before = len(named)
             named = [(n, p) for n, p in named if not exc.search(n)]
             if len(named) == before:
                 raise SurgeonError(
-                    f"--exclude {exclude!r} matches no parameter of the model", "names look like " + _examples(module)
+                    f"--exclude {typed(exclude)} matches no parameter of the model", "names look like " + _examples(module)
                 )
             if not named:
-                raise SurgeonError(f"--exclude {exclude!r} leaves no parameter to train")
+                raise SurgeonError(f"--exclude {typed(exclude)} leaves no parameter to train")
         self.names = [n for n, _ in named]
         self.shapes = [tuple(p.shape) for _, p in named]
         self.numels = [p.numel() for _, p in named]

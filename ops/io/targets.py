@@ -7,7 +7,7 @@ tensors; ``exclude`` removes matches from whatever was selected. Patterns use ``
 
 from __future__ import annotations
 
-from modelsurgeon.ops.core.errors import SurgeonError
+from modelsurgeon.ops.core.errors import SurgeonError, typed
 from modelsurgeon.ops.core.names import is_linear_weight
 from modelsurgeon.ops.core.patterns import UserPattern
 
@@ -38,14 +38,14 @@ def select_targets(
         chosen = [i for i in infos if i.is_float and inc.search(i.name)]
         if not chosen:
             raise SurgeonError(
-                f"{include_flag} {include!r} matches no float tensor of {ck.label}", "list names with `surgeon report MODEL`"
+                f"{include_flag} {typed(include)} matches no float tensor of {ck.label}", "list names with `surgeon report MODEL`"
             )
     else:
         chosen = [i for i in infos if is_default_target(i)]
     if exc is not None:
         if not any(exc.search(i.name) for i in infos):
             raise SurgeonError(
-                f"{exclude_flag} {exclude!r} matches no tensor of {ck.label}", "list names with `surgeon report MODEL`"
+                f"{exclude_flag} {typed(exclude)} matches no tensor of {ck.label}", "list names with `surgeon report MODEL`"
             )
         chosen = [i for i in chosen if not exc.search(i.name)]
     return [i.name for i in chosen]

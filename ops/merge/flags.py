@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from types import MappingProxyType
 
-from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.errors import SurgeonError, UsageError, typed
 from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef
 
 from .methods import get_method
@@ -80,9 +80,9 @@ def parse_params(items: Sequence[str]) -> dict:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"--param {item!r} is not KEY=VALUE", "e.g. --param lambda=0.8")
+            raise UsageError(f"--param {typed(item)} is not KEY=VALUE", "e.g. --param lambda=0.8")
         try:
             out[key.strip()] = yaml.safe_load(raw)
         except yaml.YAMLError:
-            raise UsageError(f"--param {item!r}: cannot read the value") from None
+            raise UsageError(f"--param {typed(item)}: cannot read the value") from None
     return out

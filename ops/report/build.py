@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from modelsurgeon.ops.core.errors import SurgeonError
+from modelsurgeon.ops.core.errors import SurgeonError, typed
 from modelsurgeon.ops.core.patterns import UserPattern
 from modelsurgeon.ops.core.streaming import prefetched
 from modelsurgeon.ops.io.checkpoint import Checkpoint, TensorInfo
@@ -52,7 +52,7 @@ def build_report(
     infos = [i for i in ck.infos() if name_filter is None or name_filter.search(i.name)]
     if name_filter is not None and not infos:
         raise SurgeonError(
-            f"--filter {name_filter.pattern!r} matches no tensor of {ck.label}",
+            f"--filter {typed(name_filter.pattern)} matches no tensor of {ck.label}",
             "check the pattern against `surgeon report MODEL`",
         )
     stats: list[TensorStats] = [TensorStats(is_float=i.is_float) for i in infos]

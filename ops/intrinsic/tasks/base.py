@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import torch
 
-from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.errors import SurgeonError, UsageError, typed
 
 SPLIT_SEED = 0  # the held-out split never changes with --seeds
 EVAL_FRACTION = 0.2
@@ -179,7 +179,7 @@ def hold_out(task: Task, data: dict, test: dict | None) -> Task:
 def task_file(spec: str, arg: str | None) -> Path:
     """The file a ``KIND:PATH`` task names, or one error line."""
     if not arg:
-        raise UsageError(f"task {spec!r} needs a path after the colon", "e.g. --task npz:data.npz")
+        raise UsageError(f"task {typed(spec)} needs a path after the colon", "e.g. --task npz:data.npz")
     p = Path(arg).expanduser()
     if not p.is_file():
         raise SurgeonError(f"task {spec} cannot be loaded: no such file {p}")

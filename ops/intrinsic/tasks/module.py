@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.errors import SurgeonError, UsageError, typed
 
 from .base import Batch, hold_out, logits
 from .labelled import LabelledTask, check_finite, problem_of
@@ -107,7 +107,7 @@ def import_function(spec: str, mod_name: str, fn_name: str):
     """The function ``fn_name`` of a module (a dotted name, imported with the working folder on the path,
     or a ``.py`` file), or one error line."""
     if not mod_name or not fn_name:
-        raise UsageError(f"task {spec!r} is not module:function")
+        raise UsageError(f"task {typed(spec)} is not module:function")
     try:
         if mod_name.endswith(".py"):
             path = Path(mod_name).expanduser()
