@@ -1,4 +1,5 @@
-"""`surgeon prune MODEL -o OUT --sparsity S`: magnitude or random pruning, per layer, per row, globally or N:M."""
+"""`surgeon prune MODEL -o OUT --sparsity S`: magnitude, random, Wanda or SparseGPT pruning, per layer, per row,
+globally or N:M."""
 
 from __future__ import annotations
 
@@ -6,8 +7,23 @@ from typing import Annotated
 
 import typer
 
-from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, RevisionOpt, command_line
-from ._output import RichProgress, fmt_count, note, render
+from ._options import (
+    DEFAULT_MAX_SHARD,
+    BlocksizeOpt,
+    CalibOpt,
+    CalibSamplesOpt,
+    CalibSeqlenOpt,
+    DampeningOpt,
+    DeviceOpt,
+    ForceOpt,
+    JsonOpt,
+    MaxShardOpt,
+    QuietOpt,
+    RevisionOpt,
+    calib_flags,
+    command_line,
+)
+from ._output import RichProgress, calibration_lines, fmt_count, note, render
 
 EPILOG = """Examples:
 
@@ -20,6 +36,10 @@ EPILOG = """Examples:
   surgeon prune org/model -o pruned --recipe recipes/prune_example.yaml --dry-run
 
   surgeon prune org/model -o rand --sparsity 0.5 --method random --seed 1 --json | jq .target_sparsity
+
+  surgeon prune model/ -o wanda-50 --method wanda --sparsity 0.5 --calib held-out.txt
+
+  surgeon prune model/ -o sgpt-24 --method sparsegpt --pattern 2:4 --calib-samples 64 --dry-run
 """
 
 
@@ -30,7 +50,12 @@ def prune(
         float | None, typer.Option("--sparsity", help="Fraction of each targeted tensor to zero, in [0, 1).")
     ] = None,
     method: Annotated[
-        str | None, typer.Option("--method", help="What to prune first: magnitude (smallest |w|) or random.")
+        str | None,
+        typer.Option(
+            "--method",
+            help="What to prune first: magnitude (smallest |w|), random, or calibrated on text: wanda (|w| x input norm), "
+            "sparsegpt (with weight updates).",
+        ),
     ] = None,
     scope: Annotated[
         str | None,
@@ -50,6 +75,15 @@ def prune(
         str | None, typer.Option("--recipe", help="YAML recipe (settings and per-tensor sparsity overrides); flags override it.")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for --method random (default 0).")] = None,
+    calib: CalibOpt = None,
+    calib_samples: CalibSamplesOpt = None,
+    calib_seqlen: CalibSeqlenOpt = None,
+    owl: Annotated[
+        bool | None,
+        typer.Option("--owl/--no-owl", help="wanda/sparsegpt: OWL non-uniform layer sparsities (outlier-weighted)."),
+    ] = None,
+    dampening: DampeningOpt = None,
+    blocksize: BlocksizeOpt = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan (targets and their sparsities); write nothing.")
     ] = False,
@@ -65,7 +99,18 @@ def prune(
     from modelsurgeon.recipes.prune import PruneConfig
 
     cfg = PruneConfig.build(
-        recipe, sparsity=sparsity, method=method, scope=scope, pattern=pattern, include=include, exclude=exclude, seed=seed
+        recipe,
+        sparsity=sparsity,
+        method=method,
+        scope=scope,
+        pattern=pattern,
+        include=include,
+        exclude=exclude,
+        seed=seed,
+        calib=calib_flags(calib, calib_samples, calib_seqlen),
+        owl=owl,
+        dampening=dampening,
+        blocksize=blocksize,
     )
     with RichProgress(quiet) as bar:
         result = api.prune(
@@ -136,5 +181,7 @@ def _print(r: dict) -> None:
         if "nm_compliant" in r:
             lines.append(f"{r['pattern']} compliant: {'yes, every group' if r['nm_compliant'] else 'NO'}")
         lines.append(f"output {r['output']}")
+    if r.get("calibration"):
+        lines += calibration_lines(r["calibration"])
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)

@@ -271,5 +271,40 @@ def prune(
         raise UsageError("missing -o OUT", "give the output folder, or --dry-run to print the plan only")
     shard = parse_size(max_shard_size)
     out = None if dry_run else Output(Path(output), force, shard)
+    progress = progress or silent()
     with plan_prune(cfg, str(model), out, revision, device=device) as plan:
-        return plan.result() if dry_run else run_prune(plan, progress or silent(), command)
+        if cfg.calibrated:
+            return _calibrated_prune(plan, cfg, dry_run, progress, command)
+        return plan.result() if dry_run else run_prune(plan, progress, command)
+
+
+def _calibrated_prune(plan, cfg, dry_run: bool, progress, command):
+    """Wanda or SparseGPT: the prune plan's targets and counts, run by the calibration engine layer by layer."""
+    from modelsurgeon.ops.calibrate.methods import PruneTarget, SparseGPTPrune, WandaPrune
+    from modelsurgeon.ops.calibrate.plan import plan_calibration
+    from modelsurgeon.ops.prune.run import run_prune
+
+    cplan = plan_calibration(
+        plan.ck, cfg.calib, cfg.method, [t.name for t in plan.targets], plan.device, strict=cfg.include is not None
+    )
+    try:
+        plan.restrict(cplan.targets)
+        for n in cplan.notes:
+            progress.note(n)
+        targets = {t.name: PruneTarget(t.mode, t.sparsity, cfg.nm) for t in plan.targets}
+        owl = (cfg.owl_lambda, cfg.owl_m) if cfg.owl else None
+        if cfg.method == "wanda":
+            method = WandaPrune(targets, owl)
+        else:
+            method = SparseGPTPrune(targets, owl, cfg.blocksize, cfg.dampening)
+        info = cplan.describe()
+        if dry_run:
+            r = plan.result()
+            r.calibration = info
+            return r
+        r = run_prune(plan, progress, command, source=cplan.stream(method, progress), calibration=info)
+        if cfg.owl:
+            info["owl"] = {"outlier_ratios": method.outlier_ratios, "layer_sparsity": [method.layer_sparsity[i] for i in sorted(method.layer_sparsity)]}
+        return r
+    finally:
+        cplan.close()
