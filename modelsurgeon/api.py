@@ -73,19 +73,59 @@ def quantize(
     revision: str | None = None,
     progress: Progress | None = None,
     command: str | None = None,
+    dry_run: bool = False,
     **settings,
 ) -> QuantizeResult:
     """Quantize MODEL's linear weights with a scheme (``scheme="w4a16"``) and write OUTPUT atomically: a
     compressed-tensors folder, a GGUF file, or dense weights (``format=``). Returns per-tensor and total bits
-    per weight, sizes and SQNR. Settings: ``QuantizeConfig``'s fields; ``command`` is recorded in the output."""
+    per weight, sizes and SQNR. Settings: ``QuantizeConfig``'s fields (``method="gptq"`` or ``"awq"`` calibrates
+    on text, ``calib={"file": ..., "samples": ...}``); ``command`` is recorded in the output. ``dry_run=True``
+    checks everything and returns the plan (``QuantizePlanResult``) without writing."""
     from modelsurgeon.ops.core.progress import silent
     from modelsurgeon.ops.quantize.plan import plan_quantize
     from modelsurgeon.ops.quantize.run import run_quantize
     from modelsurgeon.recipes.quantize import QuantizeConfig
 
     cfg = _config(QuantizeConfig, config, settings)
+    progress = progress or silent()
     with plan_quantize(cfg, str(model), str(output), force=force, max_shard_size=max_shard_size, revision=revision) as plan:
-        return run_quantize(plan, progress or silent(), command)
+        if cfg.calibrated:
+            return _calibrated_quantize(plan, cfg, dry_run, progress, command)
+        if dry_run:
+            from modelsurgeon.ops.quantize.run import plan_result
+
+            return plan_result(plan)
+        return run_quantize(plan, progress, command)
+
+
+def _calibrated_quantize(plan, cfg, dry_run: bool, progress, command):
+    """GPTQ or AWQ: the quantize plan's scheme, format and targets, run by the calibration engine layer by layer.
+    The quantize family lends the scheme's grid; the calibrate family runs the method (neither imports the other)."""
+    from modelsurgeon.ops.calibrate.methods import AWQScale, GPTQQuantize
+    from modelsurgeon.ops.calibrate.plan import plan_calibration
+    from modelsurgeon.ops.quantize.grid import grid_for
+    from modelsurgeon.ops.quantize.run import plan_result, run_quantize
+
+    cplan = plan_calibration(plan.ck, cfg.calib, cfg.method, plan.targets, plan.device, strict=False)
+    try:
+        plan.notes.extend(cplan.notes)
+        targets = dict.fromkeys(cplan.targets, True)
+        spec = plan.spec
+        if cfg.method == "gptq":
+            method = GPTQQuantize(targets, lambda dt: grid_for(spec, dt), cfg.act_order, cfg.blocksize, cfg.dampening)
+        else:
+            roundtrip = lambda dt: grid_for(spec, dt).roundtrip  # noqa: E731
+            group = spec.group_size if spec.scheme.family == "int" else 32
+            method = AWQScale(targets, roundtrip, group, cplan.lm.config.model_type, plan.ck.label)
+        info = cplan.describe()
+        if dry_run:
+            return plan_result(plan, info)
+        r = run_quantize(plan, progress, command, source=cplan.stream(method, progress), calibration=info)
+        if getattr(method, "skipped", None):
+            info["awq_skipped"] = sorted(set(method.skipped))
+        return r
+    finally:
+        cplan.close()
 
 
 def intrinsic_dim(

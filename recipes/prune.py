@@ -113,7 +113,7 @@ class PruneConfig(Config):
             raise UsageError(f"--method must be a name, got {self.method!r}")
         METHODS.lookup(self.method)
         if self.scope is None:
-            self._set("scope", "row" if self.method == "wanda" else "layer")
+            self._set("scope", "row" if self.method == "wanda" and self.pattern is None else "layer")
         check_choice(self.scope, "--scope", SCOPES)
         self._validate_calibrated()
         check_int(self.seed, "--seed")

@@ -48,8 +48,18 @@ class LayerContext:
         if module is self.layer:
             return self.lm.call(self.layer, self.index, x, self.calls[b])
         args, kwargs = self.calls[b].args(self.index)
-        out = module(x, *args, **kwargs) if module is not None else x
+        out = module(x, **_accepted(module, kwargs))
         return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _accepted(module: nn.Module, kwargs: dict) -> dict:
+    """The layer's keyword arguments that a block inside it takes (attention takes masks and positions; an MLP none)."""
+    import inspect
+
+    params = inspect.signature(module.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
 
 
 class LayerMethod:
