@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from modelsurgeon.ops.calibrate.evaluate import EvalResult
     from modelsurgeon.ops.core.progress import Progress
     from modelsurgeon.ops.intrinsic.expand import ExpandResult
     from modelsurgeon.ops.intrinsic.run import IntrinsicDimResult
@@ -33,9 +34,10 @@ if TYPE_CHECKING:
     from modelsurgeon.recipes.merge import ExtractConfig, MergeConfig, MergeRecipe
     from modelsurgeon.recipes.prune import PruneConfig
     from modelsurgeon.recipes.quantize import QuantizeConfig
+    from modelsurgeon.recipes.eval import EvalConfig
     from modelsurgeon.recipes.report import ReportConfig
 
-__all__ = ["expand_subspace", "extract_lora", "intrinsic_dim", "merge", "prune", "quantize", "report"]
+__all__ = ["evaluate", "expand_subspace", "extract_lora", "intrinsic_dim", "merge", "prune", "quantize", "report"]
 
 
 def _config(cls, config, settings: dict):
@@ -348,3 +350,25 @@ def _calibrated_prune(plan, cfg, dry_run: bool, progress, command):
         return r
     finally:
         cplan.close()
+
+
+def evaluate(
+    model: str | list[str],
+    config: EvalConfig | None = None,
+    *,
+    revision: str | None = None,
+    progress: Progress | None = None,
+    **settings,
+) -> EvalResult:
+    """Perplexity of MODEL (or of each model of a list) on ``text=FILE``, streamed one layer at a time; with
+    ``reference=REF`` also the per-token KL divergence and top-1 agreement with REF (encoders: the cosine
+    similarity of sentence embeddings). ``require=["kld<=0.05"]`` gates every model (``result.ok``).
+    Settings: ``EvalConfig``'s fields (``context``, ``stride``, ``max_tokens``, ``batch_size``, ``device``)."""
+    from modelsurgeon.ops.calibrate.evaluate import plan_eval, run_eval
+    from modelsurgeon.ops.core.progress import silent
+    from modelsurgeon.recipes.eval import EvalConfig
+
+    cfg = _config(EvalConfig, config, {k: v for k, v in settings.items() if v is not None})
+    models = [model] if isinstance(model, str) else [str(m) for m in model]
+    with plan_eval(cfg, models, revision) as plan:
+        return run_eval(plan, progress or silent())
