@@ -152,7 +152,7 @@ class LayerwiseModel:
         cls = AutoModelForCausalLM if self.kind == "causal" else AutoModel
         try:
             with no_init_weights(), warnings_off():
-                model = cls.from_config(self.config, torch_dtype=torch.float32, attn_implementation="sdpa")
+                model = cls.from_config(self.config, dtype=torch.float32)
         except (ValueError, KeyError, TypeError) as e:
             raise _unwalkable(self.ck.label, f"transformers cannot build {self.config.model_type}: {str(e).splitlines()[0]}") from None
         model.eval()
@@ -241,12 +241,13 @@ class LayerwiseModel:
             self.model.tie_weights()
 
     def _tied_to_loaded(self, name: str) -> bool:
-        """An LM head tied to the embeddings is the same parameter: loading the embeddings loads it."""
-        if not getattr(self.config, "tie_word_embeddings", False):
+        """An LM head tied to the embeddings is their parameter: loading the embeddings (and tying) loads it."""
+        if not getattr(self.config, "tie_word_embeddings", False) or not hasattr(self.model, "get_output_embeddings"):
             return False
-        head = self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
-        emb = self.model.get_input_embeddings()
-        return head is not None and head.weight is emb.weight and name.endswith("weight")
+        head = self.model.get_output_embeddings()
+        if head is None:
+            return False
+        return any(m is head and name == f"{n}.weight" for n, m in self.model.named_modules())
 
     @classmethod
     def open(cls, ck: Checkpoint, device: torch.device | str = "cpu") -> LayerwiseModel:
