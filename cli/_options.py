@@ -27,7 +27,9 @@ CalibSamplesOpt = Annotated[
 ]
 CalibSeqlenOpt = Annotated[
     int | None,
-    typer.Option("--calib-seqlen", help="Tokens per calibration sequence (default 2048, AWQ 512; capped at the model's context)."),
+    typer.Option(
+        "--calib-seqlen", help="Tokens per calibration sequence (default 2048, AWQ 512; capped at the model's context)."
+    ),
 ]
 DampeningOpt = Annotated[
     float | None, typer.Option("--dampening", help="SparseGPT/GPTQ: fraction of mean(diag H) added to H's diagonal (0.01).")

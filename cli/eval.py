@@ -23,18 +23,26 @@ EPILOG = """Examples:
 
 def evaluate(
     model: Annotated[str, typer.Argument(help="A model folder (config.json, tokenizer, weights) or a Hub id.")],
-    text: Annotated[str | None, typer.Option("--text", "-t", help="Evaluation text: plain text or JSONL with a 'text' field.")] = None,
+    text: Annotated[
+        str | None, typer.Option("--text", "-t", help="Evaluation text: plain text or JSONL with a 'text' field.")
+    ] = None,
     reference: Annotated[
         str | None,
-        typer.Option("--reference", "-r", help="Compare with this model: per-token KL divergence and top-1 agreement (encoders: cosine)."),
+        typer.Option(
+            "--reference", "-r", help="Compare with this model: per-token KL divergence and top-1 agreement (encoders: cosine)."
+        ),
     ] = None,
     compare: Annotated[
         list[str] | None, typer.Option("--compare", help="More models for the same table (repeat, or list after it).")
     ] = None,
-    context: Annotated[int | None, typer.Option("--context", help="Window length in tokens (default min(2048, the model's)).")] = None,
+    context: Annotated[
+        int | None, typer.Option("--context", help="Window length in tokens (default min(2048, the model's)).")
+    ] = None,
     stride: Annotated[int | None, typer.Option("--stride", help="Tokens between window starts (default context/2).")] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Evaluate the first N tokens of the text only.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Windows run through a layer at once (default 4).")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Windows run through a layer at once (default 4).")
+    ] = None,
     require: Annotated[
         list[str] | None,
         typer.Option("--require", help="Gate KEY OP NUMBER for every model, e.g. 'kld<=0.05' (exit 1 when one fails)."),
@@ -82,7 +90,9 @@ def _print(r: dict) -> None:
     for c in cols:
         t.add_column(c, justify="right", no_wrap=True)
     t.add_column("gates", no_wrap=True)
-    rows = ([dict(r["reference"], gates=None, model=r["reference"]["model"] + " (reference)")] if r["reference"] else []) + r["models"]
+    rows = ([dict(r["reference"], gates=None, model=r["reference"]["model"] + " (reference)")] if r["reference"] else []) + r[
+        "models"
+    ]
     for m in rows:
         gates = "" if not m.get("gates") else " ".join(("ok" if g["ok"] else "FAIL") + f" {g['require']}" for g in m["gates"])
         t.add_row(m["model"], *[fmt_float(m.get(c), 4) for c in cols], gates)

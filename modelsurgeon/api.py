@@ -30,11 +30,11 @@ if TYPE_CHECKING:
     from modelsurgeon.ops.prune.result import PruneResult
     from modelsurgeon.ops.quantize.run import QuantizeResult
     from modelsurgeon.ops.report.run import ReportResult
+    from modelsurgeon.recipes.eval import EvalConfig
     from modelsurgeon.recipes.intrinsic_dim import IntrinsicDimConfig
     from modelsurgeon.recipes.merge import ExtractConfig, MergeConfig, MergeRecipe
     from modelsurgeon.recipes.prune import PruneConfig
     from modelsurgeon.recipes.quantize import QuantizeConfig
-    from modelsurgeon.recipes.eval import EvalConfig
     from modelsurgeon.recipes.report import ReportConfig
 
 __all__ = ["evaluate", "expand_subspace", "extract_lora", "intrinsic_dim", "merge", "prune", "quantize", "report"]
@@ -346,7 +346,10 @@ def _calibrated_prune(plan, cfg, dry_run: bool, progress, command):
             return r
         r = run_prune(plan, progress, command, source=cplan.stream(method, progress), calibration=info)
         if cfg.owl:
-            info["owl"] = {"outlier_ratios": method.outlier_ratios, "layer_sparsity": [method.layer_sparsity[i] for i in sorted(method.layer_sparsity)]}
+            info["owl"] = {
+                "outlier_ratios": method.outlier_ratios,
+                "layer_sparsity": [method.layer_sparsity[i] for i in sorted(method.layer_sparsity)],
+            }
         return r
     finally:
         cplan.close()

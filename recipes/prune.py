@@ -165,10 +165,14 @@ class PruneConfig(Config):
                 "its scores are compared within a tensor (sparsegpt) or a row (wanda); use --scope layer or row",
             )
         if self.method == "sparsegpt" and self.scope == "row":
-            raise UsageError("--method sparsegpt chooses its mask per block of columns; --scope row does not apply", "drop --scope")
+            raise UsageError(
+                "--method sparsegpt chooses its mask per block of columns; --scope row does not apply", "drop --scope"
+            )
         self._set("owl", bool(self.owl))
         if self.owl and self.pattern:
-            raise UsageError(f"--owl and --pattern {self.pattern} are mutually exclusive", "an N:M pattern fixes every layer's sparsity")
+            raise UsageError(
+                f"--owl and --pattern {self.pattern} are mutually exclusive", "an N:M pattern fixes every layer's sparsity"
+            )
         if self.owl and self.overrides:
             raise UsageError("--owl sets every layer's sparsity, so a recipe cannot override it", "drop the overrides or --owl")
         self._set("owl_lambda", check_positive(0.08 if self.owl_lambda is None else self.owl_lambda, "owl_lambda"))

@@ -156,7 +156,9 @@ class QuantizeConfig(Config):
 
     def _check_method(self, s: SchemeRules) -> None:
         if self.method not in METHODS:
-            raise UsageError(f"--method {self.method!r} is unknown{did_you_mean(self.method, METHODS)}", f"use one of: {', '.join(METHODS)}")
+            raise UsageError(
+                f"--method {self.method!r} is unknown{did_you_mean(self.method, METHODS)}", f"use one of: {', '.join(METHODS)}"
+            )
         extra = ("calib", "act_order", "dampening", "blocksize")
         if self.method == "rtn":
             given = [f for f in extra if getattr(self, f) is not None]
@@ -168,7 +170,9 @@ class QuantizeConfig(Config):
             able = ", ".join(x.name for x in SCHEME_RULES.values() if x.family in CALIBRATED_FAMILIES)
             raise UsageError(f"--method {self.method} cannot produce scheme {s.name}", f"it quantizes onto integer grids: {able}")
         if self.optimizer != "rtn":
-            raise UsageError(f"--method {self.method} and --optimizer {self.optimizer} are mutually exclusive", "give one of them")
+            raise UsageError(
+                f"--method {self.method} and --optimizer {self.optimizer} are mutually exclusive", "give one of them"
+            )
         self._set("calib", CalibrationConfig.coerce(self.calib))
         if self.method == "awq":
             given = [f for f in ("act_order", "dampening", "blocksize") if getattr(self, f) is not None]

@@ -131,9 +131,7 @@ def apply_scale(prev: torch.nn.Module, linears: Sequence[torch.nn.Linear], s: to
             lin.weight.mul_(s.view(1, -1))
 
 
-def auto_clip(
-    w: torch.Tensor, x: torch.Tensor, group: int, roundtrip: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
+def auto_clip(w: torch.Tensor, x: torch.Tensor, group: int, roundtrip: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """llm-awq ``auto_clip_layer``: per (row, group), the clip value ``max|w| * (1 - i/20)``, i < 10, of the lowest
     error of ``x w`` on at most 512 tokens of ``x`` (every (tokens // 512)-th). Returns (rows, groups)."""
     rows, cols = w.shape

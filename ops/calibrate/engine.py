@@ -127,10 +127,7 @@ class LayerStream:
         if not names:
             return None
         probe: list[tuple[str, torch.Tensor]] = []
-        hooks = [
-            ctx.linears[n].register_forward_hook(lambda m, inp, out, n=n: probe.append((n, inp[0].detach())))
-            for n in names
-        ]
+        hooks = [ctx.linears[n].register_forward_hook(lambda m, inp, out, n=n: probe.append((n, inp[0].detach()))) for n in names]
         outs = []
         try:
             y = ctx.run(ctx.layer, ctx.xs[0].to(dev), 0)
@@ -148,7 +145,7 @@ class LayerStream:
         for n, x in probe:
             if rep[n] == n:
                 ctx.stats[n].add(x)
-        del probe
+        probe.clear()
         if keep_outputs:
             outs.append(y.to(self.store))
         del y
@@ -213,7 +210,7 @@ class LayerStream:
                 tensors = [(src, t) for (_, src), t in zip(lm.layer_names(i), layer.state_dict().values())]
                 for src, t in tensors:
                     yield src, t.detach().to("cpu", lm.ck.info(src).torch_dtype), payloads.get(src)
-            del ctx, xs
+            del ctx
             xs = ys
             self.progress.advance(1)
 

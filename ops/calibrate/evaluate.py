@@ -123,7 +123,8 @@ def run_eval(plan: EvalPlan, progress: Progress = SILENT) -> EvalResult:
             return _run_causal(plan, first, progress)
         if plan.reference is None:
             raise UsageError(
-                f"{plan.models[0].label} is an encoder: it has no perplexity", "compare it with --reference REF (cosine similarity)"
+                f"{plan.models[0].label} is an encoder: it has no perplexity",
+                "compare it with --reference REF (cosine similarity)",
             )
         return _run_encoder(plan, first, progress, cfg)
 

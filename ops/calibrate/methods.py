@@ -216,7 +216,7 @@ class AWQScale(_Targeted):
             with torch.no_grad():
                 original = [ctx.run(block, x, b) for b, x in enumerate(inputs)]
 
-            def run() -> float:
+            def run(inputs=inputs, original=original, block=block) -> float:
                 with torch.no_grad():
                     num, den = 0.0, 0
                     for b, x in enumerate(inputs):
@@ -227,7 +227,6 @@ class AWQScale(_Targeted):
 
             s, _best, _hist = awq_mod.search_scale(x_mean, fcs, run, roundtrip)
             scales.append((m, prev, fcs, s))
-            del inputs, original
         for m, prev, fcs, s in scales:
             awq_mod.apply_scale(prev, fcs, s.to(fcs[0].weight.dtype), m.norm_offset)
             for x in ctx.stats[m.linears[0]].rows:

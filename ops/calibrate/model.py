@@ -106,7 +106,7 @@ def _config_of(ck: Checkpoint):
 
 
 def model_kind(config) -> str:
-    """"causal" (a decoder LM with a head) or "encoder" (a bare encoder, e.g. BERT / sentence-transformers)."""
+    """ "causal" (a decoder LM with a head) or "encoder" (a bare encoder, e.g. BERT / sentence-transformers)."""
     archs = list(getattr(config, "architectures", None) or [])
     if any(_CAUSAL_ARCH.search(a) for a in archs):
         return "causal"
@@ -154,7 +154,9 @@ class LayerwiseModel:
             with no_init_weights(), warnings_off():
                 model = cls.from_config(self.config, dtype=torch.float32)
         except (ValueError, KeyError, TypeError) as e:
-            raise _unwalkable(self.ck.label, f"transformers cannot build {self.config.model_type}: {str(e).splitlines()[0]}") from None
+            raise _unwalkable(
+                self.ck.label, f"transformers cannot build {self.config.model_type}: {str(e).splitlines()[0]}"
+            ) from None
         model.eval()
         self.model = model
         n = int(getattr(self.config, "num_hidden_layers", 0) or 0)

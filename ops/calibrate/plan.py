@@ -72,7 +72,9 @@ class CalibrationPlan:
         lm = self.lm
         per_layer = {}
         for i in range(lm.num_layers):
-            per_layer[i] = [n for n in self.linears.get(i, []) if lm.ck_name(f"{lm.layers_path}.{i}.{n}.weight") in set(self.targets)]
+            per_layer[i] = [
+                n for n in self.linears.get(i, []) if lm.ck_name(f"{lm.layers_path}.{i}.{n}.weight") in set(self.targets)
+            ]
         first = per_layer.get(0, [])
         return {
             "method": self.method,
@@ -143,9 +145,7 @@ def plan_calibration(
     tok = load_tokenizer(ck.folder, ck.label)
     ids = tokenize(tok, text, special=False)
     if ids.numel() < samples * seqlen:
-        notes.append(
-            f"the calibration text has {ids.numel()} tokens, fewer than {samples} x {seqlen}: sequences overlap"
-        )
+        notes.append(f"the calibration text has {ids.numel()} tokens, fewer than {samples} x {seqlen}: sequences overlap")
     batch = calibration_ids(ids, samples, seqlen, config.seed, source)
     plan = CalibrationPlan(ck, lm, method, config, samples, seqlen, source, batch, kept, linears, lm.device, notes)
     plan.store = _store_for(plan)

@@ -37,7 +37,9 @@ class Criterion:
 
 
 CRITERIA: Registry[Criterion] = Registry("pruning method")
-_BUILT_IN = DATA_FREE  # the criteria the config knows without importing this module (the calibrated methods live in ops/calibrate)
+_BUILT_IN = (
+    DATA_FREE  # the criteria the config knows without importing this module (the calibrated methods live in ops/calibrate)
+)
 
 
 def register_criterion(name: str, summary: str, url: str | None = None, global_mode: str = "radix", fused: bool = False):

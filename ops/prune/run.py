@@ -144,9 +144,7 @@ def _run_from_source(plan: PrunePlan, source, command: str, calibration: dict | 
         raise RuntimeError(f"targets never pruned: {missing[:3]}")
     order = {t.name: i for i, t in enumerate(plan.targets)}
     results.sort(key=lambda r: order[r.name])
-    return PruneResult(
-        ck.label, cfg, plan.total_params, results, dry_run=False, output=str(path), calibration=calibration
-    )
+    return PruneResult(ck.label, cfg, plan.total_params, results, dry_run=False, output=str(path), calibration=calibration)
 
 
 def count_nonzero(x: torch.Tensor) -> int:

@@ -98,7 +98,10 @@ def test_unknown_and_unwalkable_models_fail_with_one_line(tmp_path):
     cfg = json.loads((folder / "config.json").read_text())
     cfg["model_type"] = "no-such-model"
     (folder / "config.json").write_text(json.dumps(cfg))
-    with open_checkpoint(folder) as ck, pytest.raises(SurgeonError, match="does not know model_type 'no-such-model'.*remote code"):
+    with (
+        open_checkpoint(folder) as ck,
+        pytest.raises(SurgeonError, match="does not know model_type 'no-such-model'.*remote code"),
+    ):
         LayerwiseModel(ck, torch.device("cpu"))
     from transformers import T5Config, T5ForConditionalGeneration
 
