@@ -1,7 +1,7 @@
 """Every `surgeon ...` line in the README's bash blocks runs as shown.
 
 The test works in a scratch folder where the README's placeholder names exist as small real inputs:
-`org/model`, `org/base`, `org/a`, `org/b`, `model/`, `a/ b/ c/ base/` are tiny Llamas (a relative path
+`org/model`, `org/base`, `org/a`, `org/b`, `model/`, `a/ b/ c/ base/` are tiny Llamas, `held-out.txt` a text (a relative path
 that exists wins over a Hub id), `recipe.yaml` is a mergekit recipe over them, `my-adapter/` a PEFT
 adapter made by peft, `finetuned/` a fine-tune of `org/base`, `pruned/` a 2:4-pruned `org/base`.
 `| jq .key` becomes "stdout parses as JSON and has that key". A line is skipped only for a reason
@@ -60,6 +60,7 @@ def _make_inputs(root: Path) -> None:
     _perturb(root / "finetuned", seed=99)
     _make_adapter(root / "org/base", root / "my-adapter")
     shutil.copytree(README.parent / "recipes", root / "recipes")  # the examples run from the repository root
+    shutil.copyfile(README.parent / "tests" / "data" / "pride_and_prejudice_ch1-5.txt", root / "held-out.txt")
 
 
 def _perturb(folder: Path, seed: int) -> None:
@@ -108,7 +109,7 @@ def _prepare(line: str, root: Path) -> tuple[list[str], str | None]:
 def test_readme_shows_commands():
     lines = readme_commands()
     commands = {shlex.split(line)[1] for line in lines}
-    assert {"report", "prune", "quantize", "merge", "intrinsic-dim", "expand-subspace"} <= commands
+    assert {"report", "prune", "quantize", "merge", "eval", "intrinsic-dim", "expand-subspace"} <= commands
 
 
 def test_every_readme_command_runs(capsys, workdir, monkeypatch):
