@@ -111,7 +111,9 @@ def main() -> None:
     dense = r["models"][0]["perplexity"]
     for label, m in zip(labels, r["models"]):
         t = f"{seconds[label]:.0f} s" if label in seconds else ""
-        rows.append(f"| {label} | {m['perplexity']:.2f} | {m['perplexity'] / dense:.2f} | {m['kld']:.4f} | {m['top1']:.3f} | {t} |")
+        rows.append(
+            f"| {label} | {m['perplexity']:.2f} | {m['perplexity'] / dense:.2f} | {m['kld']:.4f} | {m['top1']:.3f} | {t} |"
+        )
     head = (
         f"SmolLM2-135M-Instruct (fp32), calibration {args.samples} x {args.seqlen} tokens of {CALIB.name} (seed 0) "
         f"or of the built-in text; evaluation: the first {r['tokens']} tokens of {HELD_OUT.name}, "

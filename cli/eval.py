@@ -15,14 +15,19 @@ EPILOG = """Examples:
 
   surgeon eval pruned/ --reference model/ --text held-out.txt --require "kld<=0.05"
 
-  surgeon eval model/ --compare wanda/ sparsegpt/ gptq/ --reference model/ --text held-out.txt --json
+  surgeon eval model/ wanda/ sparsegpt/ gptq/ --reference model/ --text held-out.txt --json
+
+  surgeon eval model/ --compare wanda/ --compare gptq/ --reference model/ --text held-out.txt
 
   surgeon eval minilm-50/ --reference minilm --text sentences.txt --require "cosine>=0.95"
 """
 
 
 def evaluate(
-    model: Annotated[str, typer.Argument(help="A model folder (config.json, tokenizer, weights) or a Hub id.")],
+    models: Annotated[
+        list[str],
+        typer.Argument(help="Model folders (config.json, tokenizer, weights) or Hub ids: one table, scored in this order."),
+    ],
     text: Annotated[
         str | None, typer.Option("--text", "-t", help="Evaluation text: plain text or JSONL with a 'text' field.")
     ] = None,
@@ -33,7 +38,7 @@ def evaluate(
         ),
     ] = None,
     compare: Annotated[
-        list[str] | None, typer.Option("--compare", help="More models for the same table (repeat, or list after it).")
+        list[str] | None, typer.Option("--compare", help="One more model for the same table (repeatable; after the MODELs).")
     ] = None,
     context: Annotated[
         int | None, typer.Option("--context", help="Window length in tokens (default min(2048, the model's)).")
@@ -68,7 +73,7 @@ def evaluate(
         device=device,
     )
     with RichProgress(quiet) as bar:
-        result = api.evaluate([model, *(compare or [])], cfg, revision=revision, progress=bar)
+        result = api.evaluate([*models, *(compare or [])], cfg, revision=revision, progress=bar)
     render(result, as_json, _print)
     return 0 if result.ok else 1
 

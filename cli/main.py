@@ -11,8 +11,8 @@ import sys
 
 import typer
 
+from . import dequantize, expand, intrinsic_dim, merge, prune, quantize, report
 from . import eval as eval_cmd
-from . import expand, intrinsic_dim, merge, prune, quantize, report
 
 app = typer.Typer(
     name="surgeon",
@@ -27,6 +27,7 @@ app.command("prune", epilog=prune.EPILOG)(prune.prune)
 app.command("quantize", epilog=quantize.EPILOG)(quantize.quantize)
 app.command("merge", epilog=merge.EPILOG)(merge.merge)
 app.command("eval", epilog=eval_cmd.EPILOG)(eval_cmd.evaluate)
+app.command("dequantize", epilog=dequantize.EPILOG)(dequantize.dequantize)
 app.command("intrinsic-dim", epilog=intrinsic_dim.EPILOG)(intrinsic_dim.intrinsic_dim)
 app.command("expand-subspace", epilog=expand.EPILOG)(expand.expand_subspace)
 

@@ -38,7 +38,7 @@ class SchemeRules:
     """A quantization scheme as the settings see it: its defaults and what it accepts."""
 
     name: str
-    family: str  # "int" | "fp8" | "nf4" | "binary" | "gguf": which math quantizes it
+    family: str  # "int" | "fp8" | "nf4" | "binary" | "gguf" | "fp8_block" | "nvfp4" | "mxfp4": which math quantizes it
     group_size: int  # the default; -1 = one group per row
     formats: tuple[str, ...] = ("dense",)  # formats that can hold it; the first is the default
     symmetric: bool = True  # the default
@@ -60,6 +60,17 @@ for _rules in (
         SchemeRules(name, "gguf", 32, ("gguf", "dense"), symmetric=sym, group_fixed=True, hqq_capable=True)
         for name, sym in (("q8_0", True), ("q4_0", True), ("q4_1", False), ("q5_0", True), ("q5_1", False))
     ),
+):
+    SCHEME_RULES.add(_rules.name, _rules)
+
+# --- issue 13: the compressed-tensors schemes vLLM serves on new GPUs, and 2/3-bit integers
+for _rules in (
+    SchemeRules("w2a16", "int", 128, _CT, asym_capable=True, hqq_capable=True),
+    SchemeRules("w3a16", "int", 128, _CT, asym_capable=True, hqq_capable=True),
+    SchemeRules("fp8-block", "fp8_block", -1, _CT, group_fixed=True),
+    SchemeRules("nvfp4", "nvfp4", 16, _CT, group_fixed=True),
+    SchemeRules("nvfp4a16", "nvfp4", 16, _CT, group_fixed=True),
+    SchemeRules("mxfp4", "mxfp4", 32, _CT, group_fixed=True),
 ):
     SCHEME_RULES.add(_rules.name, _rules)
 
@@ -195,7 +206,13 @@ class QuantizeConfig(Config):
 
     def _check_scheme_takes_the_settings(self, s: SchemeRules) -> None:
         if self.group_size is not None and s.group_fixed:
-            what = "block size 32 is part of the GGUF format" if s.family == "gguf" else "fp8 is one scale per channel"
+            what = {
+                "gguf": "block size 32 is part of the GGUF format",
+                "fp8": "fp8 is one scale per channel",
+                "fp8_block": "its 128x128 blocks are part of the scheme",
+                "nvfp4": "NVFP4 is one scale per 16 values",
+                "mxfp4": "MXFP4 is one scale per 32 values",
+            }[s.family]
             raise UsageError(f"--group-size does not apply to {s.name}: its {what}")
         if self.asym and not s.asym_capable:
             hint = (

@@ -142,6 +142,27 @@ def test_gptq_gguf_blocks_equal_the_dense_run(capsys, tmp_path, llama):
         assert torch.equal(got, permute_rows(ref, heads) if heads else ref), hf
 
 
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_llama_cpp_runs_the_calibrated_gguf_as_the_dense_run(capsys, tmp_path, llama, method):
+    """llama.cpp loads the GPTQ/AWQ GGUF file and computes the logits transformers computes from --format dense."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    args = ("--scheme", "q8_0", "--method", method, *CAL)
+    run_json(capsys, "quantize", llama, "-o", tmp_path / "m.gguf", *args, "-q")
+    run_json(capsys, "quantize", llama, "-o", tmp_path / "dense", *args, "--format", "dense", "-q")
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+    ids = llm.tokenize(TEXT[:120].encode(), add_bos=False)[:48]
+    llm.eval(ids)
+    got = np.asarray(llm.scores[: len(ids)])
+    with torch.no_grad():
+        want = AutoModelForCausalLM.from_pretrained(tmp_path / "dense")(torch.tensor([ids])).logits[0].numpy()
+    # llama.cpp quantizes activations to 8 bits on the fly: about 1%; a wrong layout or a lost AWQ scale is ~100%
+    rel = float(np.linalg.norm(got - want) / np.linalg.norm(want))
+    assert rel < 0.03, rel
+
+
 def test_eval_perplexity_equals_transformers(capsys, tmp_path, llama):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
