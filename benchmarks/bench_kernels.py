@@ -184,6 +184,21 @@ def _gguf_run(qtype):
     return run
 
 
+def _fp4_run(kind):
+    def run(inp, use_triton):
+        from modelsurgeon.ops.quantize.fp4 import mxfp4_quantize, nvfp4_quantize
+
+        return (nvfp4_quantize if kind == "nvfp4" else mxfp4_quantize)(inp["x"], use_triton=use_triton)
+
+    return run
+
+
+def _fp8_block_run(inp, use_triton):
+    from modelsurgeon.ops.quantize.fp8_block import fp8_block_quantize
+
+    return fp8_block_quantize(inp["x"], use_triton=use_triton)
+
+
 def _fwht_inputs(dtype):
     def make(n, dev):
         L = min(n, 1 << 20)  # 2^20: two passes of the kernel; rows fill up the rest
@@ -279,6 +294,30 @@ def _cases() -> list[Case]:
                     smoke=dt == f32,
                 )
             )
+    for kind in ("nvfp4", "mxfp4"):
+        for dt in (f16, bf16):
+            label = f"{kind} {'g16 e4m3 scales' if kind == 'nvfp4' else 'g32 e8m0 scales'} from {name[dt]}"
+            cases.append(
+                Case(
+                    "fp4",
+                    f"{kind}_quantize",
+                    label,
+                    _weights(dt, kind, 0.02),
+                    _fp4_run(kind),
+                    smoke=kind == "nvfp4" and dt == bf16,
+                )
+            )
+    for dt in (f16, bf16):
+        cases.append(
+            Case(
+                "fp8_block",
+                "fp8_block_quantize",
+                f"128x128 blocks from {name[dt]}",
+                _weights(dt, "fp8b", 0.02),
+                _fp8_block_run,
+                smoke=dt == bf16,
+            )
+        )
     for dt in (f32, f16, bf16):
         # the interpreter truncates fp32 -> bf16 where a GPU rounds: the bf16 case is exact on a GPU only
         cases.append(
