@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--layers", default="8,16,32")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=256)
+    ap.add_argument("--what", default="wanda,gptq,eval", help="which of ours to run: wanda, gptq, eval")
     ap.add_argument("--llmc-python", default="")
     ap.add_argument("--append", action="store_true")
     args = ap.parse_args()
@@ -96,11 +97,12 @@ def main() -> None:
     tokenizer_from = smollm2()
     base = WORK / "memory"
     calib = json.dumps({"file": str(CALIB), "samples": args.samples, "seqlen": args.seqlen})
-    rows = [
-        "| layers | checkpoint | wanda: peak RSS | time | gptq w4a16: peak RSS | time | eval: peak RSS | time |"
-        + (" llm-compressor wanda: peak RSS | time |" if args.llmc_python else ""),
-        "|---|---|---|---|---|---|---|---|" + ("---|---|" if args.llmc_python else ""),
-    ]
+    whats = args.what.split(",")
+    names = {"wanda": "wanda", "gptq": "gptq w4a16", "eval": "eval"}
+    cols = [f"{names[w]}: peak RSS | time" for w in whats] + (
+        ["llm-compressor wanda: peak RSS | time"] if args.llmc_python else []
+    )
+    rows = ["| layers | checkpoint | " + " | ".join(cols) + " |", "|---|---|" + "---|---|" * len(cols)]
     for n in [int(x) for x in args.layers.split(",")]:
         model = base / f"llama-{n}"
         if not (model / "model.safetensors").exists():
@@ -109,7 +111,7 @@ def main() -> None:
                 shutil.copyfile(tokenizer_from / f, model / f)
         size = (model / "model.safetensors").stat().st_size / 2**20
         cells = [str(n), f"{size:.0f} MiB"]
-        for what in ("wanda", "gptq", "eval"):
+        for what in whats:
             s, rss = run_measured([sys.executable, "-c", OURS, what, str(model), str(base / f"out-{what}-{n}"), calib])
             cells += [f"{rss:.0f} MiB", f"{s:.0f} s"]
             print(f"{n} layers, {what}: {s:.0f} s, {rss:.0f} MiB", file=sys.stderr, flush=True)
@@ -135,7 +137,7 @@ def main() -> None:
         f"Synthetic Llamas (hidden 1024, intermediate 2816, vocabulary 49152, bf16; one decoder layer 12.6 M "
         f"parameters = 24 MiB on disk), {args.samples} x {args.seqlen} calibration tokens; CPU. {machine()}.\n"
         f"Command: `python benchmarks/bench_calibrated_memory.py --layers {args.layers} --samples {args.samples} "
-        f"--seqlen {args.seqlen}{' --llmc-python ' + args.llmc_python if args.llmc_python else ''}`\n"
+        f"--seqlen {args.seqlen} --what {args.what}{' --llmc-python ' + args.llmc_python if args.llmc_python else ''}`\n"
     )
     text = head + "\n" + "\n".join(rows) + "\n"
     print(text)
