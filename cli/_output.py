@@ -401,3 +401,19 @@ def print_lines(lines: list, console=None) -> None:
     console = console or out_console()
     for line in lines:
         console.print(line, highlight=False, markup=False, emoji=False, soft_wrap=True)
+
+
+def calibration_lines(c: dict) -> list[str]:
+    """A calibrated method's plan in a few lines (prune, quantize and their --dry-run)."""
+    cal, mem = c["calibration"], c["memory"]
+    lines = [
+        f"{c['method']}: {c['architecture']}, {c['layers']} layers x {c['linears_per_layer']} linears "
+        f"({', '.join(c['linears'])}), one layer at a time on {c['device']}",
+        f"calibration: {cal['samples']} x {cal['seqlen']} tokens from {cal['source']} (seed {cal['seed']})",
+        f"memory: layer {fmt_bytes(mem['layer'])} + statistics {fmt_bytes(mem['statistics'])} + activations "
+        f"{fmt_bytes(mem['activations'])} (on {c['activations_on']}) = {fmt_bytes(mem['total'])}",
+    ]
+    if c.get("owl"):
+        ls = c["owl"]["layer_sparsity"]
+        lines.append(f"owl: layer sparsities {min(ls):.3f} .. {max(ls):.3f}")
+    return lines + [f"note: {n}" for n in c.get("notes", [])]

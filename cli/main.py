@@ -34,6 +34,7 @@ def _app():
     import typer
 
     from . import dequantize, expand, intrinsic_dim, merge, prune, quantize, report, run
+    from . import eval as eval_cmd
 
     app = typer.Typer(
         name="surgeon",
@@ -47,6 +48,7 @@ def _app():
     app.command("prune", epilog=prune.EPILOG)(prune.prune)
     app.command("quantize", epilog=quantize.EPILOG)(quantize.quantize)
     app.command("merge", epilog=merge.EPILOG)(merge.merge)
+    app.command("eval", epilog=eval_cmd.EPILOG)(eval_cmd.evaluate)
     app.command("dequantize", epilog=dequantize.EPILOG)(dequantize.dequantize)
     app.command("intrinsic-dim", epilog=intrinsic_dim.EPILOG)(intrinsic_dim.intrinsic_dim)
     app.command("expand-subspace", epilog=expand.EPILOG)(expand.expand_subspace)

@@ -1,4 +1,5 @@
-"""`surgeon prune MODEL -o OUT --sparsity S`: magnitude or random pruning, per layer, per row, globally or N:M."""
+"""`surgeon prune MODEL -o OUT --sparsity S`: magnitude, random, Wanda or SparseGPT pruning, per layer, per row,
+globally or N:M."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import typer
 
 from ._options import (
     DEFAULT_MAX_SHARD,
+    BlocksizeOpt,
+    CalibOpt,
+    CalibSamplesOpt,
+    CalibSeqlenOpt,
+    DampeningOpt,
     DeviceOpt,
     ForceOpt,
     JsonOpt,
@@ -15,9 +21,10 @@ from ._options import (
     QuietOpt,
     RevisionOpt,
     WideOpt,
+    calib_flags,
     command_line,
 )
-from ._output import RichProgress, fmt_count, fmt_pct, note, print_lines, render, settings, top_rows
+from ._output import RichProgress, calibration_lines, fmt_count, fmt_pct, note, print_lines, render, settings, top_rows
 
 EPILOG = """Examples:
 
@@ -30,6 +37,10 @@ EPILOG = """Examples:
   surgeon prune org/model -o pruned --recipe recipes/prune_example.yaml --dry-run
 
   surgeon prune org/model -o rand --sparsity 0.5 --method random --seed 1 --json | jq .target_sparsity
+
+  surgeon prune model/ -o wanda-50 --method wanda --sparsity 0.5 --calib held-out.txt
+
+  surgeon prune model/ -o sgpt-24 --method sparsegpt --pattern 2:4 --calib-samples 64 --dry-run
 """
 
 
@@ -40,7 +51,12 @@ def prune(
         float | None, typer.Option("--sparsity", help="Fraction of each targeted tensor to zero, in [0, 1).")
     ] = None,
     method: Annotated[
-        str | None, typer.Option("--method", help="What to prune first: magnitude (smallest |w|) or random.")
+        str | None,
+        typer.Option(
+            "--method",
+            help="What to prune first: magnitude (smallest |w|), random, or calibrated on text: wanda (|w| x input norm), "
+            "sparsegpt (with weight updates).",
+        ),
     ] = None,
     scope: Annotated[
         str | None,
@@ -60,6 +76,15 @@ def prune(
         str | None, typer.Option("--recipe", help="YAML recipe (settings and per-tensor sparsity overrides); flags override it.")
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for --method random (default 0).")] = None,
+    calib: CalibOpt = None,
+    calib_samples: CalibSamplesOpt = None,
+    calib_seqlen: CalibSeqlenOpt = None,
+    owl: Annotated[
+        bool | None,
+        typer.Option("--owl/--no-owl", help="wanda/sparsegpt: OWL non-uniform layer sparsities (outlier-weighted)."),
+    ] = None,
+    dampening: DampeningOpt = None,
+    blocksize: BlocksizeOpt = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan (targets and their sparsities); write nothing.")
     ] = False,
@@ -80,7 +105,18 @@ def prune(
 
     settings.wide, settings.top = wide, top
     cfg = PruneConfig.build(
-        recipe, sparsity=sparsity, method=method, scope=scope, pattern=pattern, include=include, exclude=exclude, seed=seed
+        recipe,
+        sparsity=sparsity,
+        method=method,
+        scope=scope,
+        pattern=pattern,
+        include=include,
+        exclude=exclude,
+        seed=seed,
+        calib=calib_flags(calib, calib_samples, calib_seqlen),
+        owl=owl,
+        dampening=dampening,
+        blocksize=blocksize,
     )
     with RichProgress(quiet) as bar:
         result = api.prune(
@@ -147,4 +183,6 @@ def _print(r: dict) -> None:
         if "nm_compliant" in r:
             lines.append(Text.assemble(f"{r['pattern']} compliant: ", status(r["nm_compliant"], "yes, every group", "NO")))
         lines.append(f"output {r['output']}")
+    if r.get("calibration"):
+        lines += calibration_lines(r["calibration"])
     print_lines(lines, console)

@@ -10,6 +10,11 @@ from modelsurgeon.recipes.quantize import SCHEME_RULES, QuantizeConfig
 
 from ._options import (
     DEFAULT_MAX_SHARD,
+    BlocksizeOpt,
+    CalibOpt,
+    CalibSamplesOpt,
+    CalibSeqlenOpt,
+    DampeningOpt,
     DeviceOpt,
     ForceOpt,
     JsonOpt,
@@ -17,9 +22,10 @@ from ._options import (
     QuietOpt,
     RevisionOpt,
     WideOpt,
+    calib_flags,
     command_line,
 )
-from ._output import RichProgress, fmt_bytes, fmt_float, print_lines, render, settings
+from ._output import RichProgress, calibration_lines, fmt_bytes, fmt_count, fmt_float, print_lines, render, settings
 
 SCHEME_NAMES = ", ".join(SCHEME_RULES)  # from the torch-free rules, so --help stays light
 
@@ -36,6 +42,10 @@ EPILOG = """Examples:
   surgeon quantize model/ -o out/ --scheme w8a8 --ignore 'layers?\\.0\\.'    # keep the first layer as it is
 
   surgeon quantize model/ -o out/ --recipe recipes/w4a16_down_proj_8bit.yaml  # 8-bit down_proj, 4-bit elsewhere
+
+  surgeon quantize model/ -o model-gptq/ --scheme w4a16 --method gptq --calib held-out.txt   # calibrated, layer by layer
+
+  surgeon quantize model/ -o model-awq.gguf --scheme q4_0 --method awq --dry-run
 """
 
 
@@ -91,6 +101,23 @@ def quantize(
             help="YAML recipe: the settings above plus per-tensor overrides ({match, scheme, ...}); flags override it.",
         ),
     ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="rtn (round to nearest, data-free), or calibrated on text one layer at a time: gptq, awq (integer and GGUF schemes).",
+        ),
+    ] = "rtn",
+    calib: CalibOpt = None,
+    calib_samples: CalibSamplesOpt = None,
+    calib_seqlen: CalibSeqlenOpt = None,
+    act_order: Annotated[
+        bool | None,
+        typer.Option("--act-order/--no-act-order", help="GPTQ: columns by descending input energy, static groups (default on)."),
+    ] = None,
+    dampening: DampeningOpt = None,
+    blocksize: BlocksizeOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and print the plan; write nothing.")] = False,
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
     revision: RevisionOpt = None,
@@ -118,6 +145,11 @@ def quantize(
         device=None if device == "auto" else device,
         target_bpw=target_bpw,
         candidates=candidates,
+        method=method,
+        calib=calib_flags(calib, calib_samples, calib_seqlen),
+        act_order=act_order,
+        dampening=dampening,
+        blocksize=blocksize,
     )
     with RichProgress(quiet) as bar:
         result = api.quantize(
@@ -129,9 +161,28 @@ def quantize(
             revision=revision,
             progress=bar,
             command=command_line(),
+            dry_run=dry_run,
         )
-    render(result, as_json, _print_table)
+    render(result, as_json, _print_plan if dry_run else _print_table)
     return 0
+
+
+def _print_plan(r: dict) -> None:
+    from ._output import out_console
+
+    console = out_console()
+    group = "per row" if r["group_size"] == -1 else f"group {r['group_size']}"
+    lines = [
+        f"plan: quantize {r['model']} -> {r['output']} ({r['scheme']}, {r['format']}, method {r['method']})",
+        f"{r['targets']} tensors, {fmt_count(r['quantized_params'])} weights; "
+        f"{'symmetric' if r['symmetric'] else 'asymmetric'}, {group}",
+    ]
+    if r.get("calibration"):
+        lines += calibration_lines(r["calibration"])
+    cal_notes = (r.get("calibration") or {}).get("notes", [])
+    lines += [f"note: {n}" for n in r["notes"] if n not in cal_notes] + ["dry run: nothing was written"]
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _print_table(r: dict) -> None:
@@ -165,6 +216,8 @@ def _print_table(r: dict) -> None:
         f"size {fmt_bytes(r['bytes_before'])} -> {fmt_bytes(r['bytes_after'])} "
         f"({fmt_float(r['compression'], 3)}x compression{_why_dense(r)}) in {r['seconds']:.1f} s",
     ]
+    if r.get("calibration"):
+        lines += calibration_lines(r["calibration"])
     print_lines(lines, console)
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from modelsurgeon.ops.calibrate.evaluate import EvalResult
     from modelsurgeon.ops.core.progress import Progress
     from modelsurgeon.ops.dequantize.run import DequantizeResult
     from modelsurgeon.ops.intrinsic.expand import ExpandResult
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from modelsurgeon.ops.quantize.run import QuantizeResult
     from modelsurgeon.ops.report.run import ReportResult
     from modelsurgeon.recipes.dequantize import DequantizeConfig
+    from modelsurgeon.recipes.eval import EvalConfig
     from modelsurgeon.recipes.intrinsic_dim import IntrinsicDimConfig
     from modelsurgeon.recipes.merge import ExtractConfig, MergeConfig, MergeRecipe
     from modelsurgeon.recipes.prune import PruneConfig
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "dequantize",
+    "evaluate",
     "expand_subspace",
     "extract_lora",
     "intrinsic_dim",
@@ -86,19 +89,59 @@ def quantize(
     revision: str | None = None,
     progress: Progress | None = None,
     command: str | None = None,
+    dry_run: bool = False,
     **settings,
 ) -> QuantizeResult:
     """Quantize MODEL's linear weights with a scheme (``scheme="w4a16"``) and write OUTPUT atomically: a
     compressed-tensors folder, a GGUF file, or dense weights (``format=``). Returns per-tensor and total bits
-    per weight, sizes and SQNR. Settings: ``QuantizeConfig``'s fields; ``command`` is recorded in the output."""
+    per weight, sizes and SQNR. Settings: ``QuantizeConfig``'s fields (``method="gptq"`` or ``"awq"`` calibrates
+    on text, ``calib={"file": ..., "samples": ...}``); ``command`` is recorded in the output. ``dry_run=True``
+    checks everything and returns the plan (``QuantizePlanResult``) without writing."""
     from modelsurgeon.ops.core.progress import silent
     from modelsurgeon.ops.quantize.plan import plan_quantize
     from modelsurgeon.ops.quantize.run import run_quantize
     from modelsurgeon.recipes.quantize import QuantizeConfig
 
     cfg = _config(QuantizeConfig, config, settings)
+    progress = progress or silent()
     with plan_quantize(cfg, str(model), str(output), force=force, max_shard_size=max_shard_size, revision=revision) as plan:
-        return run_quantize(plan, progress or silent(), command)
+        if cfg.calibrated:
+            return _calibrated_quantize(plan, cfg, dry_run, progress, command)
+        if dry_run:
+            from modelsurgeon.ops.quantize.run import plan_result
+
+            return plan_result(plan)
+        return run_quantize(plan, progress, command)
+
+
+def _calibrated_quantize(plan, cfg, dry_run: bool, progress, command):
+    """GPTQ or AWQ: the quantize plan's scheme, format and targets, run by the calibration engine layer by layer.
+    The quantize family lends the scheme's grid; the calibrate family runs the method (neither imports the other)."""
+    from modelsurgeon.ops.calibrate.methods import AWQScale, GPTQQuantize
+    from modelsurgeon.ops.calibrate.plan import plan_calibration
+    from modelsurgeon.ops.quantize.grid import grid_for
+    from modelsurgeon.ops.quantize.run import plan_result, run_quantize
+
+    cplan = plan_calibration(plan.ck, cfg.calib, cfg.method, plan.targets, plan.device, strict=False)
+    try:
+        plan.notes.extend(cplan.notes)
+        targets = dict.fromkeys(cplan.targets, True)
+        spec = plan.spec
+        if cfg.method == "gptq":
+            method = GPTQQuantize(targets, lambda dt: grid_for(spec, dt), cfg.act_order, cfg.blocksize, cfg.dampening)
+        else:
+            roundtrip = lambda dt: grid_for(spec, dt).roundtrip  # noqa: E731
+            group = spec.group_size if spec.scheme.family == "int" else 32
+            method = AWQScale(targets, roundtrip, group, cplan.lm.config.model_type, plan.ck.label)
+        info = cplan.describe()
+        if dry_run:
+            return plan_result(plan, info)
+        r = run_quantize(plan, progress, command, source=cplan.stream(method, progress), calibration=info)
+        if getattr(method, "skipped", None):
+            info["awq_skipped"] = sorted(set(method.skipped))
+        return r
+    finally:
+        cplan.close()
 
 
 def dequantize(
@@ -395,5 +438,65 @@ def prune(
         raise UsageError("missing -o OUT", "give the output folder, or --dry-run to print the plan only")
     shard = parse_size(max_shard_size)
     out = None if dry_run else Output(Path(output), force, shard)
+    progress = progress or silent()
     with plan_prune(cfg, str(model), out, revision, device=device) as plan:
-        return plan.result() if dry_run else run_prune(plan, progress or silent(), command)
+        if cfg.calibrated:
+            return _calibrated_prune(plan, cfg, dry_run, progress, command)
+        return plan.result() if dry_run else run_prune(plan, progress, command)
+
+
+def _calibrated_prune(plan, cfg, dry_run: bool, progress, command):
+    """Wanda or SparseGPT: the prune plan's targets and counts, run by the calibration engine layer by layer."""
+    from modelsurgeon.ops.calibrate.methods import PruneTarget, SparseGPTPrune, WandaPrune
+    from modelsurgeon.ops.calibrate.plan import plan_calibration
+    from modelsurgeon.ops.prune.run import run_prune
+
+    cplan = plan_calibration(
+        plan.ck, cfg.calib, cfg.method, [t.name for t in plan.targets], plan.device, strict=cfg.include is not None
+    )
+    try:
+        plan.restrict(cplan.targets)
+        for n in cplan.notes:
+            progress.note(n)
+        targets = {t.name: PruneTarget(t.mode, t.sparsity, cfg.nm) for t in plan.targets}
+        owl = (cfg.owl_lambda, cfg.owl_m) if cfg.owl else None
+        if cfg.method == "wanda":
+            method = WandaPrune(targets, owl)
+        else:
+            method = SparseGPTPrune(targets, owl, cfg.blocksize, cfg.dampening)
+        info = cplan.describe()
+        if dry_run:
+            r = plan.result()
+            r.calibration = info
+            return r
+        r = run_prune(plan, progress, command, source=cplan.stream(method, progress), calibration=info)
+        if cfg.owl:
+            info["owl"] = {
+                "outlier_ratios": method.outlier_ratios,
+                "layer_sparsity": [method.layer_sparsity[i] for i in sorted(method.layer_sparsity)],
+            }
+        return r
+    finally:
+        cplan.close()
+
+
+def evaluate(
+    model: str | list[str],
+    config: EvalConfig | None = None,
+    *,
+    revision: str | None = None,
+    progress: Progress | None = None,
+    **settings,
+) -> EvalResult:
+    """Perplexity of MODEL (or of each model of a list) on ``text=FILE``, streamed one layer at a time; with
+    ``reference=REF`` also the per-token KL divergence and top-1 agreement with REF (encoders: the cosine
+    similarity of sentence embeddings). ``require=["kld<=0.05"]`` gates every model (``result.ok``).
+    Settings: ``EvalConfig``'s fields (``context``, ``stride``, ``max_tokens``, ``batch_size``, ``device``)."""
+    from modelsurgeon.ops.calibrate.evaluate import plan_eval, run_eval
+    from modelsurgeon.ops.core.progress import silent
+    from modelsurgeon.recipes.eval import EvalConfig
+
+    cfg = _config(EvalConfig, config, {k: v for k, v in settings.items() if v is not None})
+    models = [model] if isinstance(model, str) else [str(m) for m in model]
+    with plan_eval(cfg, models, revision) as plan:
+        return run_eval(plan, progress or silent())

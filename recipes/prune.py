@@ -24,23 +24,39 @@ heavy loads or any checkpoint is opened.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError, typed
 from modelsurgeon.ops.core.registry import Registry
 
-from .base import Config, check_choice, check_fraction, check_regex, check_seed
+from .base import Config, check_choice, check_fraction, check_int, check_regex, check_seed
+from .calibrate import CalibrationConfig, check_positive
 from .overrides import Override, parse_overrides, settings_for
 
 SCOPES = ("layer", "row", "global")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 # The names --method accepts, known here without torch so that a misspelt name fails before a checkpoint
-# is opened (or downloaded). ops/prune/criteria.py registers one criterion under each of these names and
-# refuses at import to disagree with this list; register_criterion adds a later criterion's name here too.
+# is opened (or downloaded). The data-free ones are criteria: ops/prune/criteria.py registers one under each
+# name and refuses at import to disagree with DATA_FREE (register_criterion adds a later criterion's name
+# here too). The calibrated ones run a model layer by layer (ops/calibrate/methods.py).
+DATA_FREE = ("magnitude", "random")
+CALIBRATED = ("wanda", "sparsegpt")
 METHODS: Registry[str] = Registry("pruning method")
-for _name in ("magnitude", "random"):
+for _name in DATA_FREE + CALIBRATED:
     METHODS.add(_name, _name)
+
+
+def merge_calib(recipe: dict, flags: dict) -> dict:
+    """``calib`` flags laid over the recipe's ``calib`` mapping key by key (a flag replaces one setting, not all)."""
+    if "calib" not in flags or not isinstance(flags["calib"], Mapping):
+        return {}
+    base = recipe.get("calib")
+    if isinstance(base, CalibrationConfig):
+        base = {k: v for k, v in base.__dict__.items() if v is not None}
+    base = dict(base) if isinstance(base, Mapping) else {}
+    return {"calib": {**base, **{k: v for k, v in flags["calib"].items() if v is not None}}}
 
 
 def check_sparsity(value, where: str) -> float:
@@ -74,13 +90,20 @@ class PruneConfig(Config):
     EXAMPLE = "recipes/prune_example.yaml"
 
     sparsity: float | None = None  # fraction of each targeted tensor to zero; implied by pattern
-    method: str = "magnitude"  # a criterion of ops/prune/criteria.py (its name listed in METHODS)
-    scope: str = "layer"  # layer | row | global (where the count is exact)
+    method: str = "magnitude"  # a criterion of ops/prune/criteria.py, or wanda | sparsegpt (calibrated)
+    scope: str | None = None  # layer | row | global (where the count is exact); None: row for wanda, else layer
     pattern: str | None = None  # "N:M": keep N of every M along the input dimension
     include: str | None = None  # regex: targets instead of the default linear weights
     exclude: str | None = None  # regex: removed from the targets
     overrides: tuple[Override, ...] = ()  # [{match: REGEX, sparsity: S}], recipes/overrides.py's rule
     seed: int = 0  # for --method random
+    # calibrated methods only (None for the others)
+    calib: CalibrationConfig | None = None  # the calibration text and its sampling
+    owl: bool | None = None  # OWL: non-uniform layer sparsities from outlier ratios
+    owl_lambda: float | None = None  # OWL's lambda (0.08): how far a layer's sparsity may move from the mean
+    owl_m: float | None = None  # OWL's M (5): a score above M x the layer's mean is an outlier
+    dampening: float | None = None  # SparseGPT: percdamp x mean(diag H) added to the diagonal (0.01)
+    blocksize: int | None = None  # SparseGPT: columns per lazy update block (128)
 
     def validate(self) -> None:
         if self.sparsity is not None:
@@ -88,7 +111,10 @@ class PruneConfig(Config):
         if not isinstance(self.method, str) or not self.method:
             raise UsageError(f"--method must be a name, got {self.method!r}")
         METHODS.lookup(self.method)
+        if self.scope is None:
+            self._set("scope", "row" if self.method == "wanda" and self.pattern is None else "layer")
         check_choice(self.scope, "--scope", SCOPES)
+        self._validate_calibrated()
         check_seed(self.seed, "--seed")
         for where, rx in (("--include", self.include), ("--exclude", self.exclude)):
             if rx is not None:
@@ -122,6 +148,45 @@ class PruneConfig(Config):
         elif self.sparsity is None:
             raise UsageError("no sparsity given", "pass --sparsity S (e.g. 0.5), --pattern N:M, or a --recipe that sets one")
 
+    @property
+    def calibrated(self) -> bool:
+        return self.method in CALIBRATED
+
+    def _validate_calibrated(self) -> None:
+        extra = ("calib", "owl", "owl_lambda", "owl_m", "dampening", "blocksize")
+        if not self.calibrated:
+            given = [f for f in extra if getattr(self, f) is not None]
+            if given:
+                flag = "--" + given[0].replace("_", "-")
+                raise UsageError(f"{flag} applies to the calibrated methods (wanda, sparsegpt), not --method {self.method}")
+            return
+        self._set("calib", CalibrationConfig.coerce(self.calib))
+        if self.scope == "global":
+            raise UsageError(
+                f"--method {self.method} does not prune with --scope global",
+                "its scores are compared within a tensor (sparsegpt) or a row (wanda); use --scope layer or row",
+            )
+        if self.method == "sparsegpt" and self.scope == "row":
+            raise UsageError(
+                "--method sparsegpt chooses its mask per block of columns; --scope row does not apply", "drop --scope"
+            )
+        self._set("owl", bool(self.owl))
+        if self.owl and self.pattern:
+            raise UsageError(
+                f"--owl and --pattern {self.pattern} are mutually exclusive", "an N:M pattern fixes every layer's sparsity"
+            )
+        if self.owl and self.overrides:
+            raise UsageError("--owl sets every layer's sparsity, so a recipe cannot override it", "drop the overrides or --owl")
+        self._set("owl_lambda", check_positive(0.08 if self.owl_lambda is None else self.owl_lambda, "owl_lambda"))
+        self._set("owl_m", check_positive(5.0 if self.owl_m is None else self.owl_m, "owl_m"))
+        if self.method == "wanda":
+            given = [f for f in ("dampening", "blocksize") if getattr(self, f) is not None]
+            if given:
+                raise UsageError(f"--{given[0]} applies to --method sparsegpt, not wanda (which updates no weight)")
+            return
+        self._set("dampening", check_positive(0.01 if self.dampening is None else self.dampening, "--dampening"))
+        self._set("blocksize", check_int(128 if self.blocksize is None else self.blocksize, "--blocksize", minimum=1))
+
     # --- reading
     @classmethod
     def migrate(cls, data: dict) -> dict:
@@ -151,6 +216,7 @@ class PruneConfig(Config):
         """A flag replaces the recipe's value; a pattern flag also drops the recipe's sparsity, and a
         sparsity flag the recipe's pattern (unless both are given, which validate then checks)."""
         merged = {**recipe, **flags}
+        merged.update(merge_calib(recipe, flags))
         if "pattern" in flags and "sparsity" not in flags:
             merged.pop("sparsity", None)
         if "sparsity" in flags and "pattern" not in flags:

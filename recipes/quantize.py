@@ -32,11 +32,14 @@ from modelsurgeon.ops.core.errors import UsageError
 from modelsurgeon.ops.core.registry import Registry
 
 from .base import Config, check_int, check_regex, did_you_mean
+from .calibrate import CalibrationConfig, check_positive
 from .overrides import Override, parse_overrides, settings_for
 
 OVERRIDE_SETTINGS = ("scheme", "group_size", "asym")
 
 OPTIMIZERS = ("rtn", "hqq")
+METHODS = ("rtn", "gptq", "awq")  # rtn: data-free; gptq, awq: calibrated, one decoder layer at a time (ops/calibrate)
+CALIBRATED_FAMILIES = ("int", "gguf")  # the schemes GPTQ and AWQ produce (ops/quantize/grid.py)
 FORMATS = ("auto", "compressed-tensors", "gguf", "dense")
 
 
@@ -159,6 +162,12 @@ class QuantizeConfig(Config):
     overrides: tuple[Override, ...] = ()  # [{match: REGEX, scheme, group_size, asym}], recipes/overrides.py's rule
     target_bpw: float | None = None  # choose a scheme per tensor among ``candidates`` to average this many bits
     candidates: tuple[str, ...] = ()  # for target_bpw; default: the schemes of the output format like ``scheme``
+    method: str = "rtn"  # rtn | gptq | awq
+    # calibrated methods only (None for rtn)
+    calib: CalibrationConfig | None = None
+    act_order: bool | None = None  # GPTQ: columns by descending diag(H), with static groups (True)
+    dampening: float | None = None  # GPTQ: percdamp x mean(diag H) added to the diagonal (0.01)
+    blocksize: int | None = None  # GPTQ: columns per lazy update block (128)
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -185,6 +194,7 @@ class QuantizeConfig(Config):
         for o in self.overrides:  # each entry on its own over the base; combinations are checked per tensor
             self._with(dict(o.settings), f"override {o.match!r}")
         self._check_budget(rules)
+        self._check_method(rules)
 
     def _check_budget(self, rules: SchemeRules) -> None:
         if isinstance(self.candidates, str):
@@ -246,6 +256,50 @@ class QuantizeConfig(Config):
         except UsageError as e:
             raise SurgeonError(f"{source}: {e.message}", e.hint) from None
         return data
+
+    def _check_method(self, s: SchemeRules) -> None:
+        if self.method not in METHODS:
+            raise UsageError(
+                f"--method {self.method!r} is unknown{did_you_mean(self.method, METHODS)}", f"use one of: {', '.join(METHODS)}"
+            )
+        extra = ("calib", "act_order", "dampening", "blocksize")
+        if self.method == "rtn":
+            given = [f for f in extra if getattr(self, f) is not None]
+            if given:
+                flag = "--" + given[0].replace("_", "-")
+                raise UsageError(f"{flag} applies to the calibrated methods (--method gptq or awq)")
+            return
+        if self.overrides or self.target_bpw is not None:
+            raise UsageError(
+                f"--method {self.method} quantizes every target with one scheme; per-tensor overrides and --target-bpw are not supported with it yet",
+                "drop the overrides / --target-bpw, or use --method rtn",
+            )
+        if s.family not in CALIBRATED_FAMILIES:
+            able = ", ".join(x.name for x in SCHEME_RULES.values() if x.family in CALIBRATED_FAMILIES)
+            raise UsageError(f"--method {self.method} cannot produce scheme {s.name}", f"it quantizes onto integer grids: {able}")
+        if self.optimizer != "rtn":
+            raise UsageError(
+                f"--method {self.method} and --optimizer {self.optimizer} are mutually exclusive", "give one of them"
+            )
+        self._set("calib", CalibrationConfig.coerce(self.calib))
+        if self.method == "awq":
+            given = [f for f in ("act_order", "dampening", "blocksize") if getattr(self, f) is not None]
+            if given:
+                raise UsageError(f"--{given[0].replace('_', '-')} applies to --method gptq, not awq")
+            return
+        self._set("act_order", True if self.act_order is None else bool(self.act_order))
+        self._set("dampening", check_positive(0.01 if self.dampening is None else self.dampening, "--dampening"))
+        self._set("blocksize", check_int(128 if self.blocksize is None else self.blocksize, "--blocksize", minimum=1))
+
+    @classmethod
+    def flags_over(cls, recipe: dict, flags: dict) -> dict:
+        from .prune import merge_calib
+
+        return {**recipe, **flags, **merge_calib(recipe, flags)}
+
+    @property
+    def calibrated(self) -> bool:
+        return self.method != "rtn"
 
     def _check_scheme_takes_the_settings(self, s: SchemeRules) -> None:
         if self.group_size is not None and s.group_fixed:

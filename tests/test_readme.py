@@ -1,7 +1,7 @@
 """Every `surgeon ...` line in the README's bash blocks runs as shown.
 
 The test works in a scratch folder where the README's placeholder names exist as small real inputs:
-`org/model`, `org/base`, `org/a`, `org/b`, `model/`, `a/ b/ c/ base/` are tiny Llamas (a relative path
+`org/model`, `org/base`, `org/a`, `org/b`, `model/`, `a/ b/ c/ base/` are tiny Llamas, `held-out.txt` a text (a relative path
 that exists wins over a Hub id), `recipe.yaml` is a mergekit recipe over them, `my-adapter/` a PEFT
 adapter made by peft (`other-adapter/` a second one of the same base and modules), `finetuned/` a fine-tune of
 `org/base`, `pruned/` a 2:4-pruned `org/base`, `stages.yaml` a two-stage mergekit-multi recipe and `moe.yaml`
@@ -89,6 +89,7 @@ def _make_inputs(root: Path) -> None:
         "  - source_model: b\n    positive_prompts: ['hello world']\n"
     )
     shutil.copytree(README.parent / "recipes", root / "recipes")  # the examples run from the repository root
+    shutil.copyfile(README.parent / "tests" / "data" / "pride_and_prejudice_ch1-5.txt", root / "held-out.txt")
 
 
 def _perturb(folder: Path, seed: int) -> None:
@@ -137,7 +138,7 @@ def _prepare(line: str, root: Path) -> tuple[list[str], str | None]:
 def test_readme_shows_commands():
     lines = readme_commands()
     commands = {shlex.split(line)[1] for line in lines}
-    assert {"report", "prune", "quantize", "dequantize", "merge", "intrinsic-dim", "expand-subspace", "run"} <= commands
+    assert {"report", "prune", "quantize", "dequantize", "merge", "eval", "intrinsic-dim", "expand-subspace", "run"} <= commands
 
 
 def test_every_readme_command_runs(capsys, workdir, monkeypatch):

@@ -17,3 +17,10 @@ def group_nonzeros(x: torch.Tensor, m: int = 4) -> torch.Tensor:
 def nm_compliant(x: torch.Tensor, n: int = 2, m: int = 4) -> bool:
     """True when every group of ``m`` consecutive values holds at most ``n`` nonzeros (x.numel() % m == 0)."""
     return bool((group_nonzeros(x.reshape(-1), m) <= n).all())
+
+
+def prune_count(sparsity: float, n: int) -> int:
+    """round(sparsity × n), halves rounded up, within [0, n]: how many of n values a sparsity prunes."""
+    import math
+
+    return min(n, max(0, math.floor(sparsity * n + 0.5)))

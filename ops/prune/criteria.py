@@ -2,7 +2,7 @@
 
 A criterion gives every weight an int32 key (``keys.py``; magnitude: the bits of |w|); the selection
 (``select.py``) zeroes the k smallest. Criteria live in a registry (``register_criterion``); Wanda and
-SparseGPT add entries later. Their names are also listed, torch-free, in ``recipes.prune.METHODS`` so
+SparseGPT are calibrated methods instead (``ops/calibrate``). The names are also listed, torch-free, in ``recipes.prune.METHODS`` so
 that the config rejects a misspelt ``--method`` before a checkpoint is opened; this module checks at
 import that both lists agree, and ``register_criterion`` adds a new name there.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from modelsurgeon.ops.core.registry import Registry
-from modelsurgeon.recipes.prune import METHODS
+from modelsurgeon.recipes.prune import DATA_FREE, METHODS
 
 from .keys import random_keys
 
@@ -37,7 +37,9 @@ class Criterion:
 
 
 CRITERIA: Registry[Criterion] = Registry("pruning method")
-_BUILT_IN = tuple(METHODS)  # the names the config knows without importing this module
+_BUILT_IN = (
+    DATA_FREE  # the criteria the config knows without importing this module (the calibrated methods live in ops/calibrate)
+)
 
 
 def register_criterion(name: str, summary: str, url: str | None = None, global_mode: str = "radix", fused: bool = False):
@@ -74,6 +76,6 @@ def _random(weight: torch.Tensor, name: str, seed: int) -> torch.Tensor:
 
 if tuple(CRITERIA) != _BUILT_IN:
     raise ImportError(
-        f"recipes.prune.METHODS ({', '.join(_BUILT_IN)}) and the criteria registered here ({', '.join(CRITERIA)}) "
+        f"recipes.prune.DATA_FREE ({', '.join(_BUILT_IN)}) and the criteria registered here ({', '.join(CRITERIA)}) "
         "must list the same names: add a built-in criterion's name to both"
     )

@@ -55,7 +55,7 @@ class Target:
 class PrunePlan:
     config: PruneConfig
     ck: Checkpoint
-    criterion: Criterion
+    criterion: Criterion | None  # None: a calibrated method (ops/calibrate), which the API runs
     targets: list[Target]
     alias_of: dict[str, str]  # every member of a targeted tied group -> its canonical name
     output: Output | None = None  # None: a dry run
@@ -72,6 +72,13 @@ class PrunePlan:
     def pool(self) -> list[Target]:
         """The targets that share one threshold (--scope global, at the recipe's sparsity)."""
         return [t for t in self.targets if t.mode == "global"]
+
+    def restrict(self, names: list[str]) -> None:
+        """Keep only these targets (a calibrated method changes only the linears inside the layers)."""
+        keep = set(names)
+        self.targets = [t for t in self.targets if t.name in keep]
+        self.alias_of = {a: c for a, c in self.alias_of.items() if c in keep}
+        self._by_name = {t.name: t for t in self.targets}
 
     def target(self, name: str) -> Target | None:
         canon = self.alias_of.get(name, name)
@@ -109,7 +116,7 @@ def plan_prune(
     if output is not None:
         output.check("dir", inputs=local_inputs(model))
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    criterion = get_criterion(cfg.method)
+    criterion = None if cfg.calibrated else get_criterion(cfg.method)
     ck = open_checkpoint(model, revision)
     try:
         if output is not None:  # again with what it may not touch, and the room it needs
@@ -120,7 +127,7 @@ def plan_prune(
         raise
 
 
-def _plan(ck: Checkpoint, cfg: PruneConfig, criterion: Criterion, output, device, use_triton) -> PrunePlan:
+def _plan(ck: Checkpoint, cfg: PruneConfig, criterion: Criterion | None, output, device, use_triton) -> PrunePlan:
     names = select_targets(ck, cfg.include, cfg.exclude)
     if not names:
         raise SurgeonError(

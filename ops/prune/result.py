@@ -101,6 +101,7 @@ class PruneResult(Result):
     output: str | None = None  # the folder written (None for a dry run)
     global_pool: GlobalPool | None = None  # dry run: the pool sharing one threshold (its rows say None)
     threshold: float | None = None  # run: the global magnitude threshold (largest |w| pruned is <= it)
+    calibration: dict | None = None  # calibrated methods: the calibration plan (and, after a run, what it did)
 
     @property
     def num_targets(self) -> int:
@@ -140,6 +141,8 @@ class PruneResult(Result):
             "output": self.output,
             "pruned": self.pruned,
         }
+        if self.calibration is not None:
+            out["calibration"] = self.calibration
         if self.dry_run:
             p = self.global_pool
             out["global_pool"] = None if p is None else {"tensors": p.tensors, "params": p.params, "pruned": p.pruned}

@@ -48,14 +48,22 @@ STATS_WORKERS = 2  # threads that histogram pieces in a statistics pass (bincoun
 APPLY_WORKERS = 2  # tensors pruned at once on the CPU (each one in flight is held in memory)
 
 
-def run_prune(plan: PrunePlan, progress: Progress = SILENT, command: str | None = None) -> PruneResult:
+def run_prune(
+    plan: PrunePlan, progress: Progress = SILENT, command: str | None = None, source=None, calibration: dict | None = None
+) -> PruneResult:
     """Prune every target of the plan and write the output folder; ``command`` is recorded in the output's
-    metadata (the CLI passes the command line)."""
+    metadata (the CLI passes the command line).
+
+    ``source`` is a calibrated method's stream (``ops/calibrate``, put together by the API): an iterable of
+    (name, tensor, payload) in its ``order`` whose targets come already pruned, each payload saying how many
+    values it pruned; this run then writes them and checks every count."""
     if plan.output is None:
         raise ValueError("the plan has no output (a dry run): use plan.result()")
     ck, cfg = plan.ck, plan.config
     if command is None:
         command = f"modelsurgeon.prune({ck.label!r}, {str(plan.output.path)!r})"
+    if source is not None:
+        return _run_from_source(plan, source, command, calibration)
     with cpu_threads(), plan.output.locked():  # OUT's lock from the first statistics pass on
         stream = PruneStream(plan, progress)
         progress.start("prune", stream.bytes_to_read(), "bytes")
@@ -72,6 +80,71 @@ def run_prune(plan: PrunePlan, progress: Progress = SILENT, command: str | None 
         )
     threshold = stream.selection.threshold if stream.selection is not None else None
     return PruneResult(ck.label, cfg, plan.total_params, stream.results, dry_run=False, output=str(path), threshold=threshold)
+
+
+def _expected(target: Target, sparsity: float, nm) -> int:
+    """The exact count a calibrated method must prune from ``target`` at ``sparsity`` (OWL moves it per layer)."""
+    from modelsurgeon.ops.core.sparsity import prune_count
+
+    if target.mode == "nm":
+        return target.k
+    if target.mode == "row":
+        cols = target.shape[-1]
+        return prune_count(sparsity, cols) * (target.numel // cols)
+    return prune_count(sparsity, target.numel)
+
+
+def _run_from_source(plan: PrunePlan, source, command: str, calibration: dict | None) -> PruneResult:
+    ck, cfg = plan.ck, plan.config
+    results: list[TensorResult] = []
+    by_name = {i.name: i for i in ck.infos()}
+    specs = [TensorSpec(n, by_name[n].shape, by_name[n].torch_dtype) for n in source.order]
+
+    def tensors():
+        for name, t, payload in source:
+            target = plan.target(name)
+            if target is not None and target.name == name:
+                if not isinstance(payload, dict) or "pruned" not in payload:
+                    raise RuntimeError(f"the calibrated method left the target {name} unpruned")
+                n = t.numel()
+                want = _expected(target, payload["sparsity"], cfg.nm)
+                if payload["pruned"] != want:
+                    raise SurgeonError(f"{name}: pruned {payload['pruned']} values where {want} were planned", "report this bug")
+                compliant = nm_compliant(t.reshape(-1), *cfg.nm) if target.mode == "nm" and n else None
+                results.append(
+                    TensorResult(
+                        name,
+                        target.shape,
+                        target.dtype,
+                        n,
+                        payload["sparsity"],
+                        target.mode,
+                        payload["pruned"],
+                        payload["zeros_before"],
+                        n - count_nonzero(t),
+                        None,
+                        list(target.aliases),
+                        compliant,
+                    )
+                )
+            yield name, t
+
+    with cpu_threads():
+        path = write_folder(
+            plan.output,
+            specs,
+            tensors(),
+            source=ck,
+            command=command,
+            metadata={"modelsurgeon_recipe": json.dumps(cfg.to_dict(), sort_keys=True)},
+            extra_files={"prune_recipe.yaml": cfg.to_yaml()},
+        )
+    missing = [t.name for t in plan.targets if t.name not in {r.name for r in results}]
+    if missing:
+        raise RuntimeError(f"targets never pruned: {missing[:3]}")
+    order = {t.name: i for i, t in enumerate(plan.targets)}
+    results.sort(key=lambda r: order[r.name])
+    return PruneResult(ck.label, cfg, plan.total_params, results, dry_run=False, output=str(path), calibration=calibration)
 
 
 def count_nonzero(x: torch.Tensor) -> int:

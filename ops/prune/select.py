@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from modelsurgeon.ops.core.errors import SurgeonError
+from modelsurgeon.ops.core.sparsity import prune_count  # noqa: F401 (shared with the calibrated methods)
 from modelsurgeon.ops.core.streaming import ordered_map
 
 from .abs_histogram import KeyHistogram, abs_histogram, check_window
@@ -43,11 +44,6 @@ from .keys import abs_key, key_value, resolution_shift
 from .threshold_mask import threshold_mask, tie_cut
 
 CHUNK = 1 << 22  # values per piece in statistics passes and applies: temporaries stay at a few 10 MB
-
-
-def prune_count(sparsity: float, n: int) -> int:
-    """round(sparsity × n), halves rounded up, within [0, n]."""
-    return min(n, max(0, math.floor(sparsity * n + 0.5)))
 
 
 @dataclass(frozen=True)

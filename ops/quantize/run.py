@@ -101,9 +101,17 @@ class QuantizeResult(Result):
     tensors: list[TensorRow] = field(default_factory=list)
     target_bpw: float | None = None  # --target-bpw: the budget, and per target the choice among the candidates
     choices: list[dict] = field(default_factory=list)
+    method: str = "rtn"  # rtn | gptq | awq
+    calibration: dict | None = None  # gptq, awq: the calibration plan the run followed
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if d["calibration"] is None:
+            d.pop("calibration")
+        return d
 
     @classmethod
-    def of(cls, plan: QuantizePlan, rows: list[TensorRow], seconds: float) -> QuantizeResult:
+    def of(cls, plan: QuantizePlan, rows: list[TensorRow], seconds: float, calibration: dict | None = None) -> QuantizeResult:
         q = [r for r in rows if r.scheme]
         sig = sum(r.signal for r in q)
         noise = sum(r.noise for r in q)
@@ -131,16 +139,58 @@ class QuantizeResult(Result):
             seconds=round(seconds, 3),
             notes=list(plan.notes),
             tensors=rows,
+            method=plan.config.method,
+            calibration=calibration,
         )
+
+
+@dataclass
+class QuantizePlanResult(Result):
+    """What `surgeon quantize --dry-run` prints: the settings, the targets, and a calibrated method's plan."""
+
+    model: str
+    output: str
+    scheme: str
+    format: str
+    method: str
+    group_size: int
+    symmetric: bool
+    targets: int
+    quantized_params: int
+    notes: list[str]
+    calibration: dict | None
+    dry_run: bool = True
+
+
+def plan_result(plan: QuantizePlan, calibration: dict | None = None) -> QuantizePlanResult:
+    return QuantizePlanResult(
+        plan.ck.label,
+        str(plan.output.path),
+        plan.spec.scheme.name,
+        plan.format,
+        plan.config.method,
+        plan.spec.group_size,
+        plan.spec.symmetric,
+        len(plan.targets),
+        sum(plan.ck.info(n).numel for n in plan.targets),
+        list(plan.notes),
+        calibration,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # the run
 
 
-def run_quantize(plan: QuantizePlan, progress: Progress = SILENT, command: str | None = None) -> QuantizeResult:
+def run_quantize(
+    plan: QuantizePlan, progress: Progress = SILENT, command: str | None = None, source=None, calibration: dict | None = None
+) -> QuantizeResult:
     """Quantize every target of the plan, one tensor at a time, and write the output. ``command`` is recorded
-    in the output's metadata (the CLI passes the command line)."""
+    in the output's metadata (the CLI passes the command line).
+
+    ``source`` is a calibrated method's stream (``ops/calibrate``, put together by the API): (name, tensor,
+    payload) in its ``order``. A payload that is a ``QuantizedWeight`` (GPTQ) is written as it is; any other
+    target (AWQ's scaled weights) is rounded by the scheme as usual."""
     for n in plan.notes:
         progress.note(n)
     t0 = time.perf_counter()
@@ -150,17 +200,37 @@ def run_quantize(plan: QuantizePlan, progress: Progress = SILENT, command: str |
 
         with cpu_threads():
             choices = choose_schemes(plan, progress)
-    # the ETA counts quantized tensors, the work that dominates (HQQ: seconds each); copying the embeddings and
-    # norms is quick, so counting bytes said "3 s left" at 6 s of a 33 s run
-    progress.start(f"quantize {plan.spec.scheme.name}", len(plan.targets), "tensors")
+    if source is None:
+        # the ETA counts quantized tensors, the work that dominates (HQQ: seconds each); copying the embeddings
+        # and norms is quick, so counting bytes said "3 s left" at 6 s of a 33 s run
+        progress.start(f"quantize {plan.spec.scheme.name}", len(plan.targets), "tensors")
     if command is None:
         command = f"modelsurgeon.quantize({plan.ck.label!r}, {str(plan.output.path)!r}, scheme={plan.spec.scheme.name!r})"
     with cpu_threads():
-        rows = _write_gguf(plan, progress) if plan.format == "gguf" else _write_folder(plan, progress, command)
-    result = QuantizeResult.of(plan, rows, time.perf_counter() - t0)
+        if plan.format == "gguf":
+            rows = _write_gguf(plan, progress, source)
+        else:
+            rows = _write_folder(plan, progress, command, source)
+    result = QuantizeResult.of(plan, rows, time.perf_counter() - t0, calibration)
     if plan.config.target_bpw is not None:
         result.target_bpw, result.choices = plan.config.target_bpw, choices
     return result
+
+
+def _tensors(plan: QuantizePlan, source, names: list[str] | None = None):
+    """(name, tensor, payload) from the checkpoint in its order (or ``names``), or from a calibrated source."""
+    if source is None:
+        for name, w in plan.ck.iter_tensors(names):
+            yield name, w, None
+        return
+    wanted = None if names is None else set(names)
+    for name, w, payload in source:
+        if wanted is None or name in wanted:
+            yield name, w, payload
+
+
+def _premade(payload) -> QuantizedWeight | None:
+    return payload if isinstance(payload, QuantizedWeight) else None
 
 
 def _quantize_one(plan: QuantizePlan, name: str, w: torch.Tensor, need_dequant: bool) -> QuantizedWeight:
@@ -185,14 +255,15 @@ def _quantize_one(plan: QuantizePlan, name: str, w: torch.Tensor, need_dequant: 
     return qw
 
 
-def _write_folder(plan: QuantizePlan, progress: Progress, command: str) -> list[TensorRow]:
+def _write_folder(plan: QuantizePlan, progress: Progress, command: str, source=None) -> list[TensorRow]:
     from .formats import compressed_tensors as ct
 
     ck = plan.ck
     dense = plan.format == "dense"
     targets = set(plan.targets)
     specs: list[TensorSpec] = []
-    for info in ck.infos():
+    infos = ck.infos() if source is None else [ck.info(n) for n in source.order]
+    for info in infos:
         if info.name in targets and not dense:
             specs += ct.output_specs(info.name, info.shape, info.torch_dtype, plan.spec_for(info.name))
         else:
@@ -200,13 +271,13 @@ def _write_folder(plan: QuantizePlan, progress: Progress, command: str) -> list[
     rows: list[TensorRow] = []
 
     def produce():
-        for name, w in ck.iter_tensors():
+        for name, w, payload in _tensors(plan, source):
             info = ck.info(name)
             if name not in targets:
                 rows.append(TensorRow.of(info, None, None, info.nbytes))
                 yield name, w
             else:
-                qw = _quantize_one(plan, name, w, need_dequant=dense)
+                qw = _premade(payload) or _quantize_one(plan, name, w, need_dequant=dense)
                 spec = plan.spec_for(name)
                 if dense:
                     out = [(name, qw.dequantized.to("cpu"))]
@@ -217,7 +288,8 @@ def _write_folder(plan: QuantizePlan, progress: Progress, command: str) -> list[
                     TensorRow.of(info, spec.scheme.name, qw.bits_per_weight, after, qw.extra["signal"], qw.extra["noise"])
                 )
                 yield from out
-            progress.advance(1 if name in targets else 0)
+            if source is None:
+                progress.advance(1 if name in targets else 0)
 
     update = None
     if not dense:
@@ -240,23 +312,40 @@ def recipe(plan: QuantizePlan) -> dict:
     return d
 
 
-def _write_gguf(plan: QuantizePlan, progress: Progress) -> list[TensorRow]:
+def _write_gguf(plan: QuantizePlan, progress: Progress, source=None) -> list[TensorRow]:
     from .formats.gguf import StreamingGGUF, heads_for, permute_rows, stored_array
 
     ck = plan.ck
+    if source is not None:  # llama.cpp finds tensors by name: the file may list them in the stream's order
+        pos = {n: i for i, n in enumerate(source.order)}
+        plan.gguf_tensors = sorted(plan.gguf_tensors, key=lambda t: pos[t.hf_name])
     by_name = {t.hf_name: t for t in plan.gguf_tensors}
     targets = set(plan.targets)
     rows: list[TensorRow] = []
     with plan.output.file(expected_bytes=sum(t.nbytes for t in plan.gguf_tensors)) as out:
         writer = StreamingGGUF(out.path, plan.gguf_tensors, plan.gguf_metadata)
         try:
-            for name, w in ck.iter_tensors(list(by_name)):
+            for name, w, payload in _tensors(plan, source, list(by_name)):
                 t = by_name[name]
                 info = ck.info(name)
                 n_head = heads_for(name, ck.config)
                 if n_head:
                     w = permute_rows(w, n_head)
-                if name in targets:
+                qw = _premade(payload)
+                if name in targets and qw is not None:  # GPTQ's blocks, rows in HF order: permute them as the weight
+                    blocks = qw.parts["blocks"].cpu()
+                    writer.write((permute_rows(blocks, n_head) if n_head else blocks).numpy())
+                    rows.append(
+                        TensorRow.of(
+                            info,
+                            plan.spec_for(name).scheme.name,
+                            qw.bits_per_weight,
+                            t.nbytes,
+                            qw.extra["signal"],
+                            qw.extra["noise"],
+                        )
+                    )
+                elif name in targets:
                     qw = _quantize_one(plan, name, w, need_dequant=False)
                     writer.write(qw.parts["blocks"].cpu().numpy())
                     rows.append(
@@ -272,7 +361,8 @@ def _write_gguf(plan: QuantizePlan, progress: Progress) -> list[TensorRow]:
                 else:
                     writer.write(stored_array(t, w))
                     rows.append(TensorRow.of(info, None, None, t.nbytes))
-                progress.advance(1 if name in targets else 0)
+                if source is None:
+                    progress.advance(1 if name in targets else 0)
         finally:
             writer.close()
         out.commit()

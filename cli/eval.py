@@ -1,0 +1,106 @@
+"""`surgeon eval MODEL --text FILE`: perplexity, and KL divergence / top-1 agreement against a reference."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ._options import DeviceOpt, JsonOpt, QuietOpt, RevisionOpt
+from ._output import RichProgress, fmt_float, render
+
+EPILOG = """Examples:
+
+  surgeon eval model/ --text held-out.txt
+
+  surgeon eval pruned/ --reference model/ --text held-out.txt --require "kld<=0.05"
+
+  surgeon eval model/ wanda/ sparsegpt/ gptq/ --reference model/ --text held-out.txt --json
+
+  surgeon eval model/ --compare wanda/ --compare gptq/ --reference model/ --text held-out.txt
+
+  surgeon eval minilm-50/ --reference minilm --text sentences.txt --require "cosine>=0.95"
+"""
+
+
+def evaluate(
+    models: Annotated[
+        list[str],
+        typer.Argument(help="Model folders (config.json, tokenizer, weights) or Hub ids: one table, scored in this order."),
+    ],
+    text: Annotated[
+        str | None, typer.Option("--text", "-t", help="Evaluation text: plain text or JSONL with a 'text' field.")
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference", "-r", help="Compare with this model: per-token KL divergence and top-1 agreement (encoders: cosine)."
+        ),
+    ] = None,
+    compare: Annotated[
+        list[str] | None, typer.Option("--compare", help="One more model for the same table (repeatable; after the MODELs).")
+    ] = None,
+    context: Annotated[
+        int | None, typer.Option("--context", help="Window length in tokens (default min(2048, the model's)).")
+    ] = None,
+    stride: Annotated[int | None, typer.Option("--stride", help="Tokens between window starts (default context/2).")] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Evaluate the first N tokens of the text only.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", help="Windows run through a layer at once (default 4).")
+    ] = None,
+    require: Annotated[
+        list[str] | None,
+        typer.Option("--require", help="Gate KEY OP NUMBER for every model, e.g. 'kld<=0.05' (exit 1 when one fails)."),
+    ] = None,
+    device: DeviceOpt = "auto",
+    revision: RevisionOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> int:
+    """Score causal LMs on a text (perplexity; with --reference, KL divergence and top-1 agreement), one layer at a time."""
+    from modelsurgeon import api
+    from modelsurgeon.recipes.eval import EvalConfig
+
+    cfg = EvalConfig.build(
+        None,
+        text=text,
+        reference=reference,
+        context=context,
+        stride=stride,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        require=tuple(require) if require else None,
+        device=device,
+    )
+    with RichProgress(quiet) as bar:
+        result = api.evaluate([*models, *(compare or [])], cfg, revision=revision, progress=bar)
+    render(result, as_json, _print)
+    return 0 if result.ok else 1
+
+
+def _print(r: dict) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from ._output import out_console
+
+    console = out_console()
+    encoder = all(m["kind"] != "causal" for m in r["models"])
+    what = f"{r['tokens']} sentences" if encoder else f"{r['tokens']} tokens, context {r['context']}, stride {r['stride']}"
+    t = Table(title=f"eval on {r['text']} ({what})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    cols = ["cosine", "cosine_min"] if encoder else ["perplexity", "ppl_ratio", "kld", "kld_p99", "top1"]
+    if r["reference"] is None:
+        cols = [c for c in cols if c == "perplexity"]
+    t.add_column("model", overflow="fold", ratio=1, min_width=16)
+    for c in cols:
+        t.add_column(c, justify="right", no_wrap=True)
+    t.add_column("gates", no_wrap=True)
+    rows = ([dict(r["reference"], gates=None, model=r["reference"]["model"] + " (reference)")] if r["reference"] else []) + r[
+        "models"
+    ]
+    for m in rows:
+        gates = "" if not m.get("gates") else " ".join(("ok" if g["ok"] else "FAIL") + f" {g['require']}" for g in m["gates"])
+        t.add_row(m["model"], *[fmt_float(m.get(c), 4) for c in cols], gates)
+    console.print(t)
+    if not r["ok"]:
+        console.print("a --require gate failed", highlight=False)
