@@ -13,13 +13,13 @@ EPILOG = """Examples:
 
   surgeon eval model/ --text held-out.txt
 
-  surgeon eval pruned/ --reference model/ --text held-out.txt --require "kld<=0.05"
+  surgeon eval wanda-50/ --reference model/ --text held-out.txt --require "kld<=0.5"
 
-  surgeon eval model/ wanda/ sparsegpt/ gptq/ --reference model/ --text held-out.txt --json
+  surgeon eval model/ wanda-50/ owl-60/ --reference model/ --text held-out.txt --json
 
-  surgeon eval model/ --compare wanda/ --compare gptq/ --reference model/ --text held-out.txt
+  surgeon eval model/ --compare wanda-50/ --compare owl-60/ --reference model/ --text held-out.txt
 
-  surgeon eval minilm-50/ --reference minilm --text sentences.txt --require "cosine>=0.95"
+  surgeon eval minilm-50 --reference minilm --text held-out.txt --require "cosine>=0.5"
 """
 
 

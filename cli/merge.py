@@ -28,7 +28,7 @@ EPILOG = """Examples:
 
   surgeon merge --extract-lora finetuned/ --base org/base --rank 16 -o adapter/
 
-  surgeon merge --adapters --method ties lora-a/ lora-b/ --density 0.5 --rank 16 -o merged-adapter/
+  surgeon merge --adapters --method ties my-adapter/ other-adapter/ --density 0.5 --rank 16 -o merged-adapter/
 
   surgeon merge --list-methods
 """

@@ -11,11 +11,11 @@ from ._output import RichProgress, fmt_bytes, fmt_float, render
 
 EPILOG = """Examples:
 
-  surgeon run recipes/run_2of4_w4a16_vllm.yaml --model org/model -o model-2of4-w4a16/
+  surgeon run recipes/run_2of4_w4a16_vllm.yaml --model model/ -o model-2of4-w4a16/
 
-  surgeon run recipe.yaml -o out/ --dry-run            # check every step and print the passes; write nothing
+  surgeon run recipes/run_2of4_w4a16_vllm.yaml --model model/ -o planned/ --dry-run   # check every step, print the passes
 
-  surgeon run recipe.yaml -o out/ --keep-intermediate  # each step's output kept in out.steps/
+  surgeon run recipes/run_2of4_w4a16_vllm.yaml --model model/ -o kept/ --keep-intermediate   # steps kept in kept.steps/
 """
 
 

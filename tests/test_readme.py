@@ -203,6 +203,9 @@ def _ensure_outputs_of_earlier_examples(capsys, root: Path) -> None:
     """What the README's own examples write before later ones read it (for a test run on its own)."""
     makes = {
         "pruned": ("prune", "org/base", "-o", "pruned", "--pattern", "2:4"),
+        # the README makes these two with --method wanda; a magnitude prune stands in when run on its own
+        "wanda-50": ("prune", "model/", "-o", "wanda-50", "--sparsity", "0.5"),
+        "owl-60": ("prune", "model/", "-o", "owl-60", "--sparsity", "0.6"),
         "model-q4_0.gguf": ("quantize", "model/", "-o", "model-q4_0.gguf", "--scheme", "q4_0"),
         "model-fp8-block": ("quantize", "model-q4_0.gguf", "-o", "model-fp8-block/", "--scheme", "fp8-block"),
     }
