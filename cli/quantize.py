@@ -55,6 +55,13 @@ def quantize(
         str | None,
         typer.Option("--include", help="Regex of float tensors to quantize, replacing the default (2-D linear weights)."),
     ] = None,
+    pre_tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--pre-tokenizer",
+            help="--format gguf: llama.cpp's pre-tokenizer name (llama-bpe, qwen2, smollm...) when it is not recognised.",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
     revision: RevisionOpt = None,
@@ -74,6 +81,7 @@ def quantize(
         include=include,
         ignore=ignore,
         device=device,
+        pre_tokenizer=pre_tokenizer,
     )
     with RichProgress(quiet) as bar:
         result = api.quantize(

@@ -60,6 +60,10 @@ for _rules in (
 ):
     SCHEME_RULES.add(_rules.name, _rules)
 
+# --- GGUF (issue 12): unquantized GGUF files, as llama.cpp's converter writes them ---------------------------
+for _name in ("f32", "f16", "bf16"):
+    SCHEME_RULES.add(_name, SchemeRules(_name, "gguf", 32, ("gguf",), group_fixed=True))
+
 
 def scheme_rules(name: str) -> SchemeRules:
     """The rules of scheme ``name`` (any case), or a usage error listing the known schemes."""
@@ -121,6 +125,7 @@ class QuantizeConfig(Config):
     ignore: str | None = None  # removes matches from the selection
     device: str = "auto"
     use_triton: bool | None = None  # None: Triton on CUDA, the torch reference elsewhere
+    pre_tokenizer: str | None = None  # --format gguf: llama.cpp's pre-tokenizer name when the check-text hash is unknown
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -134,6 +139,11 @@ class QuantizeConfig(Config):
             self._set("hqq", HQQConfig.from_mapping(self.hqq))
         elif not isinstance(self.hqq, HQQConfig):
             raise UsageError(f"hqq must be a mapping of HQQ settings, got {self.hqq!r}")
+        if self.pre_tokenizer is not None:
+            if not isinstance(self.pre_tokenizer, str) or not self.pre_tokenizer.strip():
+                raise UsageError("--pre-tokenizer needs a name", "a llama.cpp pre-tokenizer such as llama-bpe, qwen2, smollm")
+            if self.format not in ("gguf", "auto"):
+                raise UsageError("--pre-tokenizer applies to --format gguf only")
         if self.include is not None:
             check_regex(self.include, "--include")
         if self.ignore is not None:

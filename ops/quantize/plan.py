@@ -54,12 +54,19 @@ class QuantizePlan:
     device: torch.device
     notes: list[str] = field(default_factory=list)  # told to the user before the run, and kept in the result
     gguf_tensors: list[GGUFTensor] | None = None  # --format gguf: the file's tensors, in order
-    gguf_metadata: dict | None = None
+    gguf_writer: object | None = None  # --format gguf: gguf-py's GGUFWriter holding the whole header
+
+    @property
+    def gguf_metadata(self) -> dict | None:
+        from .formats.gguf import metadata_of
+
+        return None if self.gguf_writer is None else metadata_of(self.gguf_writer)
 
     @property
     def bytes_to_read(self) -> int:
-        names = self.ck.names() if self.gguf_tensors is None else [t.hf_name for t in self.gguf_tensors]
-        return sum(self.ck.info(n).nbytes for n in names)
+        if self.gguf_tensors is None:
+            return sum(self.ck.info(n).nbytes for n in self.ck.names())
+        return sum(self.ck.info(n).nbytes for t in self.gguf_tensors for n in dict.fromkeys(t.sources))
 
     def close(self) -> None:
         self.ck.close()
@@ -103,7 +110,8 @@ def _plan(cfg: QuantizeConfig, ck: Checkpoint, out: Output, device: torch.device
         )
     plan = QuantizePlan(cfg, ck, spec, cfg.output_format, targets, out, device, notes)
     problems = Problems(f"the quantization of {ck.label}")
-    check_shapes(ck, targets, spec, problems)
+    if plan.format != "gguf":  # GGUF checks its own shapes (3-D experts, 256-value super-blocks, fallbacks)
+        check_shapes(ck, targets, spec, problems)
     if plan.format == "gguf":
         _plan_gguf(plan, problems)
     elif plan.format == "compressed-tensors":
@@ -202,18 +210,16 @@ def _plan_compressed_tensors(plan: QuantizePlan, problems: Problems) -> None:
 
 
 def _plan_gguf(plan: QuantizePlan, problems: Problems) -> None:
-    """The Llama layout, the q/k rows RoPE permutes, the tokenizer, and the file's metadata."""
-    from .formats.gguf import check_architecture, check_rows, file_metadata, plan_tensors
-    from .formats.gguf_tokenizer import read_vocab
+    """The architecture, the file's tensors and their types, the tokenizer, and the header."""
+    from .formats.gguf import build_writer, check_architecture, plan_tensors, with_types
+    from .formats.gguf_types import choose_types
 
     ck = plan.ck
     try:
-        check_architecture(ck.config, ck.label)
-        plan.gguf_tensors = plan_tensors(ck.infos(), set(plan.targets), plan.spec.scheme.gguf_type)
-    except SurgeonError as e:  # not a Llama: nothing below applies
+        _, arch = check_architecture(ck.config, ck.label)
+    except SurgeonError as e:  # not a known architecture: nothing below applies
         problems.add(str(e))
         return
-    each_tensor(problems, [bad for n in plan.targets if (bad := check_rows(n, ck.info(n).shape, ck.config))])
     if not ck.resolved.path.is_dir():
         problems.add(
             "--format gguf needs the model folder (config.json and tokenizer beside the weights): "
@@ -221,16 +227,33 @@ def _plan_gguf(plan: QuantizePlan, problems: Problems) -> None:
         )
         return
     try:
-        vocab = read_vocab(ck.folder, ck.config, warn=lambda m: plan.notes.append("warning: " + m))
+        n_vocab = _gemma3_vocab(ck.folder) if arch.trim_vocab else None
+        tensors = plan_tensors(ck, arch, ck.config, n_vocab)
+        types, notes, errors = choose_types(tensors, set(plan.targets), plan.spec.scheme, ck.config, plan.config)
+        plan.notes.extend(notes)
+        if errors:
+            each_tensor(problems, errors)
+            return
+        plan.gguf_tensors = with_types(tensors, types)
+        plan.gguf_writer, n_tok = build_writer(
+            plan.gguf_tensors, arch, ck.config, ck.folder, plan.spec.scheme.gguf_type, plan.config.pre_tokenizer
+        )
     except SurgeonError as e:
         problems.add(str(e))
         return
-    n_tok, n_vocab = len(vocab["tokenizer.ggml.tokens"]), int(ck.config.get("vocab_size") or 0)
+    n_vocab = int(ck.config.get("vocab_size") or n_tok)
     if n_tok != n_vocab:
         problems.add(
             f"the tokenizer of {ck.label} has {n_tok} tokens but config.json says vocab_size {n_vocab}: "
             "llama.cpp needs one token per embedding row; fix the tokenizer or the config"
         )
-        return
-    name = str(ck.config.get("_name_or_path") or ck.folder.name).rstrip("/").split("/")[-1] or ck.folder.name
-    plan.gguf_metadata = file_metadata(ck.config, plan.spec.scheme.gguf_type, name, vocab)
+
+
+def _gemma3_vocab(folder) -> int | None:
+    """The rows of token_embd Gemma 3's converter keeps: the tokenizer's real tokens."""
+    import json
+
+    if (folder / "tokenizer.model").is_file():
+        return None  # the SentencePiece vocabulary is padded to vocab_size: nothing is cut
+    tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    return len(tj["model"]["vocab"]) + len(tj.get("added_tokens") or [])

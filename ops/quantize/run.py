@@ -27,7 +27,7 @@ from modelsurgeon.ops.io.output import write_folder
 from modelsurgeon.ops.io.writer import TensorSpec
 
 from .plan import QuantizePlan
-from .schemes import QuantizedWeight, quantize_weight
+from .schemes import QuantizedWeight, QuantSpec, quantize_weight
 from .sqnr import sqnr_db
 
 # --------------------------------------------------------------------------------------------
@@ -150,10 +150,12 @@ def run_quantize(plan: QuantizePlan, progress: Progress = SILENT, command: str |
     return QuantizeResult.of(plan, rows, time.perf_counter() - t0)
 
 
-def _quantize_one(plan: QuantizePlan, name: str, w: torch.Tensor, need_dequant: bool) -> QuantizedWeight:
+def _quantize_one(
+    plan: QuantizePlan, name: str, w: torch.Tensor, need_dequant: bool, spec: QuantSpec | None = None
+) -> QuantizedWeight:
     dev = plan.device
     wd = w.to(dev, non_blocking=True) if dev.type != "cpu" else w
-    qw = quantize_weight(wd, plan.spec, plan.config.use_triton, need_dequant)
+    qw = quantize_weight(wd, spec or plan.spec, plan.config.use_triton, need_dequant)
     if not need_dequant:
         qw.dequantized = None
     sig, noise = qw.extra["signal"], qw.extra["noise"]
@@ -218,33 +220,58 @@ def recipe(plan: QuantizePlan) -> dict:
 
 
 def _write_gguf(plan: QuantizePlan, progress: Progress) -> list[TensorRow]:
-    from .formats.gguf import StreamingGGUF, heads_for, permute_rows, stored_array
+    """Header first (from the plan), then each GGUF tensor: read its sources, apply the converter's changes,
+    quantize it to its type or store it as a float type."""
+    from .formats.gguf import FLOAT_TYPES, StreamingGGUF, source_tensor, stored_array
+    from .schemes import QuantSpec, get_scheme
 
     ck, spec = plan.ck, plan.spec
-    by_name = {t.hf_name: t for t in plan.gguf_tensors}
-    targets = set(plan.targets)
     rows: list[TensorRow] = []
+    cache: dict[str, torch.Tensor] = {}  # a fused expert tensor feeds two GGUF tensors: keep the last read
+    wanted = [n for t in plan.gguf_tensors for n in t.sources]
+    stream = ck.iter_tensors(list(dict.fromkeys(wanted)))
+
+    def read(name: str) -> torch.Tensor:
+        while name not in cache:
+            got, w = next(stream)
+            if len(cache) > 1 and got not in cache:
+                cache.pop(next(iter(cache)))
+            cache[got] = w
+        return cache[name]
+
     with plan.output.file() as out:
-        writer = StreamingGGUF(out.path, plan.gguf_tensors, plan.gguf_metadata)
+        writer = StreamingGGUF(out.path, plan.gguf_writer)
         try:
-            for name, w in ck.iter_tensors(list(by_name)):
-                t = by_name[name]
-                info = ck.info(name)
-                n_head = heads_for(name, ck.config)
-                if n_head:
-                    w = permute_rows(w, n_head)
-                if name in targets:
-                    qw = _quantize_one(plan, name, w, need_dequant=False)
-                    writer.write(qw.parts["blocks"].cpu().numpy())
-                    rows.append(
-                        TensorRow.of(info, spec.scheme.name, qw.bits_per_weight, t.nbytes, qw.extra["signal"], qw.extra["noise"])
+            for t in plan.gguf_tensors:
+                w = source_tensor(t, read)
+                before = sum(ck.info(n).nbytes for n in dict.fromkeys(t.sources))
+                info = ck.info(t.sources[0]) if t.sources else None
+                if t.qtype in FLOAT_TYPES:
+                    writer.write(stored_array(t, w))
+                    row = TensorRow(
+                        t.name, list(t.shape), info.dtype if info else "F32", None, None, before, t.nbytes, None, None
                     )
                 else:
-                    writer.write(stored_array(t, w))
-                    rows.append(TensorRow.of(info, None, None, t.nbytes))
-                progress.advance(info.nbytes)
+                    tspec = spec if t.qtype == spec.scheme.gguf_type else QuantSpec(get_scheme(t.qtype.lower()), 32, True)
+                    qw = _quantize_one(plan, t.hf_name, w.reshape(-1, t.shape[-1]), need_dequant=False, spec=tspec)
+                    writer.write(qw.parts["blocks"].cpu().numpy().reshape(-1))
+                    sig, noise = qw.extra["signal"], qw.extra["noise"]
+                    row = TensorRow(
+                        t.name,
+                        list(t.shape),
+                        info.dtype if info else "F32",
+                        t.qtype.lower(),
+                        qw.bits_per_weight,
+                        before,
+                        t.nbytes,
+                        sqnr_db(sig, noise),
+                        math.sqrt(noise / sig) if sig > 0 else None,
+                        sig,
+                        noise,
+                    )
+                rows.append(row)
+                progress.advance(before)
         finally:
             writer.close()
         out.commit()
-    rows += [TensorRow.of(i, None, None, 0) for i in ck.infos() if i.name not in by_name]  # not carried by the file
     return rows

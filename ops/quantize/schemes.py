@@ -102,6 +102,14 @@ for _name, _bits, _summary in (
 ):
     _scheme(_name, _bits, _summary, gguf_type=_name.upper(), url=_GGUF_URL)
 
+# --- GGUF (issue 12): unquantized GGUF files ------------------------------------------------------------------
+for _name, _bits, _summary in (
+    ("f32", 32, "GGUF with float32 weights (llama.cpp's converter --outtype f32)"),
+    ("f16", 16, "GGUF with float16 weights (llama.cpp's converter --outtype f16)"),
+    ("bf16", 16, "GGUF with bfloat16 weights (llama.cpp's converter --outtype bf16)"),
+):
+    _scheme(_name, _bits, _summary, gguf_type=_name.upper(), url=_GGUF_URL)
+
 if list(_REGISTRY) != list(SCHEME_RULES):  # a scheme the settings accept must have an implementation, and back
     raise RuntimeError(
         f"ops/quantize/schemes.py registers {list(_REGISTRY)} but recipes/quantize.py SCHEME_RULES has {list(SCHEME_RULES)}"
