@@ -131,9 +131,10 @@ def plan_tensors(ck, arch: Arch, config: dict, n_vocab: int | None = None) -> li
         dtype = info.dtype
         if m := EXPERT.match(hf):
             key = f"{m['pre']}.{m['w']}.weight"
+            if key not in experts:
+                first_of[key] = len(out)
+                out.append(GGUFTensor(key, shape, dtype))  # placeholder, replaced below
             experts.setdefault(key, []).append((int(m["x"]), hf))
-            first_of.setdefault(key, len(out))
-            out.append(GGUFTensor(key, shape, dtype))  # placeholder, replaced below
             continue
         if m := FUSED_GATE_UP.match(hf):
             if len(shape) != 3 or shape[-2] % 2:

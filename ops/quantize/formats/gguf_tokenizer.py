@@ -13,8 +13,8 @@ Two kinds:
   pieces, scores and types read from the protobuf by a small reader here, then the added tokens of
   ``added_tokens.json`` and ``tokenizer_config.json``.
 
-Merges, special token ids, ``add_bos``/``add_eos`` and the chat template come from gguf-py's ``SpecialVocab``,
-the converter's own reader of those files.
+Merges, special token ids, ``add_bos``/``add_eos`` and the chat template are read as the converter's gguf-py
+``SpecialVocab`` reads them (``special_vocab`` below, after llama.cpp's current gguf-py: the PyPI release lags).
 """
 
 from __future__ import annotations
@@ -146,8 +146,6 @@ def vocab_kind(folder: Path, arch_tokenizer: str, tok_cfg: dict) -> str:
 
 def add_vocab(writer, folder: Path, config: dict, kind: str, pre_override: str | None = None) -> int:
     """Write the tokenizer metadata into gguf-py ``writer``; returns the number of tokens."""
-    import gguf
-
     tok_cfg_path = folder / "tokenizer_config.json"
     tok_cfg = _load_json(tok_cfg_path) if tok_cfg_path.is_file() else {}
     vocab_size = int(config.get("vocab_size") or 0)
@@ -158,17 +156,17 @@ def add_vocab(writer, folder: Path, config: dict, kind: str, pre_override: str |
         writer.add_token_list(tokens)
         writer.add_token_scores(scores)
         writer.add_token_types(types)
-        special = gguf.SpecialVocab(folder, n_vocab=len(tokens))
+        special = special_vocab(folder, config, False, len(tokens))
     else:
         tokens, types, pre = _bpe_vocab(folder, vocab_size, pre_override)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre)
         writer.add_token_list(tokens)
         writer.add_token_types(types)
-        special = gguf.SpecialVocab(folder, load_merges=True)
-        if not special.merges:
+        special = special_vocab(folder, config, True, None)
+        if not special["merges"]:
             raise SurgeonError(f"the BPE tokenizer in {folder / 'tokenizer.json'} has no merges, which llama.cpp needs")
-    special.add_to_gguf(writer, quiet=True)
+    write_special(writer, special)
     return len(tokens)
 
 
@@ -304,3 +302,144 @@ def _spm_vocab(folder: Path, vocab_size: int, tok_cfg: dict) -> tuple[list[str],
         scores[tid] = -1000.0
         tokens[tid] = text
     return tokens, scores, types
+
+
+# --------------------------------------------------------------------------------------------
+# special tokens, add_bos/add_eos, merges, chat template: what the converter's gguf-py SpecialVocab reads
+# (its current version; the PyPI gguf release lags behind it, so this is written here)
+
+_SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+
+
+def special_vocab(folder: Path, config: dict, load_merges: bool, n_vocab: int | None) -> dict:
+    """{"merges": [...], "ids": {type: id}, "add": {type: bool}, "chat_template": str|list|None}."""
+    out: dict = {"merges": [], "ids": {}, "add": {}, "chat_template": None}
+    types = list(_SPECIAL_TYPES)
+    tj = folder / "tokenizer.json"
+    tok = _load_json(tj) if tj.is_file() else None
+    cfg_path = folder / "tokenizer_config.json"
+    tc = _load_json(cfg_path) if cfg_path.is_file() else None
+    added = (tok or {}).get("added_tokens") or []
+    if tok and load_merges:
+        merges = (tok.get("model") or {}).get("merges")
+        if isinstance(merges, list) and merges:
+            if isinstance(merges[0], str):
+                out["merges"] = merges
+            else:  # [a, b] pairs since transformers 4.45; spaces inside a part are written as U+0120
+                out["merges"] = [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in p) for p in m) for m in merges]
+    if tok:
+        _post_processor(tok.get("post_processor"), tc, out["add"], types)
+    if tc:
+        jinja, tjson = folder / "chat_template.jinja", folder / "chat_template.json"
+        alt = None
+        if jinja.is_file():
+            alt = jinja.read_text(encoding="utf-8")
+            extra = sorted((folder / "additional_chat_templates").glob("*.jinja"))
+            if extra:
+                alt = [{"name": "default", "template": alt}] + [
+                    {"name": p.stem, "template": p.read_text(encoding="utf-8")} for p in extra
+                ]
+        elif tjson.is_file():
+            alt = _load_json(tjson).get("chat_template")
+        tmpl = tc.get("chat_template", alt)
+        if tmpl is None or isinstance(tmpl, (str, list)):
+            out["chat_template"] = tmpl
+        for typ in types:
+            flag = tc.get(f"add_{typ}_token")
+            if isinstance(flag, bool) and typ not in out["add"]:
+                out["add"][typ] = flag
+            entry = tc.get(f"{typ}_token")
+            content = entry.get("content") if isinstance(entry, dict) else entry
+            if not isinstance(content, str):
+                continue
+            tid = next((a.get("id") for a in added if a.get("content") == content), None)
+            _set_id(out["ids"], typ, tid, n_vocab)
+    for typ in types:  # then config.json's ids, for types still unset
+        _set_id(out["ids"], typ, config.get(f"{typ}_token_id"), n_vocab)
+    if load_merges and not out["merges"] and (folder / "merges.txt").is_file():
+        lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+        if lines and lines[0].strip().startswith("#"):
+            lines = lines[1:]
+        out["merges"] = [f"{p[0]} {p[1]}" for line in lines if len(p := line.strip().split(None, 3)) == 2]
+    return out
+
+
+def _set_id(ids: dict, typ: str, tid, n_vocab: int | None) -> None:
+    if isinstance(tid, int) and not isinstance(tid, bool) and tid >= 0 and (n_vocab is None or tid < n_vocab):
+        ids.setdefault(typ, tid)
+
+
+def _post_processor(post: dict | None, tc: dict | None, add: dict, types: list[str]) -> None:
+    """Which special tokens the post-processor adds (SpecialVocab's crude TemplateProcessing reading)."""
+    if not post:
+        return
+    cfg = tc if tc else {}
+    bos, cls, eos, sep = (cfg.get(f"{k}_token") for k in ("bos", "cls", "eos", "sep"))
+    if not bos and cls and tc:
+        tc["bos_token"] = bos = cls
+    if not eos and sep and tc:
+        tc["eos_token"] = eos = sep
+    for p in post.get("processors", [post]):
+        kind = p.get("type")
+        if kind == "ByteLevel":
+            add.setdefault("bos", False)
+            add.setdefault("eos", False)
+        elif kind == "RobertaProcessing":
+            add.update(bos=True, eos=True, sep=True)
+            if not cls and tc:
+                tc["cls_token"] = cls = p.get("cls", [bos])[0]
+            if not sep and tc:
+                tc["sep_token"] = sep = p.get("sep", [eos])[0]
+        elif kind == "TemplateProcessing":
+            single, pair = p.get("single", []), p.get("pair", [])
+            first = last = None
+            if len(single) > 1:
+                if first := single[0].get("SpecialToken", {}).get("id"):
+                    if not tc:
+                        bos = first
+                    elif first not in (bos, cls):
+                        if not bos:
+                            tc["bos_token"] = bos = first
+                        if not cls:
+                            tc["cls_token"] = cls = first
+                    add["bos"] = first in (bos, cls)
+                if last := single[-1].get("SpecialToken", {}).get("id"):
+                    if not tc:
+                        eos = last
+                    elif last != eos:
+                        if "eot" not in types:
+                            types.append("eot")
+                            tc["eot_token"] = eos
+                        elif "eom" not in types:
+                            types.append("eom")
+                            tc["eom_token"] = eos
+                        tc["eos_token"] = eos = last
+                    add["eos"] = last == eos
+            if pair:
+                start = 1 if first and pair[0].get("SpecialToken", {}).get("id") == first else 0
+                stop = -1 if last and pair[-1].get("SpecialToken", {}).get("id") == last else None
+                pair = pair[start:stop]
+                if pair and pair[0].get("Sequence", {}).get("id") == "A" and pair[-1].get("Sequence", {}).get("id") == "B":
+                    middle = pair[1:-1]
+                    if middle:
+                        add_sep = False
+                        e = middle[0].get("SpecialToken", {}).get("id")
+                        if e and e in (sep, eos) and not last:
+                            add_sep = True
+                        if len(middle) == 2 and (e2 := middle[1].get("SpecialToken", {}).get("id")) and e2 in (sep, eos):
+                            add_sep = True
+                        add["sep"] = add_sep
+                        if add_sep and not sep and tc:
+                            tc["sep_token"] = eos
+
+
+def write_special(writer, sv: dict) -> None:
+    """SpecialVocab.add_to_gguf: merges, ids, add flags, chat template, in that order."""
+    if sv["merges"]:
+        writer.add_token_merges(sv["merges"])
+    for typ, tid in sv["ids"].items():
+        getattr(writer, f"add_{typ}_token_id", lambda _: None)(tid)  # cls has no GGUF key
+    for typ, flag in sv["add"].items():
+        getattr(writer, f"add_add_{typ}_token", lambda _: None)(flag)
+    if sv["chat_template"] is not None:
+        writer.add_chat_template(sv["chat_template"])
