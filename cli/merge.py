@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import typer
 
 from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, command_line
-from ._output import emit_json, fmt_bytes, fmt_count, progress, warn
+from ._output import RichProgress, emit_json, fmt_bytes, fmt_count, render
 
 EPILOG = """Examples:
 
@@ -92,24 +93,51 @@ def merge(
     quiet: QuietOpt = False,
 ) -> int:
     """Merge models (mergekit recipes or flags), fold a LoRA adapter, or extract one."""
-    from modelsurgeon.ops.core.errors import UsageError
-
     if list_methods:
         return _list_methods(as_json)
     inputs = list(inputs or [])
+    merge_params = {"--weight": weight, "--density": density, "--t": t, "--param": param}
+    extract_flags = rank is not None or include or exclude or exact_svd
+    mode = _mode(inputs, output, method, base, lora, extract_lora, merge_params, bool(extract_flags))
+    write = _Write(output, force, max_shard_size, dry_run, as_json, quiet)
+    if mode == "--extract-lora":
+        from modelsurgeon.recipes.merge import dtype_name
+
+        dtype_name(dtype, "--dtype")  # a merge option: checked, not used
+        settings = dict(
+            rank=rank, include=include, exclude=exclude, exact_svd=exact_svd, seed=seed, out_dtype=out_dtype, device=device
+        )
+        return _extract(extract_lora, base, settings, write)
+    run = dict(seed=seed, dtype=dtype, out_dtype=out_dtype, tokenizer_source=tokenizer_source, device=device)
+    if mode == "a recipe file":
+        return _merge_recipe_file(inputs[0], run, write)
+    if mode == "--lora":
+        return _fold_lora(base, lora, run, write)
+    return _merge_flags(method, base, inputs, weight, density, t, param, run, write)
+
+
+@dataclass(frozen=True)
+class _Write:
+    """Where and how a mode writes and prints."""
+
+    output: str
+    force: bool
+    max_shard_size: str
+    dry_run: bool
+    as_json: bool
+    quiet: bool
+
+
+def _mode(inputs, output, method, base, lora, extract_lora, merge_params: dict, extract_flags: bool) -> str:
+    """Which of the four forms the flags describe ("a recipe file", "--method", "--lora", "--extract-lora"),
+    after checking that the flags given go together; a usage error otherwise."""
+    from modelsurgeon.ops.core.errors import UsageError
+
     if len(inputs) > 1 and any(x.lower().endswith(_RECIPE_SUFFIXES) for x in inputs):
         raise UsageError("a recipe file takes no other arguments", "put the models in the recipe, or use --method with models")
-    recipe_file = inputs[0] if len(inputs) == 1 and inputs[0].lower().endswith(_RECIPE_SUFFIXES) else None
-    modes = [
-        name
-        for name, on in (
-            ("a recipe file", recipe_file is not None),
-            ("--method", method is not None),
-            ("--lora", lora is not None),
-            ("--extract-lora", extract_lora is not None),
-        )
-        if on
-    ]
+    recipe_file = len(inputs) == 1 and inputs[0].lower().endswith(_RECIPE_SUFFIXES)
+    given = (("a recipe file", recipe_file), ("--method", method is not None), ("--lora", lora is not None))
+    modes = [name for name, on in (*given, ("--extract-lora", extract_lora is not None)) if on]
     if len(modes) > 1:
         raise UsageError(
             f"give {' or '.join(modes)}, not both", "a recipe holds the method and models; flags describe them without one"
@@ -123,16 +151,14 @@ def merge(
         raise UsageError("give a recipe file or --method with models", "e.g. surgeon merge recipe.yaml -o merged/ (see --help)")
     if output is None:
         raise UsageError("-o/--output is required", "name the folder to write, e.g. -o merged/")
-    flag_only = {"--weight": weight, "--density": density, "--t": t, "--param": param}
     mode = modes[0]
-    if mode in ("--lora", "--extract-lora", "a recipe file"):
-        used = [k for k, v in flag_only.items() if v]
-        if used:
-            where = "put them in the recipe's parameters" if mode == "a recipe file" else f"{mode} takes no merge parameters"
-            raise UsageError(f"{', '.join(used)} belong{'s' if len(used) == 1 else ''} to the --method form", where)
+    used = [k for k, v in merge_params.items() if v]
+    if mode != "--method" and used:
+        where = "put them in the recipe's parameters" if mode == "a recipe file" else f"{mode} takes no merge parameters"
+        raise UsageError(f"{', '.join(used)} belong{'s' if len(used) == 1 else ''} to the --method form", where)
     if mode == "a recipe file" and base is not None:
         raise UsageError("--base belongs to the --method form", "set base_model in the recipe")
-    if mode != "--extract-lora" and (rank is not None or include or exclude or exact_svd):
+    if mode != "--extract-lora" and extract_flags:
         raise UsageError("--rank, --include, --exclude and --exact-svd go with --extract-lora")
     if mode in ("--lora", "--extract-lora"):
         if inputs:
@@ -141,212 +167,67 @@ def merge(
             )
         if base is None:
             raise UsageError(f"{mode} needs --base")
-    if mode == "--extract-lora" and rank is None:
-        raise UsageError("--extract-lora needs --rank", "e.g. --rank 16")
-    dtype_n = _dtype_flag("--dtype", dtype)
-    out_dtype_n = _dtype_flag("--out-dtype", out_dtype)
+    return mode
 
-    from modelsurgeon.ops.core.device import resolve_device
-    from modelsurgeon.ops.io.writer import parse_size
 
-    dev = resolve_device(device)
-    shard = parse_size(max_shard_size)
-    if mode == "--extract-lora":
-        return _extract(
-            extract_lora, base, rank, include, exclude, exact_svd, output, force, dev, out_dtype_n, seed, dry_run, as_json, quiet
+def _merge_recipe_file(path: str, run: dict, write: _Write) -> int:
+    """``surgeon merge RECIPE.yaml``: a mergekit recipe, the run flags over it."""
+    from modelsurgeon.recipes.merge import MergeConfig
+
+    return _merge(MergeConfig.build(path, **run), write)
+
+
+def _merge_flags(method, base, models, weight, density, t, param, run: dict, write: _Write) -> int:
+    """``surgeon merge --method M [--base B] MODEL...``: the recipe the flags describe."""
+    from modelsurgeon.ops.merge.flags import recipe_from_flags
+    from modelsurgeon.recipes.merge import MergeConfig
+
+    recipe = recipe_from_flags(method, models, base, weight, density, t, param)
+    return _merge(MergeConfig.build(recipe, **run), write)
+
+
+def _fold_lora(base: str, adapter: str, run: dict, write: _Write) -> int:
+    """``surgeon merge --base B --lora ADAPTER``: a passthrough of B with the adapter folded in."""
+    from modelsurgeon.recipes.merge import MergeConfig, MergeRecipe
+
+    return _merge(MergeConfig.build(MergeRecipe.fold_lora(base, adapter), **run), write)
+
+
+def _merge(cfg, write: _Write) -> int:
+    from modelsurgeon import api
+
+    with RichProgress(write.quiet) as bar:
+        result = api.merge(
+            cfg,
+            write.output,
+            dry_run=write.dry_run,
+            force=write.force,
+            max_shard_size=write.max_shard_size,
+            progress=bar,
+            command=command_line(),
         )
-
-    from dataclasses import replace
-
-    from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef, load_recipe
-
-    if mode == "a recipe file":
-        recipe = load_recipe(recipe_file)
-    elif mode == "--lora":
-        recipe = MergeRecipe("passthrough", models=(ModelInput(ModelRef(base, lora)),), source="--lora")
-    else:
-        recipe = _recipe_from_flags(method, base, inputs, weight, density, t, param)
-    overrides = {
-        k: v for k, v in (("dtype", dtype_n), ("out_dtype", out_dtype_n), ("tokenizer_source", tokenizer_source)) if v is not None
-    }
-    if overrides:
-        recipe = replace(recipe, **overrides)
-    from modelsurgeon.ops.merge.plan import plan_merge, run_merge
-
-    plan = plan_merge(recipe, output=output, force=force, seed=seed, device=dev, max_shard_size=shard)
-    for w in plan.warnings:
-        warn(w)
-    summary = plan.summary()
-    if dry_run:
-        plan.close()
-        summary.update({"dry_run": True, "output": output})
-        if as_json:
-            emit_json(summary)
-        else:
-            _print_plan(summary)
-        return 0
-    total = sum(plan.input_bytes(j) for j in plan.jobs)
-    with progress(total, f"merge ({plan.method.name})", quiet) as advance:
-        result = run_merge(plan, advance, command=command_line())
-    summary.update(
-        {
-            "dry_run": False,
-            "output": result.output,
-            "files": result.files,
-            "bytes_written": result.bytes_written,
-            "seconds": round(result.seconds, 3),
-        }
-    )
-    summary.pop("peak_memory_estimate", None)
-    if as_json:
-        emit_json(summary)
-    else:
-        _print_plan(summary)
+    render(result, write.as_json, _print_plan)
     return 0
 
 
-def _dtype_flag(flag: str, value: str | None) -> str | None:
-    from modelsurgeon.ops.core.errors import UsageError
-    from modelsurgeon.recipes.merge import DTYPES
+def _extract(finetune: str, base: str, settings: dict, write: _Write) -> int:
+    """``surgeon merge --extract-lora FT --base B --rank R``: a LoRA adapter from a fine-tune."""
+    from modelsurgeon import api
+    from modelsurgeon.recipes.merge import ExtractConfig
 
-    if value is None:
-        return None
-    if value.lower() not in DTYPES:
-        raise UsageError(f"{flag} {value!r} is not a dtype", "use float32, bfloat16, float16 or float64")
-    return DTYPES[value.lower()]
-
-
-def _recipe_from_flags(method, base, models, weight, density, t, param):
-    import yaml
-
-    from modelsurgeon.ops.core.errors import SurgeonError, UsageError
-    from modelsurgeon.ops.merge.methods import get_method
-    from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef
-
-    try:
-        meth = get_method(method)
-    except SurgeonError as e:
-        raise UsageError(e.message, e.hint) from None
-    if not models:
-        raise UsageError(
-            f"--method {method} needs the models to merge", f"e.g. surgeon merge --method {method} --base B A C -o OUT"
+    cfg = ExtractConfig(finetune=finetune, base=base, **settings)
+    with RichProgress(write.quiet) as bar:
+        result = api.extract_lora(
+            config=cfg, output=write.output, dry_run=write.dry_run, force=write.force, progress=bar, command=command_line()
         )
-    # the models merged besides the base; the base may also be listed among them
-    base_ref = ModelRef.parse(base) if base else None
-    others = (
-        [m for m in models if base_ref is None or not ModelRef.parse(m).same_as(base_ref)]
-        if meth.base != "unused"
-        else list(models)
-    )
-    global_params: dict = {}
-    per_model: list[dict] = [{} for _ in models]
-    for flag, values, name in (("--weight", weight, "weight"), ("--density", density, "density")):
-        if not values:
-            continue
-        if len(values) == 1:
-            global_params[name] = values[0]
-        elif len(values) == len(others):
-            k = 0
-            for i, m in enumerate(models):
-                if meth.base == "unused" or base_ref is None or not ModelRef.parse(m).same_as(base_ref):
-                    per_model[i][name] = values[k]
-                    k += 1
-        else:
-            raise UsageError(
-                f"{flag} was given {len(values)} times for {len(others)} model(s)",
-                f"give it once for all, or once per model ({len(others)})",
-            )
-    if not weight and meth.param("weight") is not None and meth.param("weight").required:
-        global_params["weight"] = 1.0  # flag form: equal weights unless told otherwise
-    if t is not None:
-        global_params["t"] = t
-    for item in param or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--param {item!r} is not KEY=VALUE", "e.g. --param lambda=0.8")
-        try:
-            global_params[key.strip()] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise UsageError(f"--param {item!r}: cannot read the value") from None
-    from types import MappingProxyType
-
-    return MergeRecipe(
-        merge_method=method,
-        base_model=base_ref,
-        models=tuple(ModelInput(ModelRef.parse(m), MappingProxyType(p)) for m, p in zip(models, per_model)),
-        parameters=MappingProxyType(global_params),
-        source="flags",
-    )
-
-
-def _extract(finetune, base, rank, include, exclude, exact, output, force, dev, out_dtype, seed, dry_run, as_json, quiet) -> int:
-    import torch
-
-    from modelsurgeon.ops.io.output import OutputDir
-    from modelsurgeon.ops.merge.lora import plan_extract, run_extract
-
-    out = OutputDir(output, force)
-    plan = plan_extract(finetune, base, rank, include, exclude)
-    summary = {
-        "finetune": finetune,
-        "base": base,
-        "rank": rank,
-        "modules": len(plan.ranks),
-        "candidates_for_full_save": len(plan.candidates),
-    }
-    if dry_run:
-        plan.ft.close()
-        plan.base.close()
-        summary.update({"dry_run": True, "output": output})
-        emit_json(summary) if as_json else _print_plan(summary)
-        return 0
-    with progress(len(plan.ranks), "extract LoRA", quiet, unit="modules") as advance:
-        res = run_extract(
-            plan,
-            out,
-            base_spec=base,
-            out_dtype=getattr(torch, out_dtype) if out_dtype else None,
-            device=dev,
-            exact=exact,
-            seed=seed,
-            command=command_line(),
-            advance=advance,
-        )
-    summary.update(
-        {
-            "dry_run": False,
-            "output": res.output,
-            "full_tensors": res.full_tensors,
-            "mean_rel_error": res.mean_rel_error,
-            "max_rel_error": res.max_rel_error,
-            "bytes_written": res.bytes_written,
-            "seconds": round(res.seconds, 3),
-        }
-    )
-    summary.pop("candidates_for_full_save")
-    emit_json(summary) if as_json else _print_plan(summary)
+    render(result, write.as_json, _print_plan)
     return 0
 
 
 def _list_methods(as_json: bool) -> int:
-    from modelsurgeon.ops.merge.methods import REGISTRY
+    from modelsurgeon.ops.merge.methods import describe_methods
 
-    rows = []
-    for m in REGISTRY.values():
-        rows.append(
-            {
-                "name": m.name,
-                "summary": m.summary,
-                "paper": m.paper,
-                "base": m.base,
-                "models": f"{m.min_models}+"
-                if m.max_models is None
-                else (str(m.min_models) if m.min_models == m.max_models else f"{m.min_models}-{m.max_models}"),
-                "parameters": {p.name: (None if p.required else p.default) for p in m.params},
-                "model_parameters": {p.name: (None if p.required else p.default) for p in m.model_params},
-                "randomized": m.randomized,
-            }
-        )
+    rows = describe_methods()
     if as_json:
         emit_json({"methods": rows})
         return 0

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 
 from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, RevisionOpt, command_line
-from ._output import emit_json, fmt_count, note, progress
+from ._output import RichProgress, fmt_count, note, render
 
 EPILOG = """Examples:
 
@@ -62,143 +61,29 @@ def prune(
     quiet: QuietOpt = False,
 ) -> int:
     """Zero the least important weights; write a dense safetensors checkpoint with exact zeros."""
-    from modelsurgeon.ops.core.errors import UsageError
-    from modelsurgeon.recipes.prune import build_config
+    from modelsurgeon import api
+    from modelsurgeon.recipes.prune import PruneConfig
 
-    cfg = build_config(
+    cfg = PruneConfig.build(
         recipe, sparsity=sparsity, method=method, scope=scope, pattern=pattern, include=include, exclude=exclude, seed=seed
     )
-    if output is None and not dry_run:
-        raise UsageError("missing -o OUT", "give the output folder, or --dry-run to print the plan only")
-
-    import json
-
-    from modelsurgeon.ops.core.device import resolve_device
-    from modelsurgeon.ops.core.streaming import prefetched
-    from modelsurgeon.ops.io.checkpoint import open_checkpoint
-    from modelsurgeon.ops.io.output import OutputDir, write_folder
-    from modelsurgeon.ops.io.writer import TensorSpec, parse_size
-    from modelsurgeon.ops.prune.run import PruneRun, plan_prune
-
-    shard = parse_size(max_shard_size)
-    dev = resolve_device(device)
-    with _leave_a_core_for_io(), open_checkpoint(model, revision) as ck:
-        out = None if dry_run else OutputDir(output, force)
-        plan = plan_prune(ck, cfg)
-        if dry_run:
-            result = _plan_result(ck, plan)
-        else:
-            run = PruneRun(ck, plan, dev)
-            pool_bytes = sum(ck.info(t.name).nbytes for t in plan.pool)
-            total = run.stats_passes() * pool_bytes + sum(i.nbytes for i in ck.infos())
-            with progress(total, "prune", quiet) as advance:
-                run.advance = advance
-                run.select()
-                specs = [TensorSpec(i.name, i.shape, i.torch_dtype) for i in ck.infos()]
-                path = write_folder(
-                    out,
-                    specs,
-                    prefetched(run.tensors(), depth=1),  # prune the next tensor while this one is written
-                    source=ck,
-                    command=command_line(),
-                    max_shard_size=shard,
-                    metadata={"modelsurgeon_recipe": json.dumps(cfg.to_recipe(), sort_keys=True)},
-                    extra_files={"prune_recipe.yaml": cfg.to_yaml()},
-                )
-            result = _run_result(ck, plan, run, str(path))
-    if as_json:
-        emit_json(result)
-    else:
-        _print(result)
-        if not dry_run:
-            note(f"wrote {result['output']}", quiet)
-    return 0
-
-
-@contextmanager
-def _leave_a_core_for_io():
-    """Reading, pruning and writing run on three threads; torch's intra-op pool takes the remaining cores
-    (on 2 cores, one: a second pool thread only waits for a descheduled partner). OMP_NUM_THREADS wins.
-    The previous setting comes back afterwards (the command may run inside a longer-lived process)."""
-    import os
-
-    import torch
-
-    before = torch.get_num_threads()
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 2) - 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _head(ck, plan) -> dict:
-    cfg = plan.config
-    return {
-        "model": ck.label,
-        "method": cfg.method,
-        "scope": "nm" if cfg.pattern else cfg.scope,
-        "pattern": cfg.pattern,
-        "sparsity": cfg.target_sparsity,
-        "seed": cfg.seed,
-        "recipe": cfg.to_recipe(),
-        "num_targets": len(plan.targets),
-        "target_params": sum(t.numel for t in plan.targets),
-        "total_params": plan.total_params,
-    }
-
-
-def _plan_result(ck, plan) -> dict:
-    rows = []
-    for t in plan.targets:
-        if t.mode == "global":
-            planned = None
-        elif t.mode == "row":
-            planned = t.k * (t.numel // (t.shape[-1] if t.shape and t.shape[-1] else 1))
-        else:
-            planned = t.k
-        rows.append(
-            {
-                "name": t.name,
-                "shape": list(t.shape),
-                "dtype": t.dtype,
-                "numel": t.numel,
-                "sparsity_target": t.sparsity,
-                "mode": t.mode,
-                "pruned": planned,
-                "aliases": t.aliases,
-            }
+    with RichProgress(quiet) as bar:
+        result = api.prune(
+            model,
+            output,
+            cfg,
+            dry_run=dry_run,
+            force=force,
+            max_shard_size=max_shard_size,
+            device=device,
+            revision=revision,
+            progress=bar,
+            command=command_line(),
         )
-    fixed = sum(r["pruned"] for r in rows if r["pruned"] is not None)
-    return {
-        **_head(ck, plan),
-        "dry_run": True,
-        "output": None,
-        "pruned": fixed + plan.pool_k,
-        "global_pool": {"tensors": len(plan.pool), "params": plan.pool_numel, "pruned": plan.pool_k} if plan.pool else None,
-        "tensors": rows,
-    }
-
-
-def _run_result(ck, plan, run, output: str) -> dict:
-    rows = [r.as_dict() for r in run.results]
-    target_params = sum(r["numel"] for r in rows)
-    zeros = sum(r["zeros"] for r in rows)
-    res = {
-        **_head(ck, plan),
-        "dry_run": False,
-        "output": output,
-        "pruned": sum(r["pruned"] for r in rows),
-        "zeros_before": sum(r["zeros_before"] for r in rows),
-        "zeros": zeros,
-        "target_sparsity": zeros / target_params if target_params else 0.0,
-        "threshold": run.selection.threshold if run.selection is not None else None,
-        "tensors": rows,
-    }
-    if plan.config.pattern:
-        res["nm_compliant"] = all(r.get("nm_compliant", True) for r in rows)
-    return res
+    render(result, as_json, _print)
+    if not dry_run:
+        note(f"wrote {result.output}", quiet)
+    return 0
 
 
 def _print(r: dict) -> None:

@@ -3,7 +3,7 @@
 This package is the only place that imports triton. Kernel modules (``kernels/<op>.py``) import it at
 their top and are themselves imported only once the switch says yes, so ``surgeon --help`` and CPU-only
 installs never pay for it. Each kernel's pure-PyTorch reference, the spec and the CPU path, lives in
-``ops/<op>.py`` under the same name; each public op takes ``use_triton=None`` (auto):
+``ops/<family>/<op>.py`` under the same name; each public op takes ``use_triton=None`` (auto):
 
 - auto: Triton on a CUDA tensor when triton imports; the torch reference otherwise;
 - True: Triton, also on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests check kernels without a

@@ -1,9 +1,9 @@
 """Triton: per-block histograms of |w| keys over a key window, added into one global histogram.
 
-Same contract as ``ops/abs_histogram.py`` (the reference). Each program reads BLOCK values once,
+Same contract as ``ops/prune/abs_histogram.py`` (the reference). Each program reads BLOCK values once,
 builds its block's histogram in registers (``tl.histogram``) and adds the non-empty bins to the global
 one with atomics, so contention is per block, not per element. Keep nbins small (the GPU selection
-schedule in ops/prune.py uses at most 2048 bins a pass).
+schedule in ops/prune/select.py uses at most 2048 bins a pass).
 """
 
 from __future__ import annotations

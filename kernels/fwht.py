@@ -1,4 +1,4 @@
-"""Triton FWHT and fused Fastfood: the kernels behind ``ops/fwht.py`` (the reference of the same name).
+"""Triton FWHT and fused Fastfood: the kernels behind ``ops/intrinsic/fwht.py`` (the reference of the same name).
 
 One kernel, ``_fwht_pass``, applies log2(N) butterfly stages along one axis of the row viewed as
 (outer, N, inner): ``H_L = H_{N_m} (x) ... (x) H_{N_1}``, so ceil(log2(L) / 12) passes over memory cover a

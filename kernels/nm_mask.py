@@ -1,6 +1,6 @@
 """Triton: the N:M mask in one pass (one read, one write): each program ranks BLOCK_G groups of M.
 
-Same contract as ``ops/nm_mask.py`` (the reference), including its tie rule.
+Same contract as ``ops/prune/nm_mask.py`` (the reference), including its tie rule.
 """
 
 from __future__ import annotations

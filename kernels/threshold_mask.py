@@ -1,6 +1,6 @@
 """Triton: keep keys above a per-row threshold (ties cut by column), zero the rest, count the kept.
 
-Same contract as ``ops/threshold_mask.py`` (the reference): one read and one write of the weight,
+Same contract as ``ops/prune/threshold_mask.py`` (the reference): one read and one write of the weight,
 the kept count added per program with one atomic.
 """
 

@@ -5,6 +5,8 @@
     r = ms.report("minilm", filter=r"dense\\.weight$", require=["sparsity>=0.5"])
     r.ok, r.to_dict()["sparsity"]
 
+    ms.merge("ties.yml", "merged/", seed=3)                     # a mergekit recipe file
+
 Each function takes the command's settings as keyword arguments (or a ready config object), runs
 config -> plan -> run, closes what it opened, and returns the command's result object: ``to_dict()``
 is exactly the JSON that ``surgeon COMMAND --json`` prints. Errors are ``modelsurgeon.SurgeonError``
@@ -22,13 +24,18 @@ if TYPE_CHECKING:
     from modelsurgeon.ops.core.progress import Progress
     from modelsurgeon.ops.intrinsic.expand import ExpandResult
     from modelsurgeon.ops.intrinsic.run import IntrinsicDimResult
+    from modelsurgeon.ops.merge.extract import ExtractResult
+    from modelsurgeon.ops.merge.plan import MergeResult
+    from modelsurgeon.ops.prune.result import PruneResult
     from modelsurgeon.ops.quantize.run import QuantizeResult
     from modelsurgeon.ops.report.run import ReportResult
     from modelsurgeon.recipes.intrinsic_dim import IntrinsicDimConfig
+    from modelsurgeon.recipes.merge import ExtractConfig, MergeConfig, MergeRecipe
+    from modelsurgeon.recipes.prune import PruneConfig
     from modelsurgeon.recipes.quantize import QuantizeConfig
     from modelsurgeon.recipes.report import ReportConfig
 
-__all__ = ["expand_subspace", "intrinsic_dim", "quantize", "report"]
+__all__ = ["expand_subspace", "extract_lora", "intrinsic_dim", "merge", "prune", "quantize", "report"]
 
 
 def _config(cls, config, settings: dict):
@@ -142,3 +149,127 @@ def expand_subspace(
         path, output, base=base, device=device, force=force, max_shard_size=max_shard_size, command=command or PYTHON_COMMAND
     ) as plan:
         return run_expand(plan, progress or SILENT)
+
+
+def merge(
+    recipe: str | Path | MergeRecipe | MergeConfig,
+    output: str | Path | None = None,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    max_shard_size: str | int = "5GB",
+    progress: Progress | None = None,
+    command: str = "surgeon merge",
+    **settings,
+) -> MergeResult:
+    """Merge models as a mergekit recipe says, streaming one tensor at a time into ``output`` (a folder,
+    written atomically; ``force`` replaces it). With ``dry_run`` everything is checked and the plan's
+    result returned; nothing is written and ``output`` may be None.
+
+    ``recipe`` is a recipe file (mergekit YAML), a ``MergeRecipe`` or a ``MergeConfig``; settings are
+    ``MergeConfig``'s run options laid over it (``seed``, ``dtype``, ``out_dtype``, ``tokenizer_source``,
+    ``device``). To fold a PEFT LoRA adapter: ``merge(MergeRecipe.fold_lora("org/base", "adapter/"), out)``;
+    the CLI's flag form is ``ops.merge.flags.recipe_from_flags(method, models, base, ...)``. Warnings go
+    to ``progress.note``."""
+    from modelsurgeon.ops.core.errors import UsageError
+    from modelsurgeon.ops.core.progress import SILENT
+    from modelsurgeon.ops.io.output import Output
+    from modelsurgeon.ops.merge.plan import plan_merge
+    from modelsurgeon.ops.merge.run import run_merge
+    from modelsurgeon.recipes.merge import MergeConfig
+
+    given = {k: v for k, v in settings.items() if v is not None}
+    cfg = recipe.replace(**given) if isinstance(recipe, MergeConfig) else MergeConfig.build(recipe, **given)
+    if output is None and not dry_run:
+        raise UsageError("a merge needs an output folder", "pass output=..., or dry_run=True")
+    out = Output.of(output, force, max_shard_size) if output is not None else None
+    progress = progress or SILENT
+    with plan_merge(cfg, out) as plan:
+        for w in plan.warnings:
+            progress.note(f"warning: {w}")
+        if dry_run:
+            return plan.result(None if output is None else str(output))
+        return run_merge(plan, progress, command)
+
+
+def extract_lora(
+    finetune: str | None = None,
+    base: str | None = None,
+    output: str | Path | None = None,
+    config: ExtractConfig | None = None,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+    command: str = "surgeon merge --extract-lora",
+    **settings,
+) -> ExtractResult:
+    """A PEFT LoRA adapter that turns ``base`` into ``finetune``: a rank-``rank`` truncated SVD of every
+    linear weight's change, changed tensors that are no LoRA target saved whole; written to ``output``
+    (a folder, atomically), or only checked with ``dry_run``. Settings: ``ExtractConfig``'s fields
+    (``rank`` is required; ``include``, ``exclude``, ``exact_svd``, ``seed``, ``out_dtype``, ``device``)::
+
+        ms.extract_lora("finetuned/", "org/base", "adapter/", rank=16).to_dict()["max_rel_error"]
+    """
+    from modelsurgeon.ops.core.errors import UsageError
+    from modelsurgeon.ops.core.progress import SILENT
+    from modelsurgeon.ops.io.output import Output
+    from modelsurgeon.ops.merge.extract import plan_extract, run_extract
+    from modelsurgeon.recipes.merge import ExtractConfig
+
+    given = {k: v for k, v in {"finetune": finetune, "base": base, **settings}.items() if v is not None}
+    cfg = _config(ExtractConfig, config, given)
+    if output is None and not dry_run:
+        raise UsageError("a LoRA extraction needs an output folder", "pass output=..., or dry_run=True")
+    out = Output.of(output, force) if output is not None else None
+    with plan_extract(cfg, out) as plan:
+        if dry_run:
+            return plan.result(None if output is None else str(output))
+        return run_extract(plan, progress or SILENT, command)
+
+
+def prune(
+    model: str,
+    output: str | Path | None = None,
+    config: PruneConfig | None = None,
+    *,
+    recipe: str | Path | None = None,
+    dry_run: bool = False,
+    force: bool = False,
+    max_shard_size: str | int = "5GB",
+    device: str = "auto",
+    revision: str | None = None,
+    progress: Progress | None = None,
+    command: str | None = None,
+    **settings,
+) -> PruneResult:
+    """Zero the least important weights of MODEL's linear layers (``sparsity=0.5``, ``pattern="2:4"``,
+    ``scope="global"``, ``method="random"``, ...) and write a dense safetensors folder OUTPUT atomically.
+    Settings: ``PruneConfig``'s fields, laid over ``recipe`` (a YAML file) or ``config`` the way flags are.
+    ``dry_run=True`` only plans (no OUTPUT needed): the result lists every target and its exact count.
+    ``command`` is recorded in the output's metadata."""
+    from pathlib import Path
+
+    from modelsurgeon.ops.core.errors import UsageError
+    from modelsurgeon.ops.core.progress import silent
+    from modelsurgeon.ops.io.output import Output
+    from modelsurgeon.ops.io.writer import parse_size
+    from modelsurgeon.ops.prune.plan import plan_prune
+    from modelsurgeon.ops.prune.run import run_prune
+    from modelsurgeon.recipes.prune import PruneConfig
+
+    if config is not None and recipe is not None:
+        raise TypeError("give a config or a recipe, not both")
+    given = {k: v for k, v in settings.items() if v is not None}
+    if config is None:
+        cfg = PruneConfig.build(recipe, **given)
+    elif given:
+        cfg = PruneConfig(**PruneConfig.flags_over({f: getattr(config, f) for f in config.field_names()}, given))
+    else:
+        cfg = config
+    if output is None and not dry_run:
+        raise UsageError("missing -o OUT", "give the output folder, or --dry-run to print the plan only")
+    shard = parse_size(max_shard_size)
+    out = None if dry_run else Output(Path(output), force, shard)
+    with plan_prune(cfg, str(model), out, revision, device=device) as plan:
+        return plan.result() if dry_run else run_prune(plan, progress or silent(), command)

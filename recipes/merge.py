@@ -1,10 +1,11 @@
-"""The merge recipe: mergekit's YAML schema, read into frozen dataclasses.
+"""`surgeon merge` settings: the merge recipe (mergekit's schema in frozen dataclasses) and the configs.
 
-A recipe file is read exactly as mergekit writes it (``merge_method``, ``base_model``, ``models`` or
-``slices``, ``parameters``, ``dtype``/``out_dtype``, ``tokenizer_source``, ...), so a mergekit config
-runs unchanged. Unlike mergekit we refuse what we do not understand: an unknown key, a misspelt
-method or a typo in a parameter name is an error that names the known ones, and every message
-carries the line and column of the offending node.
+- ``MergeRecipe``: one merge as mergekit describes it (``merge_method``, ``base_model``, ``models`` or
+  ``slices``, ``parameters``, ``dtype``/``out_dtype``, ``tokenizer_source``, ...). A recipe file is read
+  by ``recipes.mergekit`` (line and column in every complaint); the flag form builds the same object.
+- ``MergeConfig``: the command's config: a recipe plus the run options (seed, dtype overrides, tokenizer
+  source, device). ``MergeConfig.build("recipe.yml", seed=3)`` reads a file and lays the flags over it.
+- ``ExtractConfig``: ``--extract-lora``: a fine-tune, its base, the rank and the weights to factor.
 
 Parameter values keep mergekit's three shapes (see ``evaluate``):
 
@@ -13,44 +14,26 @@ Parameter values keep mergekit's three shapes (see ``evaluate``):
 - conditions, the first whose ``filter`` is a substring of the tensor name wins:
   ``t: [{filter: self_attn, value: [0, 1]}, {value: 0.5}]`` (no filter, or ``"*"``, matches all).
 
-Nothing here imports torch: the CLI parses a recipe before any heavy import.
+The method name and its parameters are checked against the method registry (``ops.merge.methods``,
+which needs torch) by ``plan_merge`` as its first step, before any model is opened; everything else is
+checked here. Nothing here imports torch: the CLI parses a recipe before any heavy import.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
-from modelsurgeon.ops.core.errors import PlanError, SurgeonError
+from modelsurgeon.ops.core.errors import UsageError
+
+from .base import Config, check_int
 
 SCHEMA_VERSION = 1
-
-TOP_KEYS = (
-    "merge_method",
-    "base_model",
-    "models",
-    "slices",
-    "parameters",
-    "dtype",
-    "out_dtype",
-    "tokenizer_source",
-    "tokenizer",
-    "chat_template",
-)
-MODEL_KEYS = ("model", "parameters")
-SOURCE_KEYS = ("model", "layer_range", "parameters")
-SLICE_KEYS = ("sources", "base_model", "parameters", "residual_weight")
-TOKENIZER_KEYS = ("source",)
-# mergekit keys we know but do not implement: a clear error beats a silent difference
-UNSUPPORTED = {
-    "modules": "multi-module recipes (modules:) are not supported; use models: or slices:",
-    "tokens": "per-token embedding sources (tokenizer.tokens) are not supported; use tokenizer_source: base or a model",
-    "pad_to_multiple_of": "tokenizer.pad_to_multiple_of is not supported; the output keeps the source model's embedding rows",
-}
 
 DTYPES = {
     "float32": "float32",
@@ -186,7 +169,7 @@ class SliceDef:
 
 @dataclass(frozen=True)
 class MergeRecipe:
-    """One merge, as a recipe file or the flags describe it. The single home of merge settings."""
+    """One merge in mergekit's schema, as a recipe file or the flags describe it (``MergeConfig`` adds how to run it)."""
 
     merge_method: str
     base_model: ModelRef | None = None
@@ -226,10 +209,19 @@ class MergeRecipe:
         loc = self.where.get(path)
         return f"{self.source} {loc}" if loc else self.source
 
+    @classmethod
+    def fold_lora(cls, base: str, adapter: str) -> MergeRecipe:
+        """Fold a PEFT LoRA adapter into ``base``: a passthrough of ``base+adapter`` (``--lora``)."""
+        return cls("passthrough", models=(ModelInput(ModelRef(base, adapter)),), source="--lora")
+
     def to_yaml(self) -> str:
         """The recipe as mergekit YAML (for the flag form; recipe files are kept verbatim)."""
         import yaml
 
+        return yaml.safe_dump(self.to_plain(), sort_keys=False, default_flow_style=None)
+
+    def to_plain(self) -> dict[str, Any]:
+        """The recipe as plain data in mergekit's schema."""
         doc: dict[str, Any] = {"merge_method": self.merge_method}
         if self.base_model is not None:
             doc["base_model"] = str(self.base_model)
@@ -249,7 +241,7 @@ class MergeRecipe:
         for key in ("dtype", "out_dtype", "tokenizer_source", "chat_template"):
             if getattr(self, key) is not None:
                 doc[key] = getattr(self, key)
-        return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
+        return doc
 
 
 def _input_plain(m: ModelInput) -> dict:
@@ -262,350 +254,126 @@ def _input_plain(m: ModelInput) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# reading YAML, with line and column for every complaint
+# the configs
 
 
-def load_recipe(path: str | Path) -> MergeRecipe:
-    p = Path(path)
+def dtype_name(value, flag: str) -> str | None:
+    """The canonical name of a dtype flag (``bf16`` -> ``bfloat16``), or a usage error naming the flag."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.lower() not in DTYPES:
+        raise UsageError(f"{flag} {value!r} is not a dtype", "use float32, bfloat16, float16 or float64")
+    return DTYPES[value.lower()]
+
+
+def _check_pattern(pattern: str | None, flag: str) -> None:
+    if pattern is None:
+        return
     try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise SurgeonError(f"recipe {path} does not exist", "check the path") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SurgeonError(f"cannot read recipe {path}: {e}") from None
-    return parse_recipe(text, str(path))
+        re.compile(pattern)
+    except (re.error, TypeError) as e:
+        raise UsageError(f"{flag} {pattern!r} is not a valid regular expression: {e}") from None
 
 
-def parse_recipe(text: str, source: str = "<recipe>") -> MergeRecipe:
-    """Parse mergekit YAML; raise one error (bad YAML) or a PlanError listing every problem."""
-    import yaml
-
-    try:
-        docs = [d for d in yaml.compose_all(text, Loader=yaml.SafeLoader) if d is not None]
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        what = (e.problem or e.context or "invalid YAML").strip()
-        raise SurgeonError(f"{source} is not valid YAML{where}: {what}", "fix the recipe file") from None
-    except yaml.YAMLError as e:
-        raise SurgeonError(f"{source} is not valid YAML: {e}") from None
-    if not docs:
-        raise SurgeonError(f"{source} is empty", "write a merge recipe (merge_method, models, ...)")
-    if len(docs) > 1:
-        raise SurgeonError(
-            f"{source} holds {len(docs)} YAML documents; only one merge per file is supported",
-            "split the file (mergekit-multi chains are not supported)",
-        )
-    r = _Reader(source)
-    recipe = r.recipe(docs[0], text)
-    if r.problems:
-        raise PlanError(r.problems, f"the recipe {source}")
-    return recipe
+_OVERRIDES = ("dtype", "out_dtype", "tokenizer_source")
 
 
-class _Reader:
-    def __init__(self, source: str):
-        self.source = source
-        self.problems: list[str] = []
-        self.where: dict[str, str] = {}
+@dataclass(frozen=True)
+class MergeConfig(Config):
+    """One merge: the recipe and how to run it.
 
-    # --- helpers
-    def at(self, node) -> str:
-        m = node.start_mark
-        return f"line {m.line + 1}, column {m.column + 1}"
+    ``dtype``, ``out_dtype`` and ``tokenizer_source``, when given, override the recipe's; ``validate`` lays
+    them onto ``recipe`` (whose ``text``, the file as written, stays verbatim beside the output), so the
+    planner reads everything from ``recipe``. ``build`` takes a recipe file or a ready ``MergeRecipe``::
 
-    def bad(self, node, path: str, msg: str) -> None:
-        self.problems.append(f"{self.source} {self.at(node)}: {path}: {msg}" if path else f"{self.source} {self.at(node)}: {msg}")
+        MergeConfig.build("ties.yml", seed=3, out_dtype="bfloat16")
+        MergeConfig(recipe=MergeRecipe.fold_lora("org/base", "adapter/"))
+    """
 
-    def mapping(self, node, path: str, known: tuple[str, ...]) -> dict | None:
-        import yaml
+    KIND: ClassVar[str] = "merge"
+    VERSION: ClassVar[int] = 1
 
-        if not isinstance(node, yaml.MappingNode):
-            self.bad(node, path, f"expected a mapping (key: value), got {_kind(node)}")
-            return None
-        out: dict = {}
-        for k, v in node.value:
-            key = k.value if isinstance(k, yaml.ScalarNode) else None
-            kpath = f"{path}.{key}" if path else str(key)
-            if key is None:
-                self.bad(k, path, "keys must be plain names")
-                continue
-            if key in out:
-                self.bad(k, kpath, "appears twice")
-                continue
-            if key not in known:
-                if key in UNSUPPORTED:
-                    self.bad(k, kpath, UNSUPPORTED[key])
-                else:
-                    self.bad(k, kpath, f"unknown key; known keys here: {', '.join(known)}" + _did_you_mean(key, known))
-                continue
-            self.where[kpath] = self.at(v)
-            out[key] = v
+    recipe: MergeRecipe | None = None
+    seed: int = 0  # the random methods (dare_*, della*): same seed, same output
+    dtype: str | None = None  # inputs are cast to this before merging (overrides the recipe's)
+    out_dtype: str | None = None  # the saved dtype (overrides the recipe's)
+    tokenizer_source: str | None = None  # base or one of the models (overrides the recipe's)
+    device: str = "auto"  # where the math runs: auto (CUDA when present), cpu, cuda, cuda:N
+
+    def validate(self) -> None:
+        if not isinstance(self.recipe, MergeRecipe):
+            raise UsageError("a merge needs a recipe", "give a recipe file or a MergeRecipe (recipes.merge)")
+        check_int(self.seed, "--seed", minimum=None)
+        self._set("dtype", dtype_name(self.dtype, "--dtype"))
+        self._set("out_dtype", dtype_name(self.out_dtype, "--out-dtype"))
+        if self.tokenizer_source is not None and not (isinstance(self.tokenizer_source, str) and self.tokenizer_source.strip()):
+            raise UsageError(f"--tokenizer-source {self.tokenizer_source!r} names no model", "give base or one of the models")
+        if not isinstance(self.device, str):
+            raise UsageError(f"--device {self.device!r} is not a device", "use auto, cpu, cuda or cuda:N")
+        given = {k: getattr(self, k) for k in _OVERRIDES if getattr(self, k) is not None}
+        if any(getattr(self.recipe, k) != v for k, v in given.items()):
+            self._set("recipe", dataclasses.replace(self.recipe, **given))
+
+    @classmethod
+    def load(cls, recipe: str | Path | MergeRecipe) -> dict:
+        """A mergekit recipe file (or a ready ``MergeRecipe``) as the config's ``recipe``."""
+        if isinstance(recipe, MergeRecipe):
+            return {"recipe": recipe}
+        from .mergekit import load_recipe
+
+        return {"recipe": load_recipe(recipe)}
+
+    @classmethod
+    def convert(cls, data: dict, source: str) -> dict:
+        if isinstance(data.get("recipe"), Mapping):
+            import yaml
+
+            from .mergekit import parse_recipe
+
+            data["recipe"] = parse_recipe(yaml.safe_dump(dict(data["recipe"]), sort_keys=False), f"{source} (recipe)")
+        return data
+
+    def to_dict(self) -> dict:
+        """The recipe in mergekit's schema (the overrides already in it), the seed and the device."""
+        out: dict = {"version": self.version}
+        if self.recipe is not None:
+            out["recipe"] = self.recipe.to_plain()
+        out["seed"] = self.seed
+        out["device"] = self.device
         return out
 
-    def scalar(self, node, path: str):
-        import yaml
 
-        if not isinstance(node, yaml.ScalarNode):
-            self.bad(node, path, f"expected a single value, got {_kind(node)}")
-            return None
-        return _construct_scalar(node)
+@dataclass(frozen=True)
+class ExtractConfig(Config):
+    """``--extract-lora``: a rank-``rank`` PEFT LoRA adapter that turns ``base`` into ``finetune``."""
 
-    def string(self, node, path: str) -> str | None:
-        v = self.scalar(node, path)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-            self.bad(node, path, f"expected text, got {v!r}")
-            return None
-        return str(v)
+    KIND: ClassVar[str] = "extract_lora"
+    VERSION: ClassVar[int] = 1
 
-    def model_ref(self, node, path: str) -> ModelRef | None:
-        s = self.string(node, path)
-        if s is None:
-            return None
-        if not s.strip():
-            self.bad(node, path, "is empty")
-            return None
-        return ModelRef.parse(s)
+    finetune: str | None = None  # a path or Hub id, as for any model
+    base: str | None = None
+    rank: int | None = None
+    include: str | None = None  # regex of the weights to factor (default: every linear weight)
+    exclude: str | None = None  # regex of weights to leave out
+    exact_svd: bool = False  # full SVD instead of the randomized one
+    seed: int = 0  # the randomized SVD's
+    out_dtype: str | None = None  # the saved dtype (default: each tensor's source dtype)
+    device: str = "auto"
 
-    def dtype(self, node, path: str) -> str | None:
-        s = self.string(node, path)
-        if s is None:
-            return None
-        if s.lower() not in DTYPES:
-            self.bad(node, path, f"unknown dtype {s!r}; use one of float32, float16, bfloat16, float64")
-            return None
-        return DTYPES[s.lower()]
-
-    # --- parameters
-    def params(self, node, path: str) -> Params:
-        import yaml
-
-        if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null"):
-            return NO_PARAMS
-        if not isinstance(node, yaml.MappingNode):
-            self.bad(node, path, f"expected a mapping of parameter: value, got {_kind(node)}")
-            return NO_PARAMS
-        m = self.mapping(node, path, known=tuple(k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)))
-        if m is None:
-            return NO_PARAMS
-        out = {}
-        for key, v in m.items():
-            s = self.setting(v, f"{path}.{key}")
-            if s is not _INVALID:
-                out[key] = s
-        return MappingProxyType(out)
-
-    def setting(self, node, path: str):
-        import yaml
-
-        if isinstance(node, yaml.ScalarNode):
-            v = _construct_scalar(node)
-            if isinstance(v, float) and not math.isfinite(v):
-                self.bad(node, path, f"{v} is not a usable value")
-                return _INVALID
-            return v
-        if isinstance(node, yaml.SequenceNode):
-            if not node.value:
-                self.bad(node, path, "is an empty list")
-                return _INVALID
-            if all(isinstance(e, yaml.ScalarNode) for e in node.value):
-                vals = tuple(_construct_scalar(e) for e in node.value)
-                return Gradient(vals)
-            if all(isinstance(e, yaml.MappingNode) for e in node.value):
-                items = []
-                for i, e in enumerate(node.value):
-                    m = self.mapping(e, f"{path}[{i}]", ("filter", "value"))
-                    if m is None:
-                        return _INVALID
-                    if "value" not in m:
-                        self.bad(e, f"{path}[{i}]", "a condition needs a value")
-                        return _INVALID
-                    flt = self.string(m["filter"], f"{path}[{i}].filter") if "filter" in m else None
-                    val = self.setting(m["value"], f"{path}[{i}].value")
-                    if val is _INVALID:
-                        return _INVALID
-                    if isinstance(val, Conditions):
-                        self.bad(e, f"{path}[{i}].value", "conditions cannot nest")
-                        return _INVALID
-                    items.append(Condition(flt, val))
-                return Conditions(tuple(items))
-            self.bad(node, path, "a list must hold only numbers (a gradient) or only {filter, value} conditions")
-            return _INVALID
-        if isinstance(node, yaml.MappingNode):
-            m = self.mapping(node, path, ("filter", "value"))
-            if m is None or "value" not in m:
-                if m is not None:
-                    self.bad(node, path, "expected a number, a list of numbers, or {filter, value} conditions")
-                return _INVALID
-            flt = self.string(m["filter"], f"{path}.filter") if "filter" in m else None
-            val = self.setting(m["value"], f"{path}.value")
-            return _INVALID if val is _INVALID else Conditions((Condition(flt, val),))
-        self.bad(node, path, f"unexpected {_kind(node)}")
-        return _INVALID
-
-    # --- structure
-    def model_input(self, node, path: str, in_slice: bool) -> ModelInput | None:
-        import yaml
-
-        if isinstance(node, yaml.ScalarNode) and not in_slice:  # "- org/model" shorthand
-            ref = self.model_ref(node, path)
-            return ModelInput(ref) if ref else None
-        m = self.mapping(node, path, SOURCE_KEYS if in_slice else MODEL_KEYS)
-        if m is None:
-            return None
-        if "model" not in m:
-            self.bad(node, path, "needs a model")
-            return None
-        ref = self.model_ref(m["model"], f"{path}.model")
-        params = self.params(m["parameters"], f"{path}.parameters") if "parameters" in m else NO_PARAMS
-        rng = None
-        if in_slice:
-            if "layer_range" not in m:
-                self.bad(node, path, "a slice source needs layer_range: [start, end]")
-                return None
-            rng = self.layer_range(m["layer_range"], f"{path}.layer_range")
-            if rng is None:
-                return None
-        return ModelInput(ref, params, rng) if ref else None
-
-    def layer_range(self, node, path: str) -> tuple[int, int] | None:
-        import yaml
-
-        vals = None
-        if (
-            isinstance(node, yaml.SequenceNode)
-            and len(node.value) == 2
-            and all(isinstance(e, yaml.ScalarNode) for e in node.value)
-        ):
-            vals = [_construct_scalar(e) for e in node.value]
-        if vals is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
-            self.bad(node, path, "expected [start, end] (two whole numbers, end exclusive)")
-            return None
-        a, b = vals
-        if a < 0 or b <= a:
-            self.bad(node, path, f"[{a}, {b}] is empty or negative; end is exclusive and must exceed start")
-            return None
-        return (a, b)
-
-    def recipe(self, root, text: str) -> MergeRecipe:
-        import yaml
-
-        top = self.mapping(root, "", TOP_KEYS)
-        if top is None:
-            raise PlanError(self.problems, f"the recipe {self.source}")
-        method = None
-        if "merge_method" not in top:
-            self.problems.append(f"{self.source}: merge_method is missing (e.g. merge_method: ties)")
-        else:
-            method = self.string(top["merge_method"], "merge_method")
-        base = self.model_ref(top["base_model"], "base_model") if "base_model" in top else None
-        models = slices = None
-        if "models" in top and "slices" in top:
-            self.bad(top["slices"], "slices", "give models: or slices:, not both")
-        elif "models" not in top and "slices" not in top:
-            self.problems.append(f"{self.source}: the recipe needs models: (a list of models) or slices:")
-        if "models" in top:
-            node = top["models"]
-            if not isinstance(node, yaml.SequenceNode) or not node.value:
-                self.bad(node, "models", "expected a non-empty list of models")
-            else:
-                models = tuple(x for i, e in enumerate(node.value) if (x := self.model_input(e, f"models[{i}]", False)))
-        elif "slices" in top:
-            node = top["slices"]
-            if not isinstance(node, yaml.SequenceNode) or not node.value:
-                self.bad(node, "slices", "expected a non-empty list of slices")
-            else:
-                out = []
-                for i, e in enumerate(node.value):
-                    sm = self.mapping(e, f"slices[{i}]", SLICE_KEYS)
-                    if sm is None:
-                        continue
-                    srcs_node = sm.get("sources")
-                    if srcs_node is None or not isinstance(srcs_node, yaml.SequenceNode) or not srcs_node.value:
-                        self.bad(e, f"slices[{i}]", "needs sources: a non-empty list of {model, layer_range}")
-                        continue
-                    srcs = tuple(
-                        x for j, s in enumerate(srcs_node.value) if (x := self.model_input(s, f"slices[{i}].sources[{j}]", True))
-                    )
-                    lengths = {s.layer_range[1] - s.layer_range[0] for s in srcs if s.layer_range}
-                    if len(lengths) > 1:
-                        self.bad(
-                            srcs_node,
-                            f"slices[{i}].sources",
-                            f"all sources of a slice need the same number of layers, got {sorted(lengths)}",
-                        )
-                    sb = self.model_ref(sm["base_model"], f"slices[{i}].base_model") if "base_model" in sm else None
-                    sp = self.params(sm["parameters"], f"slices[{i}].parameters") if "parameters" in sm else NO_PARAMS
-                    out.append(SliceDef(srcs, sb, sp))
-                slices = tuple(out)
-        params = self.params(top["parameters"], "parameters") if "parameters" in top else NO_PARAMS
-        dtype = self.dtype(top["dtype"], "dtype") if "dtype" in top else None
-        out_dtype = self.dtype(top["out_dtype"], "out_dtype") if "out_dtype" in top else None
-        tok = None
-        if "tokenizer_source" in top and "tokenizer" in top:
-            self.bad(top["tokenizer"], "tokenizer", "give tokenizer_source or tokenizer, not both")
-        elif "tokenizer_source" in top:
-            tok = self.string(top["tokenizer_source"], "tokenizer_source")
-        elif "tokenizer" in top:
-            tm = self.mapping(top["tokenizer"], "tokenizer", TOKENIZER_KEYS)
-            if tm is not None and "source" in tm:
-                tok = self.string(tm["source"], "tokenizer.source")
-        if tok is not None and tok.strip().lower() == "union":
-            self.bad(
-                top.get("tokenizer_source", top.get("tokenizer")),
-                "tokenizer_source",
-                "union (a vocabulary built from all models) is not supported; use base or the name of one model",
-            )
-            tok = None
-        chat = self.string(top["chat_template"], "chat_template") if "chat_template" in top else None
-        if chat is not None and "{" not in chat and chat.strip() != "auto":
-            self.bad(
-                top["chat_template"],
-                "chat_template",
-                f"named templates ({chat!r}) are not bundled; give the Jinja template text, or auto to keep the tokenizer source's",
-            )
-            chat = None
-        return MergeRecipe(
-            merge_method=(method or "").strip(),
-            base_model=base,
-            models=models,
-            slices=slices,
-            parameters=params,
-            dtype=dtype,
-            out_dtype=out_dtype,
-            tokenizer_source=tok.strip() if tok else None,
-            chat_template=None if chat is None or chat.strip() == "auto" else chat,
-            source=self.source,
-            text=text,
-            where=MappingProxyType(dict(self.where)),
-        )
-
-
-_INVALID = object()
-
-
-def _construct_scalar(node):
-    import yaml
-
-    return yaml.SafeLoader("").construct_object(node, deep=True) if node.tag != "tag:yaml.org,2002:str" else node.value
-
-
-def _kind(node) -> str:
-    import yaml
-
-    return {yaml.ScalarNode: "a single value", yaml.SequenceNode: "a list", yaml.MappingNode: "a mapping"}.get(
-        type(node), "something else"
-    )
-
-
-def _did_you_mean(word: str, known) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
-def did_you_mean(word: str, known) -> str:
-    return _did_you_mean(word, known)
+    def validate(self) -> None:
+        for name in ("finetune", "base"):
+            if isinstance(getattr(self, name), Path):
+                self._set(name, str(getattr(self, name)))
+        if not self.finetune or not isinstance(self.finetune, str):
+            raise UsageError("--extract-lora needs the fine-tuned model", "e.g. --extract-lora finetuned/ --base org/base")
+        if not self.base or not isinstance(self.base, str):
+            raise UsageError("--extract-lora needs --base")
+        if self.rank is None:
+            raise UsageError("--extract-lora needs --rank", "e.g. --rank 16")
+        check_int(self.rank, "--rank", minimum=1)
+        _check_pattern(self.include, "--include")
+        _check_pattern(self.exclude, "--exclude")
+        check_int(self.seed, "--seed", minimum=None)
+        self._set("out_dtype", dtype_name(self.out_dtype, "--out-dtype"))
+        if not isinstance(self.device, str):
+            raise UsageError(f"--device {self.device!r} is not a device", "use auto, cpu, cuda or cuda:N")

@@ -152,3 +152,18 @@ def test_every_readme_command_runs(capsys, workdir, monkeypatch):
         ran.append(line)
     assert len(ran) >= 20, ran
     print("\n".join(f"skipped: {line}  ({why})" for line, why in skipped))
+
+
+def test_readme_python_blocks(tmp_path, monkeypatch):
+    """Python blocks that start with `import modelsurgeon` run whole (in a scratch folder); in the others,
+    which show a fragment of user code, every modelsurgeon import line runs."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert blocks, "the README shows no Python"
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        if block.startswith("import modelsurgeon"):
+            exec(compile(block, "README.md", "exec"), {})  # noqa: S102 - our own README
+        else:
+            for line in block.splitlines():
+                if re.match(r"(from|import) modelsurgeon", line):
+                    exec(line, {})  # noqa: S102 - our own README

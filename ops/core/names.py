@@ -67,3 +67,9 @@ def tied_head_source(names, config: dict | None, default_tied: bool = False) -> 
     if not (config or {}).get("tie_word_embeddings", default_tied):
         return None
     return next((e for e in TIED_EMBEDDINGS if e in names), None)
+
+
+def parent_module(tensor_name: str) -> str:
+    """The module that holds a tensor: its name without the last part (``model.norm`` for
+    ``model.norm.weight``, ``...q_proj`` for ``...q_proj.bias``)."""
+    return tensor_name.rsplit(".", 1)[0] if "." in tensor_name else tensor_name

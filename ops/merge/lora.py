@@ -1,4 +1,4 @@
-"""LoRA adapters (PEFT format): fold one into its base tensor by tensor, or extract one from a fine-tune.
+"""LoRA adapters (PEFT format): fold one into its base, tensor by tensor.
 
 Fold: ``LoraCheckpoint(base, adapter)`` looks like the base checkpoint, but ``get(name)`` returns
 W + scaling * B @ A for the adapted weights (transposed for fan_in_fan_out, (B @ A)^T for embeddings,
@@ -7,10 +7,7 @@ any other read: one tensor in memory at a time, never the whole model (mergekit 
 scaling = lora_alpha / r, or lora_alpha / sqrt(r) with use_rslora; rank_pattern / alpha_pattern override
 r and alpha per module with PEFT's rule (the first key K with ``(.*\\.)?(K)$`` matching the module name).
 
-Extract: ``extract_lora`` writes a PEFT adapter folder (adapter_model.safetensors + adapter_config.json)
-holding a rank-r truncated SVD of every target weight's delta (fine-tune - base): B = U sqrt(S),
-A = sqrt(S) V^T, lora_alpha = r so the scale is 1. Changed tensors that are not LoRA targets (norms,
-embeddings, the head) are saved whole through modules_to_save, so nothing the fine-tune changed is lost.
+Extraction, the reverse (a fine-tune and its base to an adapter), is ``extract.py``.
 """
 
 from __future__ import annotations
@@ -24,6 +21,7 @@ from pathlib import Path
 import torch
 
 from modelsurgeon.ops.core.errors import CheckpointError, PlanError
+from modelsurgeon.ops.core.problems import Problems
 from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint
 
 PREFIX = "base_model.model."
@@ -119,7 +117,7 @@ def open_adapter(spec: str) -> Adapter:
 def bind_adapter(adapter: Adapter, base: Checkpoint) -> list[str]:
     """Match every adapter tensor to the base tensor it changes; return every problem found."""
     cfg = adapter.config
-    problems: list[str] = []
+    problems = Problems(f"the LoRA adapter {adapter.label}")
     where = f"LoRA adapter {adapter.label}"
     peft_type = str(cfg.get("peft_type", "LORA")).upper()
     if peft_type != "LORA":
@@ -129,7 +127,7 @@ def bind_adapter(adapter: Adapter, base: Checkpoint) -> list[str]:
         return [f"{where}: adapter_config.json needs a positive integer r and a number lora_alpha"]
     rslora, fifo = bool(cfg.get("use_rslora")), bool(cfg.get("fan_in_fan_out"))
     if fifo and cfg.get("use_dora"):
-        problems.append(f"{where}: DoRA with fan_in_fan_out is not supported")
+        problems.add(f"{where}: DoRA with fan_in_fan_out is not supported")
     groups: dict[str, dict[str, str]] = {}
     for name in adapter.ck.names():
         key = name[len(PREFIX) :] if name.startswith(PREFIX) else name
@@ -139,9 +137,9 @@ def bind_adapter(adapter: Adapter, base: Checkpoint) -> list[str]:
         else:  # a whole tensor: modules_to_save, or a bias saved with bias="all"/"lora_only"
             target = _base_name(base, key)
             if target is None:
-                problems.append(f"{where}: tensor {name} has no counterpart {key!r} in the base {base.label}")
+                problems.add(f"{where}: tensor {name} has no counterpart {key!r} in the base {base.label}")
             elif base.info(target).shape != adapter.ck.info(name).shape:
-                problems.append(
+                problems.add(
                     f"{where}: {name} has shape {list(adapter.ck.info(name).shape)} but the base's {target} has {list(base.info(target).shape)}"
                 )
             else:
@@ -152,17 +150,17 @@ def bind_adapter(adapter: Adapter, base: Checkpoint) -> list[str]:
             (parts.get("lora_embedding_A"), parts.get("lora_embedding_B")) if emb else (parts.get("lora_A"), parts.get("lora_B"))
         )
         if a is None or b is None:
-            problems.append(f"{where}: module {module} has only one of its two LoRA factors")
+            problems.add(f"{where}: module {module} has only one of its two LoRA factors")
             continue
         weight = _base_name(base, module + ".weight")
         if weight is None:
-            problems.append(f"{where} targets {module}, but the base {base.label} has no tensor {module}.weight")
+            problems.add(f"{where} targets {module}, but the base {base.label} has no tensor {module}.weight")
             continue
         r = int(pattern_value(cfg.get("rank_pattern"), module, r0))
         alpha = float(pattern_value(cfg.get("alpha_pattern"), module, alpha0))
         A, B, W = adapter.ck.info(a).shape, adapter.ck.info(b).shape, base.info(weight).shape
         if len(A) != 2 or len(B) != 2:
-            problems.append(f"{where}: {module} has {len(A)}-D LoRA factors (convolution LoRA is not supported)")
+            problems.add(f"{where}: {module} has {len(A)}-D LoRA factors (convolution LoRA is not supported)")
             continue
         if emb:
             want = (W[0], W[1]) if len(W) == 2 else None
@@ -171,27 +169,27 @@ def bind_adapter(adapter: Adapter, base: Checkpoint) -> list[str]:
             want = (tuple(W[::-1]) if fifo else tuple(W)) if len(W) == 2 else None
             got = (B[0], A[1])
         if want is None or got != want or A[0] != B[1]:
-            problems.append(f"{where}: {module} factors A{list(A)} B{list(B)} do not fit the base's {weight} {list(W)}")
+            problems.add(f"{where}: {module} factors A{list(A)} B{list(B)} do not fit the base's {weight} {list(W)}")
             continue
         if A[0] != r:
-            problems.append(f"{where}: {module} has rank {A[0]} but adapter_config.json says r={r}")
+            problems.add(f"{where}: {module} has rank {A[0]} but adapter_config.json says r={r}")
             continue
         scaling = alpha / math.sqrt(r) if rslora else alpha / r
         lm = LoraModule(module, weight, "embedding" if emb else "linear", a, b, r, scaling)
         if "lora_magnitude_vector" in parts:
             lm.magnitude = parts["lora_magnitude_vector"]
             if emb:
-                problems.append(f"{where}: DoRA on the embedding {module} is not supported")
+                problems.add(f"{where}: DoRA on the embedding {module} is not supported")
         if "lora_B_bias" in parts:
             bt = _base_name(base, module + ".bias")
             if bt is None:
-                problems.append(f"{where}: {module} has a lora bias but the base has no {module}.bias")
+                problems.add(f"{where}: {module} has a lora bias but the base has no {module}.bias")
             lm.bias, lm.bias_target = parts["lora_B_bias"], bt
         adapter.modules[weight] = lm
     if not adapter.modules and not adapter.full and not problems:
-        problems.append(f"{where} holds no LoRA tensors")
-    adapter.problems = problems
-    return problems
+        problems.add(f"{where} holds no LoRA tensors")
+    adapter.problems = problems.lines()
+    return adapter.problems
 
 
 def _base_name(base: Checkpoint, name: str) -> str | None:
@@ -293,244 +291,3 @@ def open_with_adapter(model_spec: str, adapter_spec: str, revision: str | None =
         base.close()
         raise PlanError(problems, f"the LoRA adapter {adapter_spec}")
     return LoraCheckpoint(base, adapter)
-
-
-# --------------------------------------------------------------------------------------------
-# extraction
-
-
-def truncated_svd(
-    m: torch.Tensor, k: int, exact: bool, generator: torch.Generator | None = None, oversample: int = 16, iters: int = 4
-):
-    """(U_k, S_k, Vh_k) of a 2-D float tensor; randomized (Halko et al.) unless ``exact`` or small."""
-    rows, cols = m.shape
-    q = min(k + oversample, rows, cols)
-    if exact or q >= min(rows, cols) or rows * cols <= 1 << 20:
-        u, s, vh = torch.linalg.svd(m, full_matrices=False)
-        return u[:, :k], s[:k], vh[:k]
-    g = torch.randn(cols, q, generator=generator).to(m.device, m.dtype)
-    y = m @ g
-    for _ in range(iters):  # power iterations, re-orthonormalised each time
-        y = m @ (m.T @ torch.linalg.qr(y).Q)
-    qm = torch.linalg.qr(y).Q
-    ub, s, vh = torch.linalg.svd(qm.T @ m, full_matrices=False)
-    return (qm @ ub)[:, :k], s[:k], vh[:k]
-
-
-@dataclass
-class ExtractPlan:
-    ft: Checkpoint
-    base: Checkpoint
-    targets: list[str]  # weights given LoRA factors
-    ranks: dict[str, int]
-    candidates: list[str]  # other float tensors, saved whole when they changed
-    rank: int
-    problems: list[str]
-
-
-def module_of(name: str) -> str:
-    return name.rsplit(".", 1)[0] if "." in name else name
-
-
-def adapter_config(
-    base_spec: str, rank: int, ranks: dict[str, int], full_modules: list[str], lora_bias: bool, task_type: str | None
-) -> dict:
-    targets = [module_of(n) for n in ranks]
-    odd = {re.escape(module_of(n)): r for n, r in ranks.items() if r != rank}
-    return {
-        "peft_type": "LORA",
-        "task_type": task_type,
-        "base_model_name_or_path": base_spec,
-        "r": rank,
-        "lora_alpha": rank,
-        "target_modules": targets,
-        "rank_pattern": odd,
-        "alpha_pattern": odd,
-        "modules_to_save": full_modules or None,
-        "fan_in_fan_out": False,
-        "use_rslora": False,
-        "use_dora": False,
-        "lora_bias": lora_bias,
-        "bias": "none",
-        "lora_dropout": 0.0,
-        "inference_mode": True,
-        "init_lora_weights": True,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-    }
-
-
-def plan_extract(finetune: str, base: str, rank: int, include: str | None = None, exclude: str | None = None) -> ExtractPlan:
-    """Open both models and check that they line up; raise PlanError listing every problem."""
-    from modelsurgeon.ops.io.targets import select_targets
-
-    problems: list[str] = []
-    cks = []
-    for spec in (finetune, base):
-        try:
-            cks.append(open_checkpoint(spec))
-        except CheckpointError as e:
-            problems.append(str(e))
-    if problems:
-        for ck in cks:
-            ck.close()
-        raise PlanError(problems, "the LoRA extraction")
-    ft, bs = cks
-    try:
-        targets = select_targets(bs, include, exclude)
-        if not targets:
-            problems.append(f"{bs.label} has no 2-D linear weights to extract LoRA factors for; choose some with --include")
-        for name in targets:
-            if name not in ft:
-                problems.append(f"{ft.label} has no tensor {name} (which {bs.label} has)")
-            elif ft.info(name).shape != bs.info(name).shape:
-                problems.append(
-                    f"{name}: {ft.label} has shape {list(ft.info(name).shape)} but {bs.label} has {list(bs.info(name).shape)}"
-                )
-        tset = set(targets)
-        candidates = []
-        for info in bs.infos():
-            if info.name in tset or not info.is_float or info.name not in ft:
-                continue
-            if ft.info(info.name).shape != info.shape:
-                problems.append(
-                    f"{info.name}: {ft.label} has shape {list(ft.info(info.name).shape)} but {bs.label} has {list(info.shape)}; "
-                    "a LoRA adapter cannot resize a tensor (resize the base's vocabulary first)"
-                )
-                continue
-            candidates.append(info.name)
-        if problems:
-            raise PlanError(problems, "the LoRA extraction")
-        ranks = {n: min(rank, *bs.info(n).shape) for n in targets}
-        return ExtractPlan(ft, bs, targets, ranks, candidates, rank, problems)
-    except BaseException:
-        ft.close()
-        bs.close()
-        raise
-
-
-@dataclass
-class ExtractResult:
-    output: str
-    modules: int
-    full_tensors: list[str]
-    mean_rel_error: float
-    max_rel_error: float
-    bytes_written: int
-    seconds: float
-    config: dict
-
-
-def run_extract(
-    plan: ExtractPlan,
-    out,
-    *,
-    base_spec: str,
-    out_dtype: torch.dtype | None = None,
-    device: torch.device | str = "cpu",
-    exact: bool = False,
-    seed: int = 0,
-    command: str = "surgeon merge --extract-lora",
-    advance=None,
-) -> ExtractResult:
-    """Stream the targets through a truncated SVD into a PEFT adapter folder; commit it atomically."""
-    import time
-
-    from modelsurgeon.ops.core.streaming import prefetched
-    from modelsurgeon.ops.io.writer import ShardedWriter, TensorSpec, provenance
-
-    t0 = time.perf_counter()
-    ft, bs = plan.ft, plan.base
-    dev = torch.device(device)
-    try:
-        # pass 1: which non-target tensors did the fine-tune change? (read in pairs, nothing kept)
-        changed = []
-        for name in plan.candidates:
-            if not torch.equal(ft.get(name), bs.get(name)):
-                changed.append(name)
-        target_modules = {module_of(n) for n in plan.targets}
-        lora_bias = [n for n in changed if n.endswith(".bias") and module_of(n) in target_modules]
-        full_modules = sorted({module_of(n) for n in changed if n not in lora_bias})
-        full = [
-            i.name
-            for i in bs.infos()
-            if i.is_float and i.name in ft and module_of(i.name) in full_modules and i.name not in plan.ranks
-        ]
-        dt = lambda name: out_dtype or ft.info(name).torch_dtype  # noqa: E731
-        specs, work = [], []
-        for name in bs.names():
-            if name in plan.ranks:
-                k, (rows, cols) = plan.ranks[name], bs.info(name).shape
-                mod = PREFIX + module_of(name)
-                specs += [
-                    TensorSpec(f"{mod}.lora_A.weight", (k, cols), dt(name)),
-                    TensorSpec(f"{mod}.lora_B.weight", (rows, k), dt(name)),
-                ]
-                work.append(("lora", name))
-            elif name in full:
-                specs.append(TensorSpec(PREFIX + name, tuple(bs.info(name).shape), dt(name)))
-                work.append(("full", name))
-            elif name in lora_bias:
-                specs.append(TensorSpec(f"{PREFIX}{module_of(name)}.lora_B.bias", tuple(bs.info(name).shape), dt(name)))
-                work.append(("bias", name))
-
-        errors: list[float] = []
-
-        def produce():
-            reads = prefetched(((kind, n, ft.get(n), None if kind == "full" else bs.get(n)) for kind, n in work), depth=1)
-            for kind, name, x, b in reads:
-                if kind == "full":
-                    yield PREFIX + name, x.to(dt(name))
-                    continue
-                delta = x.to(dev, torch.float32) - b.to(dev, torch.float32)
-                del x, b
-                if kind == "bias":
-                    yield f"{PREFIX}{module_of(name)}.lora_B.bias", delta.to(dt(name)).cpu()
-                    if advance:
-                        advance(1)
-                    continue
-                k = plan.ranks[name]
-                g = torch.Generator().manual_seed(seed)
-                u, s, vh = truncated_svd(delta, k, exact, g)
-                root = s.sqrt()
-                a, b = root[:, None] * vh, u * root[None, :]
-                total = float(torch.linalg.vector_norm(delta))
-                errors.append(float(torch.linalg.vector_norm(delta.sub_(b @ a))) / total if total > 0 else 0.0)
-                del delta
-                mod = PREFIX + module_of(name)
-                yield f"{mod}.lora_A.weight", a.to(dt(name)).cpu()
-                yield f"{mod}.lora_B.weight", b.to(dt(name)).cpu()
-                if advance:
-                    advance(1)
-
-        task_type = None
-        archs = (ft.config or {}).get("architectures") or []
-        if archs and str(archs[0]).endswith("ForCausalLM"):
-            task_type = "CAUSAL_LM"
-        config = adapter_config(base_spec, plan.rank, plan.ranks, full_modules, bool(lora_bias), task_type)
-        with out:
-            writer = ShardedWriter(out.path, specs, 1 << 62, provenance(command))
-            try:
-                for name, tensor in produce():
-                    writer.write(name, tensor)
-                writer.close()
-            except BaseException:
-                writer.abort()
-                raise
-            (out.path / "model.safetensors").rename(out.path / "adapter_model.safetensors")
-            (out.path / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-            target = out.commit()
-        nbytes = sum(s.nbytes for s in specs)
-    finally:
-        ft.close()
-        bs.close()
-    return ExtractResult(
-        str(target),
-        len(plan.ranks),
-        full,
-        sum(errors) / len(errors) if errors else 0.0,
-        max(errors) if errors else 0.0,
-        nbytes,
-        time.perf_counter() - t0,
-        config,
-    )

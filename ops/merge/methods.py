@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from modelsurgeon.ops.core.registry import Registry
+from modelsurgeon.ops.core.streaming import map_in_order
 
 from . import sparsify
 
@@ -101,6 +102,30 @@ def all_param_names() -> set[str]:
     return {p.name for m in REGISTRY.values() for p in m.params + m.model_params}
 
 
+def describe_methods() -> list[dict]:
+    """The registry as plain data, one dict per method (``surgeon merge --list-methods``): parameters map
+    to their defaults, None for a required one; ``models`` counts the models merged besides the base."""
+    rows = []
+    for m in REGISTRY.values():
+        if m.max_models is None:
+            count = f"{m.min_models}+"
+        else:
+            count = str(m.min_models) if m.min_models == m.max_models else f"{m.min_models}-{m.max_models}"
+        rows.append(
+            {
+                "name": m.name,
+                "summary": m.summary,
+                "paper": m.paper,
+                "base": m.base,
+                "models": count,
+                "parameters": {p.name: (None if p.required else p.default) for p in m.params},
+                "model_parameters": {p.name: (None if p.required else p.default) for p in m.model_params},
+                "randomized": m.randomized,
+            }
+        )
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 # parameter checks
 
@@ -158,7 +183,8 @@ def linear(inp: MergeInputs) -> torch.Tensor:
     div = sum(ws) if inp.params["normalize"] else 1.0
     out = torch.empty(xs[0].numel(), dtype=inp.out_dtype or wd, device=xs[0].device)
 
-    def step(a: int, b: int) -> None:
+    def step(span: tuple[int, int]) -> None:
+        a, b = span
         acc = xs[0][a:b].to(wd, copy=True).mul_(ws[0])
         for x, w in zip(xs[1:], ws[1:]):
             acc.add_(x[a:b], alpha=w)
@@ -166,7 +192,7 @@ def linear(inp: MergeInputs) -> torch.Tensor:
             acc.div_(div)
         out[a:b] = acc
 
-    sparsify.map_chunks(step, sparsify.chunks(out.numel(), inp.chunk), out.device)
+    map_in_order(step, sparsify.chunks(out.numel(), inp.chunk), out.device)
     return out.reshape(shape)
 
 
@@ -221,7 +247,8 @@ def generalized_task_arithmetic(inp: MergeInputs, *, consensus: str | None, spar
         divisor = 1.0
     spans = sparsify.chunks(base.numel(), chunk)
 
-    def step(a: int, b: int) -> None:
+    def step(span: tuple[int, int]) -> None:
+        a, b = span
         c = a // chunk
         base_c = base[a:b].to(wd)
         ds = []
@@ -254,7 +281,7 @@ def generalized_task_arithmetic(inp: MergeInputs, *, consensus: str | None, spar
             mixed.mul_(lam)
         out[a:b] = mixed.add_(base_c)
 
-    sparsify.map_chunks(step, spans, base.device)
+    map_in_order(step, spans, base.device)
     return out.reshape(shape)
 
 

@@ -15,14 +15,25 @@ paper's 1/density only in expectation, and keeps the delta's mass exactly).
 Random draws come from the ``torch.Generator`` the caller passes (on the CPU), so results do not depend
 on the order tensors are processed in or on the device the math runs on. Ties in magnitude are broken by
 position (the earlier entry wins), so the kept count is exact and deterministic.
+
+Why merging has its own exact top-k (``select_top``/``TopK``) beside pruning's (``ops.prune``): a merge
+selects within one tensor, over |delta| = |x - base| recomputed in float chunks (never stored), keeping a
+fraction ``density`` given per model, for every model of the tensor before one merging pass applies all
+their masks chunk by chunk (random masks drawn per block of entries); so each decision is a threshold
+plus a per-chunk quota of tied entries, and the exact k-th value is selected among the few values a
+strided sample brackets (two k at once for Breadcrumbs' band). Pruning's is a streaming radix select
+over 31-bit integer keys of |w| (``ops.prune.keys``), histogram pass by histogram pass, across a whole
+model (``--scope global``) as well as within a tensor. The two share the promise (an exact count, ties to
+the earlier entry), not the data they select over.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
+
+from modelsurgeon.ops.core.streaming import map_in_order
 
 RESCALE_EPS = 1e-7
 
@@ -161,41 +172,18 @@ def della(delta: torch.Tensor, density: float, rescale: bool, epsilon: float, ge
 # The merge engine instead makes one pass per model over cache-sized chunks that keeps only statistics
 # (a bracketed band of |delta| values around the k-th largest, L1 sums), and applies the mask in a second
 # pass while it merges. The result is identical (ties go to the earlier entry in both): how many tied
-# entries each chunk keeps is fixed after the first pass, so chunks are independent and run on a small
-# pool of worker threads, each with one intra-op thread. (torch's own intra-op threads meet at a barrier
-# in every operation; on a busy machine one descheduled thread stalls them all, which made small-chunk
-# streaming 8x slower than single-threaded.)
+# entries each chunk keeps is fixed after the first pass, so chunks are independent and run on the shared
+# worker pool (``ops.core.streaming.map_in_order``), each worker with one intra-op thread. (torch's own
+# intra-op threads meet at a barrier in every operation; on a busy machine one descheduled thread stalls
+# them all, which made small-chunk streaming 8x slower than single-threaded.)
 
 CHUNK = 1 << 18  # elements per step: a few such float32 buffers stay in the CPU cache
 RNG_BLOCK = 1 << 20  # random masks are drawn in blocks of this many elements, each from its own seed
 SAMPLE = 1 << 14  # strided sample that brackets a threshold (the bracket is +/- 8 standard errors wide)
 
-_POOL = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool():
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            workers = max(1, torch.get_num_threads())
-            _POOL = ThreadPoolExecutor(
-                max_workers=workers, thread_name_prefix="surgeon-chunk", initializer=torch.set_num_threads, initargs=(1,)
-            )
-        return _POOL
-
 
 def chunks(n: int, size: int = CHUNK) -> list[tuple[int, int]]:
     return [(a, min(a + size, n)) for a in range(0, n, size)]
-
-
-def map_chunks(fn, spans: list[tuple[int, int]], device: torch.device | str = "cpu") -> list:
-    """[fn(a, b) for each span], on the worker pool for CPU tensors (order kept)."""
-    if torch.device(device).type != "cpu" or len(spans) <= 1:
-        return [fn(a, b) for a, b in spans]
-    return list(_pool().map(lambda ab: fn(*ab), spans))
 
 
 def abs_delta(x: torch.Tensor, base: torch.Tensor, a: int, b: int, dtype: torch.dtype) -> torch.Tensor:
@@ -261,8 +249,8 @@ def select_top(
         hi = float(sample[hi_i]) if hi_i < m - 1 else math.inf
         brackets.append((lo, hi))
 
-    def stats(a: int, b: int):
-        c = score(a, b)
+    def stats(span: tuple[int, int]):
+        c = score(*span)
         per_k = []
         for br in brackets:
             if br is None:
@@ -276,7 +264,7 @@ def select_top(
             per_k.append((n_gt, s_gt, c[inside.bool()]))
         return float(c.sum()) if sums else 0.0, per_k
 
-    results = map_chunks(stats, spans, device)
+    results = map_in_order(stats, spans, device)
     total = sum(r[0] for r in results)
     out = []
     for j, k in enumerate(ks):
@@ -356,10 +344,11 @@ def random_mask(n: int, density: float, generator) -> torch.Tensor:
     """Bernoulli(density) keep-mask of n entries; block i of RNG_BLOCK entries is drawn from ``generator(i)``."""
     mask = torch.empty(n, dtype=torch.bool)
 
-    def draw(a: int, b: int) -> None:
+    def draw(span: tuple[int, int]) -> None:
+        a, b = span
         mask[a:b] = torch.rand(b - a, generator=generator(a // RNG_BLOCK), dtype=torch.float32) < density
 
-    map_chunks(draw, chunks(n, RNG_BLOCK))
+    map_in_order(draw, chunks(n, RNG_BLOCK))
     return mask
 
 
@@ -401,7 +390,8 @@ def plan_mask(
         # one pass per block: draw the block's mask and, for rescale, the block's L1 sums
         mask = torch.empty(n, dtype=torch.uint8, device=x.device)
 
-        def draw(a: int, b: int) -> tuple[float, float]:
+        def draw(span: tuple[int, int]) -> tuple[float, float]:
+            a, b = span
             r = torch.rand(b - a, generator=generator(a // RNG_BLOCK), dtype=torch.float32)
             m = torch.lt(r, density, out=r).to(x.device)  # float 0/1
             mask[a:b] = m
@@ -410,7 +400,7 @@ def plan_mask(
             s = score(a, b)
             return float(s.sum()), float(torch.dot(s, m))
 
-        sums = map_chunks(draw, chunks(n, RNG_BLOCK), "cpu")
+        sums = map_in_order(draw, chunks(n, RNG_BLOCK), "cpu")
         return StoredMask(mask, _scale(sum(s[0] for s in sums), sum(s[1] for s in sums)) if rescale else 1.0)
     if kind != "della":
         raise ValueError(f"unknown sparsifier {kind!r}")
@@ -420,10 +410,11 @@ def plan_mask(
     scale = 1.0
     if rescale:
 
-        def l1(a: int, b: int) -> tuple[float, float]:
+        def l1(span: tuple[int, int]) -> tuple[float, float]:
+            a, b = span
             s = score(a, b)
             return float(s.sum()), float(torch.dot(s, torch.empty_like(s).copy_(mask[a:b])))
 
-        sums = map_chunks(l1, spans, x.device)
+        sums = map_in_order(l1, spans, x.device)
         scale = _scale(sum(s[0] for s in sums), sum(s[1] for s in sums))
     return StoredMask(mask, scale)

@@ -9,16 +9,24 @@ never drags a merge toward zero.
 
 Vocabularies are read from tokenizer.json (BPE, WordPiece, WordLevel and Unigram models, plus added
 tokens), else vocab.json (+ added_tokens.json), else vocab.txt; transformers is not needed.
+
+Planning (``plan_alignment``) gives each vocabulary-indexed job its row maps; without a tokenizer
+source, vocabularies that differ in size are a problem that says how to align them.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from modelsurgeon.ops.core.errors import CheckpointError
+from modelsurgeon.ops.core.errors import CheckpointError, SurgeonError
+
+if TYPE_CHECKING:
+    from .jobs import JobBuilder
+    from .layout import Layout
 
 
 def read_vocab(folder: Path) -> dict[str, int]:
@@ -105,3 +113,49 @@ def align_rows(tensors: list[torch.Tensor], maps: list[torch.Tensor], base_pos: 
     for f, p, t in zip(flat, pres, tensors):
         out.append(torch.where(p.unsqueeze(1), f, fill).reshape(shape).to(t.dtype if t.dtype.is_floating_point else wd))
     return out
+
+
+def plan_alignment(b: JobBuilder, layout: Layout) -> None:
+    """Give every vocabulary-indexed job the row maps that align it to the tokenizer model's vocabulary
+    (and its shape that many rows); refuse vocabularies of different sizes without a tokenizer source."""
+    models = b.models
+    if b.recipe.tokenizer_source is None:
+        for job in b.jobs:
+            if job.name in b.vocab_tensors:
+                desc = ", ".join(f"{models[s.model].label} {models.info(s).shape[0]}" for s in job.sources)
+                b.problems.add(
+                    f"the vocabularies differ in size ({desc} rows); add tokenizer_source: base (or a model) to the recipe, "
+                    "or --tokenizer-source, to align rows by token",
+                    job.name,
+                )
+        return
+    target = layout.tokenizer_model
+    vocabs: dict[int, dict[str, int]] = {}
+    for i, m in enumerate(models):
+        try:
+            vocabs[i] = read_vocab(m.ck.folder)
+        except SurgeonError as e:
+            b.problems.add(f"{m.label}: {e}")
+    if b.problems:
+        return
+    target_vs = (models.ck(target).config or {}).get("vocab_size")
+    for job in b.jobs:
+        if job.copy:
+            continue
+        shapes = [tuple(models.info(s).shape) for s in job.sources]
+        if job.name not in b.vocab_tensors and not all(
+            sh and sh[0] == (models.ck(s.model).config or {}).get("vocab_size") for sh, s in zip(shapes, job.sources)
+        ):
+            continue
+        tname = models.find(target, job.name)
+        if tname is None:
+            continue
+        t_rows = models.ck(target).info(tname).shape[0]
+        maps = row_maps(vocabs[target], t_rows, [vocabs[s.model] for s in job.sources], [sh[0] for sh in shapes])
+        if all(is_identity(mp, sh[0]) for mp, sh in zip(maps, shapes)):
+            continue
+        job.row_maps = maps
+        job.shape = (t_rows, *job.shape[1:])
+        b.vocab_tensors.discard(job.name)
+        if isinstance(target_vs, int):
+            layout.config_updates["vocab_size"] = target_vs

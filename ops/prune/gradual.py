@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import torch
 
 from .keys import abs_key, resolution_shift
-from .run import (
+from .select import (
     Selection,
     TieCutter,
     apply_selection,

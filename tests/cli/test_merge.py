@@ -45,7 +45,7 @@ def tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def method_out(method, base, xs, params, mps, name="w", seed=0):
-    from modelsurgeon.ops.merge.plan import tensor_seed
+    from modelsurgeon.ops.merge.run import tensor_seed
 
     m = get_method(method)
     p = {x.name: x.default for x in m.params} | params
@@ -460,6 +460,40 @@ parameters: {{weight: 1}}
 def test_bad_usage(capsys, args, code, needle):
     c, out, err = run(capsys, *args)
     assert_one_line_error(c, out, err, code, needle)
+
+
+# --- the method is looked up in the registry before any model is opened
+
+
+@pytest.fixture
+def offline_empty_hub(tmp_path, monkeypatch):
+    """No network and an empty Hugging Face cache: opening any Hub id fails with a cache miss."""
+    import huggingface_hub.constants as c
+
+    (tmp_path / "hub").mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+
+def test_misspelt_method_flag_fails_before_any_model_is_opened(capsys, tmp_path, offline_empty_hub):
+    c, o, err = run(capsys, "merge", "--method", "tiess", "--base", "org/a", "org/b", "-o", tmp_path / "out")
+    assert_one_line_error(c, o, err, 2, "unknown merge method 'tiess'", "did you mean ties?")
+    assert "cache" not in err and nothing_written(tmp_path / "out")
+
+
+def test_misspelt_method_in_a_recipe_fails_before_any_model_is_opened(capsys, tmp_path, offline_empty_hub):
+    recipe = write(tmp_path / "r.yml", "merge_method: tiess\nbase_model: org/a\nmodels:\n  - model: org/b\n")
+    c, o, err = run(capsys, "merge", recipe, "-o", tmp_path / "out")
+    assert_one_line_error(c, o, err, 1, "unknown merge method 'tiess'", "did you mean ties?")
+    assert "cache" not in err and nothing_written(tmp_path / "out")
+
+
+def test_a_known_method_reaches_the_models(capsys, tmp_path, offline_empty_hub):
+    """(The control: with the method spelt right, the same command gets as far as the empty cache.)"""
+    c, o, err = run(capsys, "merge", "--method", "ties", "--base", "org/a", "org/b", "-o", tmp_path / "out")
+    assert c == 1 and "org/a is not in the local Hugging Face cache" in err
 
 
 def test_existing_output_refused_before_any_work(capsys, llamas, tmp_path):

@@ -299,3 +299,40 @@ def test_2_4_output_converts_to_semi_structured(capsys, tmp_path):
             torch.testing.assert_close(
                 torch.nn.functional.linear(x, sparse), torch.nn.functional.linear(x, w), rtol=1e-2, atol=1e-2
             )
+
+
+# ------------------------------------------------------------------------------------------
+# flags are checked before anything is opened or downloaded
+
+
+def test_misspelt_method_or_pattern_fails_before_the_hub_is_asked(tmp_path):
+    """The method name and the pattern are checked while the flags are read: an uncached Hub id with
+    HF_HUB_OFFLINE=1 reports the mistake (exit 2), not the cache miss it would hit next, and torch is
+    never imported."""
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache)}
+    code = (
+        "import sys\n"
+        "from modelsurgeon.cli.main import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "assert rc != 2 or 'torch' not in sys.modules, 'torch was imported before the flags were checked'\n"
+        "sys.exit(rc)\n"
+    )
+    out = tmp_path / "out"
+    base = [sys.executable, "-c", code, "prune", "org/not-cached", "-o", str(out)]
+    for args, needles in (
+        (["--sparsity", "0.5", "--method", "magnitud"], ["unknown pruning method 'magnitud'", "did you mean magnitude?"]),
+        (["--pattern", "2-4"], ["'2-4' is not of the form N:M"]),
+    ):
+        r = subprocess.run([*base, *args], capture_output=True, text=True, env=env)
+        assert_one_line_error(r.returncode, r.stdout, r.stderr, 2, *needles)
+        assert "cache" not in r.stderr
+    # the same command with a known method goes on to the Hub and misses the cache: the check above came first
+    r = subprocess.run([*base, "--sparsity", "0.5"], capture_output=True, text=True, env=env)
+    assert_one_line_error(r.returncode, r.stdout, r.stderr, 1, "not in the local Hugging Face cache")
+    assert not out.exists()

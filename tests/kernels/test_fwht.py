@@ -1,4 +1,4 @@
-"""The Triton FWHT and fused Fastfood against the torch reference (``ops/fwht.py``).
+"""The Triton FWHT and fused Fastfood against the torch reference (``ops/intrinsic/fwht.py``).
 
 Without a GPU these run under TRITON_INTERPRET=1 (set by conftest). The kernel performs the reference's
 additions in the reference's order in float32, so fp32 and fp16 results are bit-identical. bf16 stores differ

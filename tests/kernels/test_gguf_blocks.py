@@ -1,4 +1,4 @@
-"""Triton GGUF Q8_0 / Q4_0 blocks == the reference in ops/gguf_blocks.py, byte for byte."""
+"""Triton GGUF Q8_0 / Q4_0 blocks == the reference in ops/quantize/gguf_blocks.py, byte for byte."""
 
 from __future__ import annotations
 

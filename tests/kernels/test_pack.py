@@ -1,4 +1,4 @@
-"""Triton int4/int8 packing into int32 == the reference in ops/pack.py, word for word."""
+"""Triton int4/int8 packing into int32 == the reference in ops/quantize/pack.py, word for word."""
 
 from __future__ import annotations
 

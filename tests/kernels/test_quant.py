@@ -1,4 +1,4 @@
-"""Triton group-wise scale and round (and dequantize) == the torch reference in ops/quant.py, bit for bit."""
+"""Triton group-wise scale and round (and dequantize) == the torch reference in ops/quantize/quant.py, bit for bit."""
 
 from __future__ import annotations
 

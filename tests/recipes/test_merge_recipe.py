@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from modelsurgeon.ops.core.errors import PlanError, SurgeonError
-from modelsurgeon.recipes.merge import Conditions, Gradient, ModelRef, evaluate, parse_recipe
+from modelsurgeon.ops.core.errors import PlanError, SurgeonError, UsageError
+from modelsurgeon.recipes.merge import Conditions, Gradient, ModelRef, evaluate
+from modelsurgeon.recipes.mergekit import parse_recipe
 
 TIES = """\
 merge_method: ties
@@ -149,3 +150,54 @@ def test_tokenizer_block_and_chat_template():
     assert r.tokenizer_source == "a" and r.chat_template == "{{ x }}"
     r = parse_recipe("merge_method: linear\nmodels: [a]\nchat_template: auto\n")
     assert r.chat_template is None
+
+
+# --- the configs
+
+
+def test_merge_config_lays_flags_over_a_recipe_file(tmp_path):
+    from modelsurgeon.recipes.merge import MergeConfig
+
+    path = tmp_path / "ties.yml"
+    path.write_text(TIES)
+    cfg = MergeConfig.build(path, seed=3, dtype="fp32", tokenizer_source=None)
+    assert cfg.KIND == "merge" and cfg.seed == 3 and cfg.device == "auto"
+    assert cfg.recipe.dtype == "float32" and cfg.recipe.out_dtype == "float16"  # the flag wins, the rest stays
+    assert cfg.recipe.tokenizer_source == "base" and cfg.recipe.text == TIES  # the file itself stays verbatim
+    again = MergeConfig.from_dict(cfg.to_dict())
+    assert again.recipe.models == cfg.recipe.models and again.recipe.dtype == "float32" and again.seed == 3
+    assert "merge_method: ties" in cfg.to_yaml()
+
+
+def test_merge_config_takes_a_ready_recipe_and_checks_its_flags():
+    from modelsurgeon.recipes.merge import MergeConfig, MergeRecipe
+
+    fold = MergeConfig.build(MergeRecipe.fold_lora("org/base", "my/adapter"))
+    assert fold.recipe.merge_method == "passthrough" and fold.recipe.models[0].model == ModelRef("org/base", "my/adapter")
+    with pytest.raises(UsageError, match=r"--dtype 'int3' is not a dtype: use float32"):
+        MergeConfig(recipe=parse_recipe(TIES), dtype="int3")
+    with pytest.raises(UsageError, match="--seed must be a"):
+        MergeConfig(recipe=parse_recipe(TIES), seed="7")
+    with pytest.raises(UsageError, match="a merge needs a recipe"):
+        MergeConfig()
+
+
+@pytest.mark.parametrize(
+    "settings,needle",
+    [
+        ({"base": "b", "rank": 4}, "--extract-lora needs the fine-tuned model"),
+        ({"finetune": "ft", "rank": 4}, "--extract-lora needs --base"),
+        ({"finetune": "ft", "base": "b"}, "--extract-lora needs --rank"),
+        ({"finetune": "ft", "base": "b", "rank": 0}, "--rank must be a >= 1 integer, got 0"),
+        ({"finetune": "ft", "base": "b", "rank": 4, "include": "q_proj("}, "--include 'q_proj(' is not a valid regular"),
+        ({"finetune": "ft", "base": "b", "rank": 4, "out_dtype": "int8"}, "--out-dtype 'int8' is not a dtype"),
+    ],
+)
+def test_extract_config_is_checked_before_anything_is_opened(settings, needle):
+    from modelsurgeon.recipes.merge import ExtractConfig
+
+    with pytest.raises(UsageError) as e:
+        ExtractConfig(**settings)
+    assert needle in str(e.value)
+    ok = ExtractConfig(finetune="ft", base="b", rank=4, out_dtype="bf16")
+    assert ok.out_dtype == "bfloat16" and ok.to_dict()["rank"] == 4

@@ -5,7 +5,7 @@ import pytest
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
 from modelsurgeon.ops.core.registry import Registry
 from modelsurgeon.ops.merge.methods import REGISTRY as MERGE
-from modelsurgeon.ops.prune.run import CRITERIA
+from modelsurgeon.ops.prune.criteria import CRITERIA
 
 
 def test_add_lookup_and_duplicates():

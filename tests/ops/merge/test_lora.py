@@ -11,7 +11,8 @@ from builders import make_tiny_llama
 from helpers import run, run_json
 from safetensors.torch import load_file, save_file
 
-from modelsurgeon.ops.merge.lora import delta_weight, fold, pattern_value, truncated_svd
+from modelsurgeon.ops.merge.extract import truncated_svd
+from modelsurgeon.ops.merge.lora import delta_weight, fold, pattern_value
 
 
 def test_delta_hand_computed():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from modelsurgeon.ops.prune.gradual import GradualPruner, cubic_sparsity
-from modelsurgeon.ops.prune.run import prune_count
+from modelsurgeon.ops.prune.select import prune_count
 
 
 def test_cubic_schedule():

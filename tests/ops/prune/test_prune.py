@@ -7,10 +7,13 @@ import torch
 from builders import write_checkpoint
 
 from modelsurgeon.ops.core.errors import PlanError, SurgeonError, UsageError
-from modelsurgeon.ops.io.checkpoint import open_checkpoint
-from modelsurgeon.ops.prune import run as P
+from modelsurgeon.ops.prune import criteria as C
+from modelsurgeon.ops.prune import select as P
 from modelsurgeon.ops.prune.keys import abs_key, random_keys, resolution_shift
-from modelsurgeon.recipes.prune import build_config
+from modelsurgeon.ops.prune.plan import plan_prune
+from modelsurgeon.ops.prune.run import PruneStream, count_nonzero
+from modelsurgeon.ops.prune.threshold_mask import threshold_mask
+from modelsurgeon.recipes.prune import PruneConfig
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -107,7 +110,7 @@ def test_row_selection_matches_oracle():
         x = tied_values((9, 40), dtype, zeros=0.1)
         k = P.prune_count(0.5, 40)
         t, cut = P.row_selection(x, k)
-        out, kept = P.threshold_mask(x, t, cut, use_triton=False)
+        out, kept = threshold_mask(x, t, cut, use_triton=False)
         assert int(kept) == 9 * (40 - k)
         for r in range(9):
             assert_same(out[r : r + 1], oracle_prune([x[r : r + 1]], k)[0], f"row {r}")
@@ -142,10 +145,9 @@ def test_random_keys_are_reproducible_and_per_name():
 
 
 def run_plan(folder, use_triton=False, **flags):
-    cfg = build_config(None, **flags)
-    with open_checkpoint(folder) as ck:
-        plan = P.plan_prune(ck, cfg)
-        run = P.PruneRun(ck, plan, "cpu", use_triton=use_triton)
+    cfg = PruneConfig.build(None, **flags)
+    with plan_prune(cfg, folder, device="cpu", use_triton=use_triton) as plan:
+        run = PruneStream(plan)
         run.select()
         out = {n: t.clone() for n, t in run.tensors()}
     return out, run, plan
@@ -250,46 +252,45 @@ def test_recipe_overrides_and_global_pool(tmp_path):
         "version: 1\nsparsity: 0.5\nscope: global\noverrides:\n"
         "  - {pattern: '^keep', sparsity: 0}\n  - {pattern: 'light|keep', sparsity: 0.25}\n"
     )
-    cfg = build_config(recipe)
+    cfg = PruneConfig.build(recipe)
     assert cfg.sparsity_for("keep.weight") == 0 and cfg.sparsity_for("light.weight") == 0.25
-    with open_checkpoint(folder) as ck:
-        plan = P.plan_prune(ck, cfg)
+    with plan_prune(cfg, folder) as plan:
         modes = {t.name: (t.mode, t.k) for t in plan.targets}
         assert modes == {"keep.weight": ("layer", 0), "half.weight": ("global", 0), "light.weight": ("layer", 16)}
         assert plan.pool_k == 16
-    assert build_config(recipe, sparsity=0.6).sparsity == 0.6  # flags win over the recipe
+    assert PruneConfig.build(recipe, sparsity=0.6).sparsity == 0.6  # flags win over the recipe
 
 
 def test_bad_configs():
     with pytest.raises(UsageError, match=r"\[0, 1\)"):
-        build_config(None, sparsity=1.0)
+        PruneConfig.build(None, sparsity=1.0)
     with pytest.raises(UsageError, match="N:M"):
-        build_config(None, pattern="2-4")
+        PruneConfig.build(None, pattern="2-4")
     with pytest.raises(UsageError, match="0 < N < M"):
-        build_config(None, pattern="4:4")
+        PruneConfig.build(None, pattern="4:4")
     with pytest.raises(UsageError, match="mutually exclusive"):
-        build_config(None, pattern="2:4", scope="row")
+        PruneConfig.build(None, pattern="2:4", scope="row")
     with pytest.raises(UsageError, match="contradicts"):
-        build_config(None, pattern="2:4", sparsity=0.3)
+        PruneConfig.build(None, pattern="2:4", sparsity=0.3)
     with pytest.raises(UsageError, match="no sparsity"):
-        build_config(None)
+        PruneConfig.build(None)
     with pytest.raises(UsageError, match="unknown pruning method"):
-        P.get_criterion("wanda-typo")
+        C.get_criterion("wanda-typo")
     with pytest.raises(ValueError, match="already registered"):
-        P.register_criterion("magnitude", "again")(lambda w, n, s: None)
+        C.register_criterion("magnitude", "again")(lambda w, n, s: None)
 
 
 def test_recipe_file_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sparsity: 0.5\nsparsty: 0.4\n")
     with pytest.raises(SurgeonError, match="unknown keys: sparsty"):
-        build_config(bad)
+        PruneConfig.build(bad)
     bad.write_text("version: 9\nsparsity: 0.5\n")
     with pytest.raises(UsageError, match="newer"):
-        build_config(bad)
+        PruneConfig.build(bad)
     bad.write_text("sparsity: [0.5\n")
     with pytest.raises(SurgeonError, match="not valid YAML"):
-        build_config(bad)
+        PruneConfig.build(bad)
 
 
 def test_shipped_example_recipe_loads():
@@ -298,18 +299,19 @@ def test_shipped_example_recipe_loads():
     import modelsurgeon.recipes as R
 
     path = Path(R.__file__).parent / "prune_example.yaml"
-    cfg = build_config(path)
+    cfg = PruneConfig.build(path)
     assert cfg.overrides and cfg.sparsity == 0.5
-    assert build_config(None, **{k: v for k, v in cfg.to_recipe().items() if k not in ("version", "overrides")}).sparsity == 0.5
+    assert (
+        PruneConfig.build(None, **{k: v for k, v in cfg.to_dict().items() if k not in ("version", "overrides")}).sparsity == 0.5
+    )
 
 
 def test_nm_plan_errors_name_the_tensor(tmp_path):
     folder = make_ckpt(
         tmp_path, {"ok.weight": torch.randn(4, 8), "odd.weight": torch.randn(4, 6), "odd2.weight": torch.randn(2, 10)}
     )
-    with open_checkpoint(folder) as ck:
-        with pytest.raises(PlanError) as e:
-            P.plan_prune(ck, build_config(None, pattern="2:4"))
+    with pytest.raises(PlanError) as e:
+        plan_prune(PruneConfig.build(None, pattern="2:4"), folder)
     assert "odd.weight [4, 6]" in str(e.value) and "odd2.weight" in str(e.value) and "ok.weight" not in str(e.value)
 
 
@@ -336,4 +338,4 @@ def test_parallel_statistics_pass_is_the_same_and_raises():
 def test_count_nonzero_treats_negative_zero_as_zero():
     for dtype in DTYPES:
         x = torch.tensor([0.0, -0.0, 1.0, -2.0, float("nan")]).to(dtype)
-        assert P.count_nonzero(x) == 3
+        assert count_nonzero(x) == 3

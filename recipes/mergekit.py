@@ -1,0 +1,416 @@
+"""Reading mergekit's YAML into a ``MergeRecipe``, with the line and column of every complaint.
+
+A recipe file is read exactly as mergekit writes it (``merge_method``, ``base_model``, ``models`` or
+``slices``, ``parameters``, ``dtype``/``out_dtype``, ``tokenizer_source``, ...), so a mergekit config
+runs unchanged. Unlike mergekit we refuse what we do not understand: an unknown key, a typo in a
+structural key, a value of the wrong shape; every message carries the line and column of the offending
+node, and every problem of a file is reported at once (a ``PlanError``). Whether the method exists and
+which parameters it takes is checked against the method registry by the planner, before any model is
+opened. Imports no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import MappingProxyType
+
+from modelsurgeon.ops.core.errors import PlanError, SurgeonError
+
+from .base import did_you_mean
+from .merge import (
+    DTYPES,
+    NO_PARAMS,
+    Condition,
+    Conditions,
+    Gradient,
+    MergeRecipe,
+    ModelInput,
+    ModelRef,
+    Params,
+    SliceDef,
+)
+
+TOP_KEYS = (
+    "merge_method",
+    "base_model",
+    "models",
+    "slices",
+    "parameters",
+    "dtype",
+    "out_dtype",
+    "tokenizer_source",
+    "tokenizer",
+    "chat_template",
+)
+MODEL_KEYS = ("model", "parameters")
+SOURCE_KEYS = ("model", "layer_range", "parameters")
+SLICE_KEYS = ("sources", "base_model", "parameters", "residual_weight")
+TOKENIZER_KEYS = ("source",)
+# mergekit keys we know but do not implement: a clear error beats a silent difference
+UNSUPPORTED = {
+    "modules": "multi-module recipes (modules:) are not supported; use models: or slices:",
+    "tokens": "per-token embedding sources (tokenizer.tokens) are not supported; use tokenizer_source: base or a model",
+    "pad_to_multiple_of": "tokenizer.pad_to_multiple_of is not supported; the output keeps the source model's embedding rows",
+}
+
+
+def load_recipe(path: str | Path) -> MergeRecipe:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise SurgeonError(f"recipe {path} does not exist", "check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SurgeonError(f"cannot read recipe {path}: {e}") from None
+    return parse_recipe(text, str(path))
+
+
+def parse_recipe(text: str, source: str = "<recipe>") -> MergeRecipe:
+    """Parse mergekit YAML; raise one error (bad YAML) or a PlanError listing every problem."""
+    import yaml
+
+    try:
+        docs = [d for d in yaml.compose_all(text, Loader=yaml.SafeLoader) if d is not None]
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = (e.problem or e.context or "invalid YAML").strip()
+        raise SurgeonError(f"{source} is not valid YAML{where}: {what}", "fix the recipe file") from None
+    except yaml.YAMLError as e:
+        raise SurgeonError(f"{source} is not valid YAML: {e}") from None
+    if not docs:
+        raise SurgeonError(f"{source} is empty", "write a merge recipe (merge_method, models, ...)")
+    if len(docs) > 1:
+        raise SurgeonError(
+            f"{source} holds {len(docs)} YAML documents; only one merge per file is supported",
+            "split the file (mergekit-multi chains are not supported)",
+        )
+    r = _Reader(source)
+    recipe = r.recipe(docs[0], text)
+    if r.problems:
+        raise PlanError(r.problems, f"the recipe {source}")
+    return recipe
+
+
+class _Nodes:
+    """Reading YAML nodes into values; each complaint is kept with its position, reading goes on."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.problems: list[str] = []
+        self.where: dict[str, str] = {}  # node path -> "line L, column C"
+
+    def at(self, node) -> str:
+        m = node.start_mark
+        return f"line {m.line + 1}, column {m.column + 1}"
+
+    def bad(self, node, path: str, msg: str) -> None:
+        self.problems.append(f"{self.source} {self.at(node)}: {path}: {msg}" if path else f"{self.source} {self.at(node)}: {msg}")
+
+    def mapping(self, node, path: str, known: tuple[str, ...]) -> dict | None:
+        import yaml
+
+        if not isinstance(node, yaml.MappingNode):
+            self.bad(node, path, f"expected a mapping (key: value), got {_kind(node)}")
+            return None
+        out: dict = {}
+        for k, v in node.value:
+            key = k.value if isinstance(k, yaml.ScalarNode) else None
+            kpath = f"{path}.{key}" if path else str(key)
+            if key is None:
+                self.bad(k, path, "keys must be plain names")
+                continue
+            if key in out:
+                self.bad(k, kpath, "appears twice")
+                continue
+            if key not in known:
+                if key in UNSUPPORTED:
+                    self.bad(k, kpath, UNSUPPORTED[key])
+                else:
+                    self.bad(k, kpath, f"unknown key; known keys here: {', '.join(known)}" + did_you_mean(key, known))
+                continue
+            self.where[kpath] = self.at(v)
+            out[key] = v
+        return out
+
+    def scalar(self, node, path: str):
+        import yaml
+
+        if not isinstance(node, yaml.ScalarNode):
+            self.bad(node, path, f"expected a single value, got {_kind(node)}")
+            return None
+        return _construct_scalar(node)
+
+    def string(self, node, path: str) -> str | None:
+        v = self.scalar(node, path)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            self.bad(node, path, f"expected text, got {v!r}")
+            return None
+        return str(v)
+
+    def model_ref(self, node, path: str) -> ModelRef | None:
+        s = self.string(node, path)
+        if s is None:
+            return None
+        if not s.strip():
+            self.bad(node, path, "is empty")
+            return None
+        return ModelRef.parse(s)
+
+    def dtype(self, node, path: str) -> str | None:
+        s = self.string(node, path)
+        if s is None:
+            return None
+        if s.lower() not in DTYPES:
+            self.bad(node, path, f"unknown dtype {s!r}; use one of float32, float16, bfloat16, float64")
+            return None
+        return DTYPES[s.lower()]
+
+
+class _Settings(_Nodes):
+    """Parameters: mappings of name -> setting (a scalar, a gradient, or conditions)."""
+
+    def params(self, node, path: str) -> Params:
+        import yaml
+
+        if isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null"):
+            return NO_PARAMS
+        if not isinstance(node, yaml.MappingNode):
+            self.bad(node, path, f"expected a mapping of parameter: value, got {_kind(node)}")
+            return NO_PARAMS
+        m = self.mapping(node, path, known=tuple(k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)))
+        if m is None:
+            return NO_PARAMS
+        out = {}
+        for key, v in m.items():
+            s = self.setting(v, f"{path}.{key}")
+            if s is not _INVALID:
+                out[key] = s
+        return MappingProxyType(out)
+
+    def setting(self, node, path: str):
+        """A scalar, a gradient (a list of numbers) or conditions ({filter, value} items)."""
+        import yaml
+
+        if isinstance(node, yaml.ScalarNode):
+            v = _construct_scalar(node)
+            if isinstance(v, float) and not math.isfinite(v):
+                self.bad(node, path, f"{v} is not a usable value")
+                return _INVALID
+            return v
+        if isinstance(node, yaml.SequenceNode):
+            if not node.value:
+                self.bad(node, path, "is an empty list")
+                return _INVALID
+            if all(isinstance(e, yaml.ScalarNode) for e in node.value):
+                return Gradient(tuple(_construct_scalar(e) for e in node.value))
+            if all(isinstance(e, yaml.MappingNode) for e in node.value):
+                items = []
+                for i, e in enumerate(node.value):
+                    c = self.condition(e, f"{path}[{i}]")
+                    if c is None:
+                        return _INVALID
+                    items.append(c)
+                return Conditions(tuple(items))
+            self.bad(node, path, "a list must hold only numbers (a gradient) or only {filter, value} conditions")
+            return _INVALID
+        if isinstance(node, yaml.MappingNode):
+            m = self.mapping(node, path, ("filter", "value"))
+            if m is None or "value" not in m:
+                if m is not None:
+                    self.bad(node, path, "expected a number, a list of numbers, or {filter, value} conditions")
+                return _INVALID
+            flt = self.string(m["filter"], f"{path}.filter") if "filter" in m else None
+            val = self.setting(m["value"], f"{path}.value")
+            return _INVALID if val is _INVALID else Conditions((Condition(flt, val),))
+        self.bad(node, path, f"unexpected {_kind(node)}")
+        return _INVALID
+
+    def condition(self, node, path: str) -> Condition | None:
+        m = self.mapping(node, path, ("filter", "value"))
+        if m is None:
+            return None
+        if "value" not in m:
+            self.bad(node, path, "a condition needs a value")
+            return None
+        flt = self.string(m["filter"], f"{path}.filter") if "filter" in m else None
+        val = self.setting(m["value"], f"{path}.value")
+        if val is _INVALID:
+            return None
+        if isinstance(val, Conditions):
+            self.bad(node, f"{path}.value", "conditions cannot nest")
+            return None
+        return Condition(flt, val)
+
+
+class _Inputs(_Settings):
+    """The models merged: ``models:`` entries, or ``slices:`` with their sources and layer ranges."""
+
+    def model_input(self, node, path: str, in_slice: bool) -> ModelInput | None:
+        import yaml
+
+        if isinstance(node, yaml.ScalarNode) and not in_slice:  # "- org/model" shorthand
+            ref = self.model_ref(node, path)
+            return ModelInput(ref) if ref else None
+        m = self.mapping(node, path, SOURCE_KEYS if in_slice else MODEL_KEYS)
+        if m is None:
+            return None
+        if "model" not in m:
+            self.bad(node, path, "needs a model")
+            return None
+        ref = self.model_ref(m["model"], f"{path}.model")
+        params = self.params(m["parameters"], f"{path}.parameters") if "parameters" in m else NO_PARAMS
+        rng = None
+        if in_slice:
+            if "layer_range" not in m:
+                self.bad(node, path, "a slice source needs layer_range: [start, end]")
+                return None
+            rng = self.layer_range(m["layer_range"], f"{path}.layer_range")
+            if rng is None:
+                return None
+        return ModelInput(ref, params, rng) if ref else None
+
+    def layer_range(self, node, path: str) -> tuple[int, int] | None:
+        import yaml
+
+        vals = None
+        if (
+            isinstance(node, yaml.SequenceNode)
+            and len(node.value) == 2
+            and all(isinstance(e, yaml.ScalarNode) for e in node.value)
+        ):
+            vals = [_construct_scalar(e) for e in node.value]
+        if vals is None or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            self.bad(node, path, "expected [start, end] (two whole numbers, end exclusive)")
+            return None
+        a, b = vals
+        if a < 0 or b <= a:
+            self.bad(node, path, f"[{a}, {b}] is empty or negative; end is exclusive and must exceed start")
+            return None
+        return (a, b)
+
+    def models(self, node) -> tuple[ModelInput, ...] | None:
+        import yaml
+
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.bad(node, "models", "expected a non-empty list of models")
+            return None
+        return tuple(x for i, e in enumerate(node.value) if (x := self.model_input(e, f"models[{i}]", False)))
+
+    def slices(self, node) -> tuple[SliceDef, ...] | None:
+        import yaml
+
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            self.bad(node, "slices", "expected a non-empty list of slices")
+            return None
+        out = []
+        for i, e in enumerate(node.value):
+            sm = self.mapping(e, f"slices[{i}]", SLICE_KEYS)
+            if sm is None:
+                continue
+            srcs_node = sm.get("sources")
+            if srcs_node is None or not isinstance(srcs_node, yaml.SequenceNode) or not srcs_node.value:
+                self.bad(e, f"slices[{i}]", "needs sources: a non-empty list of {model, layer_range}")
+                continue
+            srcs = tuple(
+                x for j, s in enumerate(srcs_node.value) if (x := self.model_input(s, f"slices[{i}].sources[{j}]", True))
+            )
+            lengths = {s.layer_range[1] - s.layer_range[0] for s in srcs if s.layer_range}
+            if len(lengths) > 1:
+                self.bad(
+                    srcs_node,
+                    f"slices[{i}].sources",
+                    f"all sources of a slice need the same number of layers, got {sorted(lengths)}",
+                )
+            sb = self.model_ref(sm["base_model"], f"slices[{i}].base_model") if "base_model" in sm else None
+            sp = self.params(sm["parameters"], f"slices[{i}].parameters") if "parameters" in sm else NO_PARAMS
+            out.append(SliceDef(srcs, sb, sp))
+        return tuple(out)
+
+
+class _Reader(_Inputs):
+    """The whole recipe: the top-level keys."""
+
+    def tokenizer_source(self, top: dict) -> str | None:
+        tok = None
+        if "tokenizer_source" in top and "tokenizer" in top:
+            self.bad(top["tokenizer"], "tokenizer", "give tokenizer_source or tokenizer, not both")
+        elif "tokenizer_source" in top:
+            tok = self.string(top["tokenizer_source"], "tokenizer_source")
+        elif "tokenizer" in top:
+            tm = self.mapping(top["tokenizer"], "tokenizer", TOKENIZER_KEYS)
+            if tm is not None and "source" in tm:
+                tok = self.string(tm["source"], "tokenizer.source")
+        if tok is not None and tok.strip().lower() == "union":
+            self.bad(
+                top.get("tokenizer_source", top.get("tokenizer")),
+                "tokenizer_source",
+                "union (a vocabulary built from all models) is not supported; use base or the name of one model",
+            )
+            tok = None
+        return tok.strip() if tok else None
+
+    def chat_template(self, node) -> str | None:
+        chat = self.string(node, "chat_template")
+        if chat is not None and "{" not in chat and chat.strip() != "auto":
+            self.bad(
+                node,
+                "chat_template",
+                f"named templates ({chat!r}) are not bundled; give the Jinja template text, or auto to keep the tokenizer source's",
+            )
+            chat = None
+        return None if chat is None or chat.strip() == "auto" else chat
+
+    def recipe(self, root, text: str) -> MergeRecipe:
+        top = self.mapping(root, "", TOP_KEYS)
+        if top is None:
+            raise PlanError(self.problems, f"the recipe {self.source}")
+        method = None
+        if "merge_method" not in top:
+            self.problems.append(f"{self.source}: merge_method is missing (e.g. merge_method: ties)")
+        else:
+            method = self.string(top["merge_method"], "merge_method")
+        base = self.model_ref(top["base_model"], "base_model") if "base_model" in top else None
+        models = slices = None
+        if "models" in top and "slices" in top:
+            self.bad(top["slices"], "slices", "give models: or slices:, not both")
+        elif "models" not in top and "slices" not in top:
+            self.problems.append(f"{self.source}: the recipe needs models: (a list of models) or slices:")
+        if "models" in top:
+            models = self.models(top["models"])
+        elif "slices" in top:
+            slices = self.slices(top["slices"])
+        return MergeRecipe(
+            merge_method=(method or "").strip(),
+            base_model=base,
+            models=models,
+            slices=slices,
+            parameters=self.params(top["parameters"], "parameters") if "parameters" in top else NO_PARAMS,
+            dtype=self.dtype(top["dtype"], "dtype") if "dtype" in top else None,
+            out_dtype=self.dtype(top["out_dtype"], "out_dtype") if "out_dtype" in top else None,
+            tokenizer_source=self.tokenizer_source(top),
+            chat_template=self.chat_template(top["chat_template"]) if "chat_template" in top else None,
+            source=self.source,
+            text=text,
+            where=MappingProxyType(dict(self.where)),
+        )
+
+
+_INVALID = object()
+
+
+def _construct_scalar(node):
+    import yaml
+
+    return yaml.SafeLoader("").construct_object(node, deep=True) if node.tag != "tag:yaml.org,2002:str" else node.value
+
+
+def _kind(node) -> str:
+    import yaml
+
+    return {yaml.ScalarNode: "a single value", yaml.SequenceNode: "a list", yaml.MappingNode: "a mapping"}.get(
+        type(node), "something else"
+    )
