@@ -33,7 +33,7 @@ K_BLOCK_BYTES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
 _EPS = 1e-15  # GROUP_MAX_EPS, compared in fp32
 _MAGIC = 12582912.0  # 1.5 * 2^23
 # super-blocks per step: the temporaries of the searches stay within a few MB
-_CHUNK = {"Q2_K": 256, "Q3_K": 2048, "Q4_K": 128, "Q5_K": 192, "Q6_K": 512}
+_CHUNK = {"Q2_K": 1024, "Q3_K": 4096, "Q4_K": 1024, "Q5_K": 1024, "Q6_K": 256}
 
 
 def nearest_int(v: torch.Tensor) -> torch.Tensor:
@@ -99,44 +99,35 @@ def _steps(first: int, last: int, skip_zero: bool = False) -> list[int]:
 
 def make_qx_quants(x: torch.Tensor, nmax: int, qw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)``: a symmetric scale per column, codes in [0, 2 nmax).
-    Weights ``qw`` or, without them, x^2."""
+    Weights ``qw`` or, without them, x^2. The 18 trial scales depend only on the block, so they are evaluated
+    together and then compared in ggml's order. ``iscale * x`` lies in [-nmax - 1, nmax + 1], where
+    ``torch.round`` equals ``nearest_int``."""
+    n, S = x.shape
     mx, amax = _signed_absmax(x)
     zero = amax < _f32(_EPS)
     w = x * x if qw is None else qw
     wx = w * x
-
-    def codes(iscale):
-        return nearest_int(iscale * x).clamp_(-nmax, nmax - 1).float()
-
-    lf = codes(_div(-float(nmax), mx))
-    wl = w * lf
-    sumlx = _seq(wx * lf)
-    suml2 = _seq(wl * lf)
+    ks = _steps(-9, 9, skip_zero=True)
+    c = torch.tensor([-float(nmax)] + [-_f32(nmax + _f32(_f32(0.1) * k)) for k in ks], device=x.device)
+    iscale = c[:, None] / mx[None, :]  # (1 + K, S): the first is ggml's starting scale
+    lk = torch.mul(iscale[:, None, :], x[None]).round_().clamp_(-nmax, nmax - 1)  # (1 + K, n, S)
+    P = torch.empty(2, *lk.shape, device=x.device)
+    torch.mul(wx, lk, out=P[0])
+    torch.mul(w, lk, out=P[1]).mul_(lk)
+    sumlx_k, suml2_k = _seq(P, dim=2)
+    sumlx, suml2 = sumlx_k[0], suml2_k[0]
     scale = torch.where(suml2 != 0, sumlx / suml2, torch.zeros_like(sumlx))
     best = scale * sumlx
-    ks = _steps(-9, 9, skip_zero=True)
-    c = torch.tensor([_f32(nmax + _f32(_f32(0.1) * k)) for k in ks])
-    iscale = (-c)[:, None] / mx[None, :]  # (K, S)
-    lk = nearest_int(iscale[:, None, :] * x[None]).clamp_(-nmax, nmax - 1).float()  # (K, n, S)
-    wlk = w * lk
-    sumlx_k = _seq(wx * lk, dim=1)
-    suml2_k = _seq(wlk * lk, dim=1)
-    lk_idx = torch.full_like(mx, -1, dtype=torch.int64)
-    for k in range(len(ks)):
+    idx = torch.zeros_like(mx, dtype=torch.int64)
+    for k in range(1, len(ks) + 1):
         s2, sx = suml2_k[k], sumlx_k[k]
         upd = (s2 > 0) & (sx * sx > best * s2)
         scale = torch.where(upd, sx / s2, scale)
         best = torch.where(upd, scale * sx, best)
-        lk_idx = torch.where(upd, k, lk_idx)
-    L = _pick(lf, lk, lk_idx)
+        idx = torch.where(upd, k, idx)
+    L = lk.gather(0, idx[None, None, :].expand(1, n, S)).squeeze(0)
     L = torch.where(zero, 0, L.to(torch.int32) + nmax)
     return torch.where(zero, 0.0, scale), L
-
-
-def _pick(l0: torch.Tensor, lk: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Per column: the codes of candidate ``idx`` (K, n, S), or ``l0`` (n, S) where ``idx`` is -1."""
-    got = lk.gather(0, idx.clamp(min=0)[None, None, :].expand(1, lk.shape[1], -1)).squeeze(0)
-    return torch.where(idx >= 0, got, l0)
 
 
 def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +140,8 @@ def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tens
     sumlx = _seq(wx * L)
     suml2 = _seq(w * L * L)
     n = x.shape[0]
-    for _ in range(5):  # ggml stops once a pass changes nothing; the passes after that change nothing either
+    for _ in range(5):  # a pass that changes nothing leaves the state as it was: ggml stops there, so do we
+        changed = torch.zeros_like(zero)
         for i in range(n):
             wi, wxi, li = w[i], wx[i], L[i]
             slx = sumlx - wxi * li
@@ -161,6 +153,9 @@ def make_q3_quants(x: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tens
             L[i] = torch.where(ok, new_l, li)
             sumlx = torch.where(ok, slx2, sumlx)
             suml2 = torch.where(ok, sl22, suml2)
+            changed |= ok
+        if not bool(changed.any()):
+            break
     scale = torch.where(suml2 > 0, sumlx / suml2, torch.zeros_like(sumlx))
     return torch.where(zero, 0.0, scale), torch.where(zero, 0, L.to(torch.int32) + nmax)
 
@@ -174,29 +169,37 @@ def make_qkx_quants(
     Each trial scale is computed from the minimum accepted so far, so the trials run one after the other
     (each on every column at once). ``iscale * (x - min)`` lies in [-1, nmax + 1] here, where ``torch.round``
     equals ``nearest_int``."""
+    n, S = x.shape
     mn = x.amin(0)
     mx = x.amax(0)
-    sum_w = _seq(w, start_with_first=True)
-    sum_x = _seq(w * x, start_with_first=True)
+    sum_w, sum_x = _seq(torch.stack([w, w * x]), dim=1, start_with_first=True)
     mn = torch.where(mn > 0, 0.0, mn)
     mn0 = mn
     flat = mx == mn
+    xm = torch.empty_like(x)
+    buf = torch.empty_like(x)
+    P = torch.empty(3, n, S, device=x.device)
 
-    def err(scale, mn_, L):
-        diff = scale * L + mn_ - x
-        return _seq(w * (diff.abs_() if use_mad else diff.square_()))
+    def codes(iscale):
+        torch.sub(x, mn, out=xm)
+        return torch.mul(xm, iscale).round_().clamp_(0, nmax)
+
+    def err(scale, m, L):
+        torch.mul(L, scale, out=buf).add_(m).sub_(x)
+        (buf.abs_() if use_mad else buf.square_()).mul_(w)
+        return _seq(buf)
 
     iscale = _div(float(nmax), mx - mn)
     scale = _div(1.0, iscale)
-    L = torch.round(iscale * (x - mn)).clamp_(0, nmax)
+    L = codes(iscale)
     best = err(scale, mn, L)
     for k in range(nstep + 1):
         a = _f32(_f32(_f32(rmin) + _f32(_f32(rdelta) * k)) + nmax)
-        lk = torch.round(_div(a, mx - mn) * (x - mn)).clamp_(0, nmax)  # min: the last one accepted
-        wl = w * lk
-        sum_l = _seq(wl)
-        sum_l2 = _seq(wl * lk)
-        sum_xl = _seq(wl.mul_(x))
+        lk = codes(_div(a, mx - mn))  # min: the last one accepted
+        torch.mul(w, lk, out=P[0])
+        torch.mul(P[0], lk, out=P[1])
+        torch.mul(P[0], x, out=P[2])
+        sum_l, sum_l2, sum_xl = _seq(P, dim=1)
         D = sum_w * sum_l2 - sum_l * sum_l
         this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
         this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
@@ -239,6 +242,7 @@ def make_qp_quants(x: torch.Tensor, nmax: int, qw: torch.Tensor) -> tuple[torch.
     sumlx = _seq(wx * li.float())
     suml2 = _seq(qw * li.float() * li.float())
     for _ in range(5):
+        changed = torch.zeros_like(zero)
         for i in range(x.shape[0]):
             wi, wxi, li = qw[i], wx[i], L[i]
             slx = sumlx - wxi * li
@@ -250,6 +254,9 @@ def make_qp_quants(x: torch.Tensor, nmax: int, qw: torch.Tensor) -> tuple[torch.
             L[i] = torch.where(ok, (new_l.to(torch.int32) & 0xFF).float(), li)
             sumlx = torch.where(ok, slx2, sumlx)
             suml2 = torch.where(ok, sl22, suml2)
+            changed |= ok
+        if not bool(changed.any()):
+            break
     scale = torch.where(suml2 > 0, sumlx / suml2, torch.zeros_like(sumlx))
     return torch.where(zero, 0.0, scale), torch.where(zero, 0, L.to(torch.int32))
 
