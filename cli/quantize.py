@@ -17,7 +17,9 @@ EPILOG = """Examples:
 
   surgeon quantize model/ -o model-w4a16/ --scheme w4a16                 # compressed-tensors, vLLM/transformers
 
-  surgeon quantize model/ -o model-q4_0.gguf --scheme q4_0               # GGUF for llama.cpp
+  surgeon quantize model/ -o model-q4_k_m.gguf --scheme q4_k_m           # GGUF for llama.cpp, llama-quantize's mix
+
+  surgeon quantize model/ -o model-q4_k_m.gguf --scheme q4_k_m --imatrix imatrix.gguf
 
   surgeon quantize model/ -o model-w4/ --scheme w4a16 --optimizer hqq    # HQQ-refined scales and zeros
 
@@ -62,6 +64,13 @@ def quantize(
             help="--format gguf: llama.cpp's pre-tokenizer name (llama-bpe, qwen2, smollm...) when it is not recognised.",
         ),
     ] = None,
+    imatrix: Annotated[
+        str | None,
+        typer.Option(
+            "--imatrix",
+            help="--format gguf: llama-imatrix's importance matrix (imatrix.gguf or legacy .dat) to weight the block search.",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
     revision: RevisionOpt = None,
@@ -82,6 +91,7 @@ def quantize(
         ignore=ignore,
         device=device,
         pre_tokenizer=pre_tokenizer,
+        imatrix=imatrix,
     )
     with RichProgress(quiet) as bar:
         result = api.quantize(

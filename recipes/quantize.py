@@ -65,6 +65,16 @@ for _name in ("f32", "f16", "bf16"):
     SCHEME_RULES.add(_name, SchemeRules(_name, "gguf", 32, ("gguf",), group_fixed=True))
 
 
+# --- GGUF (issue 12): k-quants in super-blocks of 256. The mixtures choose a type per tensor as llama-quantize
+# does, so they exist only as GGUF; the single types (q3_k, q4_k, q5_k) can also be written dense --------------
+for _name in ("q3_k", "q4_k", "q5_k"):
+    SCHEME_RULES.add(_name, SchemeRules(_name, "gguf", 256, ("gguf", "dense"), group_fixed=True))
+for _name in ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k"):
+    SCHEME_RULES.add(_name, SchemeRules(_name, "gguf", 256, ("gguf",), group_fixed=True))
+# schemes whose search an importance matrix weights (llama-quantize: every type but Q8_0 and the float ones)
+IMATRIX_SCHEMES = tuple(n for n, r in SCHEME_RULES.items() if r.family == "gguf" and n not in ("q8_0", "f32", "f16", "bf16"))
+
+
 def scheme_rules(name: str) -> SchemeRules:
     """The rules of scheme ``name`` (any case), or a usage error listing the known schemes."""
     return SCHEME_RULES.lookup(name.strip().lower())
@@ -126,6 +136,7 @@ class QuantizeConfig(Config):
     device: str = "auto"
     use_triton: bool | None = None  # None: Triton on CUDA, the torch reference elsewhere
     pre_tokenizer: str | None = None  # --format gguf: llama.cpp's pre-tokenizer name when the check-text hash is unknown
+    imatrix: str | None = None  # --format gguf: llama-imatrix's file (legacy .dat or GGUF) weighting the block search
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -144,6 +155,8 @@ class QuantizeConfig(Config):
                 raise UsageError("--pre-tokenizer needs a name", "a llama.cpp pre-tokenizer such as llama-bpe, qwen2, smollm")
             if self.format not in ("gguf", "auto"):
                 raise UsageError("--pre-tokenizer applies to --format gguf only")
+        if self.imatrix is not None and (not isinstance(self.imatrix, str) or not self.imatrix.strip()):
+            raise UsageError("--imatrix needs a file", "an importance matrix from llama-imatrix (imatrix.gguf or imatrix.dat)")
         if self.include is not None:
             check_regex(self.include, "--include")
         if self.ignore is not None:
@@ -153,10 +166,22 @@ class QuantizeConfig(Config):
         rules = scheme_rules(self.scheme)
         self._set("scheme", rules.name)
         self._check_scheme_takes_the_settings(rules)
+        if self.imatrix is not None:
+            if rules.name not in IMATRIX_SCHEMES:
+                raise UsageError(
+                    f"--imatrix does not apply to {rules.name}",
+                    "it weights the block search of " + ", ".join(IMATRIX_SCHEMES),
+                )
+            if self.output_format != "gguf":
+                raise UsageError("--imatrix applies to --format gguf only")
+            if self.optimizer == "hqq":
+                raise UsageError("--imatrix and --optimizer hqq are mutually exclusive", "pick one way to refine the blocks")
 
     def _check_scheme_takes_the_settings(self, s: SchemeRules) -> None:
         if self.group_size is not None and s.group_fixed:
-            what = "block size 32 is part of the GGUF format" if s.family == "gguf" else "fp8 is one scale per channel"
+            what = (
+                f"block size {s.group_size} is part of the GGUF format" if s.family == "gguf" else "fp8 is one scale per channel"
+            )
             raise UsageError(f"--group-size does not apply to {s.name}: its {what}")
         if self.asym and not s.asym_capable:
             hint = (

@@ -55,6 +55,7 @@ class QuantizePlan:
     notes: list[str] = field(default_factory=list)  # told to the user before the run, and kept in the result
     gguf_tensors: list[GGUFTensor] | None = None  # --format gguf: the file's tensors, in order
     gguf_writer: object | None = None  # --format gguf: gguf-py's GGUFWriter holding the whole header
+    imatrix: object | None = None  # --imatrix: formats.gguf_imatrix.ImportanceMatrix, checked against the tensors
 
     @property
     def gguf_metadata(self) -> dict | None:
@@ -235,8 +236,22 @@ def _plan_gguf(plan: QuantizePlan, problems: Problems) -> None:
             each_tensor(problems, errors)
             return
         plan.gguf_tensors = with_types(tensors, types)
+        if plan.config.imatrix is not None:
+            from .formats.gguf_imatrix import check_against, load_imatrix
+
+            plan.imatrix = load_imatrix(plan.config.imatrix)
+            bad = check_against(plan.imatrix, plan.gguf_tensors, ck.label)
+            if bad:
+                each_tensor(problems, bad)
+                return
         plan.gguf_writer, n_tok = build_writer(
-            plan.gguf_tensors, arch, ck.config, ck.folder, plan.spec.scheme.gguf_type, plan.config.pre_tokenizer
+            plan.gguf_tensors,
+            arch,
+            ck.config,
+            ck.folder,
+            plan.spec.scheme.gguf_type,
+            plan.config.pre_tokenizer,
+            extra_metadata=plan.imatrix.metadata() if plan.imatrix is not None else (),
         )
     except SurgeonError as e:
         problems.add(str(e))

@@ -151,11 +151,16 @@ def run_quantize(plan: QuantizePlan, progress: Progress = SILENT, command: str |
 
 
 def _quantize_one(
-    plan: QuantizePlan, name: str, w: torch.Tensor, need_dequant: bool, spec: QuantSpec | None = None
+    plan: QuantizePlan,
+    name: str,
+    w: torch.Tensor,
+    need_dequant: bool,
+    spec: QuantSpec | None = None,
+    imatrix: torch.Tensor | None = None,
 ) -> QuantizedWeight:
     dev = plan.device
     wd = w.to(dev, non_blocking=True) if dev.type != "cpu" else w
-    qw = quantize_weight(wd, spec or plan.spec, plan.config.use_triton, need_dequant)
+    qw = quantize_weight(wd, spec or plan.spec, plan.config.use_triton, need_dequant, imatrix)
     if not need_dequant:
         qw.dequantized = None
     sig, noise = qw.extra["signal"], qw.extra["noise"]
@@ -219,11 +224,30 @@ def recipe(plan: QuantizePlan) -> dict:
     return d
 
 
+def _quantize_gguf_tensor(plan: QuantizePlan, t, w: torch.Tensor, spec: QuantSpec) -> tuple[QuantizedWeight, float, float]:
+    """One GGUF tensor into its block type: rows of ``t.shape[-1]`` values; under ``--imatrix`` each expert of a
+    3-D tensor with its own slice of the importance weights, as llama-quantize does."""
+    cols = t.shape[-1]
+    im = None if plan.imatrix is None else plan.imatrix.weights.get(t.name)
+    if im is not None and im.size != cols * (t.shape[0] if len(t.shape) == 3 else 1):
+        im = None  # token_embd of another size: llama-quantize quantizes it without weights too
+    if im is None or len(t.shape) != 3:
+        qw = _quantize_one(plan, t.hf_name, w.reshape(-1, cols), False, spec, None if im is None else torch.from_numpy(im))
+        return qw, qw.extra["signal"], qw.extra["noise"]
+    parts, sig, noise = [], 0.0, 0.0
+    for e in range(t.shape[0]):
+        q = _quantize_one(plan, t.hf_name, w[e].reshape(-1, cols), False, spec, torch.from_numpy(im[e * cols : (e + 1) * cols]))
+        parts.append(q.parts["blocks"])
+        sig += q.extra["signal"]
+        noise += q.extra["noise"]
+    return QuantizedWeight({"blocks": torch.cat(parts)}, None, q.bits_per_weight), sig, noise
+
+
 def _write_gguf(plan: QuantizePlan, progress: Progress) -> list[TensorRow]:
     """Header first (from the plan), then each GGUF tensor: read its sources, apply the converter's changes,
     quantize it to its type or store it as a float type."""
     from .formats.gguf import FLOAT_TYPES, StreamingGGUF, source_tensor, stored_array
-    from .schemes import QuantSpec, get_scheme
+    from .schemes import QuantSpec, block_scheme
 
     ck, spec = plan.ck, plan.spec
     rows: list[TensorRow] = []
@@ -252,10 +276,9 @@ def _write_gguf(plan: QuantizePlan, progress: Progress) -> list[TensorRow]:
                         t.name, list(t.shape), info.dtype if info else "F32", None, None, before, t.nbytes, None, None
                     )
                 else:
-                    tspec = spec if t.qtype == spec.scheme.gguf_type else QuantSpec(get_scheme(t.qtype.lower()), 32, True)
-                    qw = _quantize_one(plan, t.hf_name, w.reshape(-1, t.shape[-1]), need_dequant=False, spec=tspec)
+                    tspec = spec if t.qtype == spec.scheme.gguf_type else QuantSpec(block_scheme(t.qtype), 32, True)
+                    qw, sig, noise = _quantize_gguf_tensor(plan, t, w, tspec)
                     writer.write(qw.parts["blocks"].cpu().numpy().reshape(-1))
-                    sig, noise = qw.extra["signal"], qw.extra["noise"]
                     row = TensorRow(
                         t.name,
                         list(t.shape),

@@ -45,6 +45,10 @@ FILE_TYPE = {
     "Q5_K_M": 17,
     "Q6_K": 18,
     "BF16": 32,
+    # a single k-quant type on the selected weights: the mixture closest to it
+    "Q3_K": 11,
+    "Q4_K": 14,
+    "Q5_K": 16,
 }
 # GGUF names that stay F32 whatever the scheme (the converter's list for these architectures)
 _ALWAYS_F32 = re.compile(r"(ffn_gate_inp(_shexp)?\.weight|_norm\.weight|^rope_\w+\.weight)$")
@@ -240,9 +244,11 @@ def build_writer(
     folder: Path,
     file_type: str,
     pre_tokenizer: str | None = None,
+    extra_metadata=(),
 ):
     """A gguf-py GGUFWriter holding the whole header (no file yet): tensor infos, then the metadata in the
-    converter's order (general.*, hyperparameters, quantization version, tokenizer)."""
+    converter's order (general.*, hyperparameters, quantization version, tokenizer), then ``extra_metadata``
+    ((key, str or int) pairs: llama-quantize's ``quantize.imatrix.*``)."""
     import gguf
 
     from .gguf_tokenizer import _load_json, add_vocab, vocab_kind
@@ -278,6 +284,8 @@ def build_writer(
             w.add_add_space_prefix(False)
         if arch.no_bos_for_49152 and int(config.get("vocab_size", 32000)) == 49152:
             w.add_add_bos_token(False)
+        for key, value in extra_metadata:
+            (w.add_string if isinstance(value, str) else w.add_uint32)(key, value)  # llama-quantize: u32
     return w, n_tokens
 
 

@@ -316,6 +316,21 @@ for _names, _arch in (
         ARCHS[_n] = _arch
 
 
+# config.json without "architectures" (transformers writes none for a model it loaded from a GGUF file)
+MODEL_TYPES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
+}
+
+
 def supported() -> str:
     return ", ".join(ARCHS)
 
@@ -325,6 +340,8 @@ def arch_of(config: dict | None, label: str) -> tuple[str, Arch]:
     if not config:
         raise SurgeonError(f"{label} has no config.json, which --format gguf needs", f"supported architectures: {supported()}")
     names = config.get("architectures") or []
+    if not names and config.get("model_type") in MODEL_TYPES:
+        names = [MODEL_TYPES[config["model_type"]]]
     for n in names:
         if n in ARCHS:
             return n, ARCHS[n]

@@ -77,48 +77,9 @@ ARCHS = {
 
 @pytest.fixture(scope="session")
 def smollm_tokenizer(smollm2_gguf, tmp_path_factory) -> Path:
-    """SmolLM2's byte-level BPE rebuilt from the GGUF as its tokenizer.json is on the Hub (Digits + ByteLevel)."""
-    import gguf
+    from builders import add_smollm2_tokenizer
 
-    r = gguf.GGUFReader(str(smollm2_gguf))
-    f = r.fields
-    tokens = [bytes(f["tokenizer.ggml.tokens"].parts[i]).decode() for i in f["tokenizer.ggml.tokens"].data]
-    merges = [bytes(f["tokenizer.ggml.merges"].parts[i]).decode() for i in f["tokenizer.ggml.merges"].data]
-    types = [int(f["tokenizer.ggml.token_type"].parts[i][0]) for i in f["tokenizer.ggml.token_type"].data]
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    added = [
-        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
-        for i, t in enumerate(tokens)
-        if types[i] == 3
-    ]
-    tj = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": added,
-        "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]},
-        "post_processor": {**byte_level, "add_prefix_space": True, "trim_offsets": False},
-        "decoder": {**byte_level, "add_prefix_space": True},
-        "model": {
-            "type": "BPE",
-            "dropout": None,
-            "unk_token": None,
-            "continuing_subword_prefix": None,
-            "end_of_word_suffix": None,
-            "fuse_unk": False,
-            "byte_fallback": False,
-            "ignore_merges": False,
-            "vocab": {t: i for i, t in enumerate(tokens)},
-            "merges": [m.split(" ") for m in merges],
-        },
-    }
-    out = tmp_path_factory.mktemp("smollm-tokenizer")
-    (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
-    cfg = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>"}
-    cfg.update(tokenizer_class="GPT2Tokenizer", add_prefix_space=False, chat_template="{{ messages[0]['content'] }}")
-    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
-    return out
+    return add_smollm2_tokenizer(tmp_path_factory.mktemp("smollm-tokenizer"), smollm2_gguf)
 
 
 @pytest.fixture(scope="session")
