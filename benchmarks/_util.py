@@ -25,6 +25,26 @@ def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float]
     return dt, usage.ru_maxrss / 1024
 
 
+# a child that exits 1 unless every argument (a .safetensors file or a folder of them) holds the same tensors as the
+# first: the check that a command gives one result on every device (metadata such as the command line may differ)
+SAME_TENSORS = r"""
+import sys
+from pathlib import Path
+from safetensors.torch import load_file
+def tensors(p):
+    p = Path(p)
+    out = {}
+    for f in sorted(p.glob("*.safetensors")) if p.is_dir() else [p]:
+        out.update(load_file(str(f)))
+    return out
+first = tensors(sys.argv[1])
+for p in sys.argv[2:]:
+    other = tensors(p)
+    if other.keys() != first.keys() or not all(first[k].equal(other[k]) for k in first):
+        sys.exit(f"{p} holds other tensors than {sys.argv[1]}")
+"""
+
+
 def python_snippet(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 

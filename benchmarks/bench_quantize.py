@@ -1,7 +1,12 @@
 """`surgeon quantize` per scheme against gguf-py's numpy quantizers and the plain read+write floor.
 
 Run: python benchmarks/bench_quantize.py [--layers 4] [--hidden 2048] [--repeat 2] [--threads N]
+                                        [--device cpu,cuda] [--schemes w4a16,q8_0]
 Writes benchmarks/work/quantize-bench/ (ignored by git) and prints Markdown tables.
+
+``--device`` (default ``auto``) takes a comma-separated list: `surgeon quantize` and our quantizers alone run once
+per device (gguf-py, the peer, runs on the CPU: it has no other path). ``--schemes`` keeps the named schemes
+(the labels' first words: w4a16, w4a16+hqq, w8a16, w8a8, fp8, nf4, q8_0, ...).
 
 The checkpoint is a Llama-shaped bf16 model built here (random weights, a byte-level tokenizer written by
 hand), so the GGUF path runs end to end. Three measurements, all in this run on the same checkpoint:
@@ -17,13 +22,14 @@ hand), so the GGUF path runs end to end. Three measurements, all in this run on 
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import sys
 import time
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _util import WORK, machine, python_snippet, run_measured  # noqa: E402
+from _util import SAME_TENSORS, WORK, machine, python_snippet, run_measured  # noqa: E402
 
 GGUF_TYPES = ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1"]
 SCHEMES = [  # (label, surgeon arguments)
@@ -99,37 +105,57 @@ w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); 
 """
 
 
-def kernel_table(folder, repeat: int) -> list[str]:
+def scheme_key(label: str) -> str:
+    """'w4a16 + hqq (compressed-tensors)' -> 'w4a16+hqq'."""
+    return label.split(" (")[0].replace(" + ", "+")
+
+
+def kernel_table(folder, repeat: int, types: list[str], devices: list[str], mismatched: list[str]) -> list[str]:
     import numpy as np
+    import torch
     from gguf import GGMLQuantizationType, quants
     from safetensors import safe_open
 
+    from modelsurgeon.ops.core.device import resolve_device
     from modelsurgeon.ops.quantize.gguf_blocks import quantize_blocks
 
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         tensors = [f.get_tensor(n).float() for n in f.keys() if "layers.0." in n and n.endswith("proj.weight")]
     n = sum(t.numel() for t in tensors)
     rows = []
-    for qt in GGUF_TYPES:
-
-        def ours():
-            return [quantize_blocks(t, qt.upper()) for t in tensors]
+    for qt in types:
 
         def theirs():
             return [quants.quantize(t.numpy(), GGMLQuantizationType[qt.upper()]) for t in tensors]
 
-        same = all(np.array_equal(a.numpy(), b) for a, b in zip(ours(), theirs()))
-        t_ours = min(_timed(ours) for _ in range(repeat))
-        t_theirs = min(_timed(theirs) for _ in range(repeat))
-        rows.append(
-            f"| {qt} | {n / 1e6:.1f} | {t_ours * 1e3:.0f} | {t_theirs * 1e3:.0f} | {t_theirs / t_ours:.2f}x | {'yes' if same else 'NO'} |"
-        )
+        want = theirs()
+        t_theirs = min(_timed(theirs, torch.device("cpu")) for _ in range(repeat))
+        for name in devices:
+            dev = resolve_device(name)
+            on_dev = [t.to(dev) for t in tensors]
+
+            def ours():
+                return [quantize_blocks(t, qt.upper()) for t in on_dev]
+
+            same = all(np.array_equal(a.cpu().numpy(), b) for a, b in zip(ours(), want))
+            if not same:
+                mismatched.append(f"{qt} on {dev.type}")
+            t_ours = min(_timed(ours, dev) for _ in range(repeat))
+            rows.append(
+                f"| {qt} | {dev.type} | {n / 1e6:.1f} | {t_ours * 1e3:.1f} | {t_theirs * 1e3:.0f} | {t_theirs / t_ours:.2f}x | {'yes' if same else 'NO'} |"
+            )
     return rows
 
 
-def _timed(fn) -> float:
+def _timed(fn, dev) -> float:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     t0 = time.perf_counter()
     fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
     return time.perf_counter() - t0
 
 
@@ -139,7 +165,16 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (OMP_NUM_THREADS) for every process")
+    ap.add_argument("--device", default="auto", help="comma-separated devices for ours: auto, cpu, cuda")
+    ap.add_argument("--schemes", default="", help="comma-separated schemes to run (default: all)")
     a = ap.parse_args()
+    devices = [d.strip() for d in a.device.split(",") if d.strip()]
+    wanted = {w.strip().lower() for w in a.schemes.split(",") if w.strip()}
+    schemes = [(label, args) for label, args in SCHEMES if not wanted or scheme_key(label) in wanted]
+    unknown = wanted - {scheme_key(label) for label, _ in SCHEMES}
+    if unknown:
+        ap.error(f"unknown schemes {sorted(unknown)}; known: {', '.join(scheme_key(label) for label, _ in SCHEMES)}")
+    gguf_types = [t for t in GGUF_TYPES if any(scheme_key(label) == t for label, _ in schemes)]
     env = {"OMP_NUM_THREADS": str(a.threads)} if a.threads else {}
     os.environ.update(env)
     root = WORK / "quantize-bench"
@@ -157,13 +192,7 @@ def main() -> None:
     run_measured(python_snippet(FLOOR) + [str(src), str(out / "floor")], env)  # warm the page cache
     t_import = best(imports)
     t_floor = best(python_snippet(FLOOR) + [str(src), str(out / "floor")])
-    results = []
-    for label, args in SCHEMES:
-        target = out / (label.split()[0] + (".gguf" if "gguf" in label else ""))
-        cmd = surgeon + ["-o", str(target), *args]
-        # HQQ iterates ~20 times over every weight: one run is enough to see its cost
-        results.append((label, run_measured(cmd, env)[0] if "hqq" in args else best(cmd)))
-    peer = {t: best(python_snippet(GGUF_PY) + [str(src), str(out / f"gguf-py-{t}.gguf"), t]) for t in GGUF_TYPES}
+    peer = {t: best(python_snippet(GGUF_PY) + [str(src), str(out / f"gguf-py-{t}.gguf"), t]) for t in gguf_types}
     threads = a.threads or "default"
     print(f"machine: {machine()}")
     print(
@@ -172,19 +201,45 @@ def main() -> None:
     )
     print("| what | wall s | x floor | gguf-py s | gguf-py / ours |")
     print("|---|---|---|---|---|")
-    print(f"| read + write floor (same bytes out) | {t_floor:.2f} | 1.00 | | |")
-    for label, t in results:
-        qt = label.split()[0]
-        extra = f"{peer[qt]:.2f} | {peer[qt] / t:.2f}x" if qt in peer else " | "
-        print(f"| surgeon quantize {label} | {t:.2f} | {t / t_floor:.2f} | {extra} |")
+    print(f"| read + write floor (same bytes out) | {t_floor:.2f} | 1.00 | | |", flush=True)
+    results, same, differ = [], [], []
+    for label, args in schemes:  # each row printed when measured: a run cut short keeps what it measured
+        targets = []
+        for dev in devices:
+            target = out / (label.split()[0] + f"-{dev}" + (".gguf" if "gguf" in label else ""))
+            cmd = surgeon + ["-o", str(target), *args, "--device", dev]
+            # HQQ iterates ~20 times over every weight: one run is enough to see its cost
+            shown = label if devices == ["auto"] else f"{label} --device {dev}"
+            t = run_measured(cmd, env)[0] if "hqq" in args else best(cmd)
+            results.append((shown, t))
+            targets.append(target)
+            qt = label.split()[0]
+            extra = f"{peer[qt]:.2f} | {peer[qt] / t:.2f}x" if qt in peer else " | "
+            print(f"| surgeon quantize {shown} | {t:.2f} | {t / t_floor:.2f} | {extra} |", flush=True)
+        if len(targets) > 1:  # one result whatever the device: GGUF byte for byte, tensors otherwise
+            if targets[0].suffix == ".gguf":
+                ok = all(filecmp.cmp(targets[0], t, shallow=False) for t in targets[1:])
+            else:
+                try:
+                    run_measured(python_snippet(SAME_TENSORS) + [str(t) for t in targets], env)
+                    ok = True
+                except RuntimeError:
+                    ok = False
+            (same if ok else differ).append(label)
+    if same:
+        print(f"\nsame output on {' and '.join(devices)} (checked): {', '.join(same)}")
+    if differ:
+        print(f"\n**DIFFERENT output on {' and '.join(devices)}**: {', '.join(differ)}")
     print("\nquantizers alone (layer 0's seven linear weights, fp32 in memory, this process):\n")
-    print("| type | M values | ours ms | gguf-py ms | speed-up | same bytes |")
-    print("|---|---|---|---|---|---|")
-    for row in kernel_table(src, a.repeat):
+    print("| type | ours on | M values | ours ms | gguf-py ms (CPU) | speed-up | same bytes |")
+    print("|---|---|---|---|---|---|---|")
+    for row in kernel_table(src, a.repeat, gguf_types, devices, differ):
         print(row)
     (root / "last.json").write_text(
         json.dumps({"floor": t_floor, "import": t_import, "surgeon": dict(results), "gguf_py": peer}, indent=2)
     )
+    if differ:
+        sys.exit(f"bench_quantize: the output depends on the device for {', '.join(differ)}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from . import expand, intrinsic_dim, merge, prune, quantize, report
+from . import dequantize, expand, intrinsic_dim, merge, prune, quantize, report
 
 app = typer.Typer(
     name="surgeon",
@@ -25,6 +25,7 @@ app.command("report", epilog=report.EPILOG)(report.report)
 app.command("prune", epilog=prune.EPILOG)(prune.prune)
 app.command("quantize", epilog=quantize.EPILOG)(quantize.quantize)
 app.command("merge", epilog=merge.EPILOG)(merge.merge)
+app.command("dequantize", epilog=dequantize.EPILOG)(dequantize.dequantize)
 app.command("intrinsic-dim", epilog=intrinsic_dim.EPILOG)(intrinsic_dim.intrinsic_dim)
 app.command("expand-subspace", epilog=expand.EPILOG)(expand.expand_subspace)
 

@@ -82,7 +82,7 @@ def _print_table(r: dict) -> None:
         cells = [
             row["name"],
             "x".join(map(str, row["shape"])) or "()",
-            row["dtype"],
+            row["dtype"] + (f" <- {row['stored']['scheme']}" if row.get("stored") else ""),
             fmt_count(row["numel"]),
             f"{1 - row['sparsity']:.1%}",
         ]
@@ -117,6 +117,12 @@ def _print_table(r: dict) -> None:
     if r.get("quantization_config"):
         q = r["quantization_config"]
         lines.append(f"quantization: {q.get('quant_method', '?')} {q.get('format', '')}".rstrip())
+    if r.get("source_format"):
+        n = sum(1 for row in r["tensors"] if row.get("stored"))
+        lines.append(
+            f"stored as {r['source_format']} ({fmt_bytes(r['stored_bytes'])} of tensors); "
+            f"the statistics describe the dequantized values of {n} tensor(s) listed with '<- scheme'"
+        )
     if cmp:
         c = r["compare"]
         lines.append(

@@ -9,7 +9,7 @@ are importable from here: ``from modelsurgeon import prune, report``. They load 
 
 __version__ = "0.1.0"
 
-_API = {"report", "prune", "quantize", "merge", "extract_lora", "intrinsic_dim", "expand_subspace"}
+_API = {"report", "prune", "quantize", "dequantize", "merge", "extract_lora", "intrinsic_dim", "expand_subspace"}
 
 
 def __getattr__(name: str):

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from modelsurgeon.ops.core.progress import Progress
+    from modelsurgeon.ops.dequantize.run import DequantizeResult
     from modelsurgeon.ops.intrinsic.expand import ExpandResult
     from modelsurgeon.ops.intrinsic.run import IntrinsicDimResult
     from modelsurgeon.ops.merge.extract import ExtractResult
@@ -29,13 +30,15 @@ if TYPE_CHECKING:
     from modelsurgeon.ops.prune.result import PruneResult
     from modelsurgeon.ops.quantize.run import QuantizeResult
     from modelsurgeon.ops.report.run import ReportResult
+    from modelsurgeon.recipes.dequantize import DequantizeConfig
     from modelsurgeon.recipes.intrinsic_dim import IntrinsicDimConfig
     from modelsurgeon.recipes.merge import ExtractConfig, MergeConfig, MergeRecipe
     from modelsurgeon.recipes.prune import PruneConfig
     from modelsurgeon.recipes.quantize import QuantizeConfig
     from modelsurgeon.recipes.report import ReportConfig
 
-__all__ = ["expand_subspace", "extract_lora", "intrinsic_dim", "merge", "prune", "quantize", "report"]
+
+__all__ = ["dequantize", "expand_subspace", "extract_lora", "intrinsic_dim", "merge", "prune", "quantize", "report"]
 
 
 def _config(cls, config, settings: dict):
@@ -86,6 +89,31 @@ def quantize(
     cfg = _config(QuantizeConfig, config, settings)
     with plan_quantize(cfg, str(model), str(output), force=force, max_shard_size=max_shard_size, revision=revision) as plan:
         return run_quantize(plan, progress or silent(), command)
+
+
+def dequantize(
+    model: str,
+    output: str,
+    config: DequantizeConfig | None = None,
+    *,
+    force: bool = False,
+    max_shard_size: str | int = "5GB",
+    revision: str | None = None,
+    progress: Progress | None = None,
+    command: str | None = None,
+    **settings,
+) -> DequantizeResult:
+    """Write a quantized MODEL (compressed-tensors, FP8 block scales, bitsandbytes, a GGUF file) as plain
+    safetensors at OUTPUT, atomically: the transformers names, config.json without quantization_config, the
+    tokenizer. Settings: ``DequantizeConfig``'s fields (``dtype="bf16"``; default: each tensor's own)."""
+    from modelsurgeon.ops.core.progress import silent
+    from modelsurgeon.ops.dequantize.plan import plan_dequantize
+    from modelsurgeon.ops.dequantize.run import run_dequantize
+    from modelsurgeon.recipes.dequantize import DequantizeConfig
+
+    cfg = _config(DequantizeConfig, config, settings)
+    with plan_dequantize(cfg, str(model), str(output), force=force, max_shard_size=max_shard_size, revision=revision) as plan:
+        return run_dequantize(plan, progress or silent(), command)
 
 
 def intrinsic_dim(

@@ -35,7 +35,7 @@ class SchemeRules:
     """A quantization scheme as the settings see it: its defaults and what it accepts."""
 
     name: str
-    family: str  # "int" | "fp8" | "nf4" | "binary" | "gguf": which math quantizes it
+    family: str  # "int" | "fp8" | "nf4" | "binary" | "gguf" | "fp8_block" | "nvfp4" | "mxfp4": which math quantizes it
     group_size: int  # the default; -1 = one group per row
     formats: tuple[str, ...] = ("dense",)  # formats that can hold it; the first is the default
     symmetric: bool = True  # the default
@@ -73,6 +73,17 @@ for _name in ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s"
     SCHEME_RULES.add(_name, SchemeRules(_name, "gguf", 256, ("gguf",), group_fixed=True))
 # schemes whose search an importance matrix weights (llama-quantize: every type but Q8_0 and the float ones)
 IMATRIX_SCHEMES = tuple(n for n, r in SCHEME_RULES.items() if r.family == "gguf" and n not in ("q8_0", "f32", "f16", "bf16"))
+
+# --- issue 13: the compressed-tensors schemes vLLM serves on new GPUs, and 2/3-bit integers
+for _rules in (
+    SchemeRules("w2a16", "int", 128, _CT, asym_capable=True, hqq_capable=True),
+    SchemeRules("w3a16", "int", 128, _CT, asym_capable=True, hqq_capable=True),
+    SchemeRules("fp8-block", "fp8_block", -1, _CT, group_fixed=True),
+    SchemeRules("nvfp4", "nvfp4", 16, _CT, group_fixed=True),
+    SchemeRules("nvfp4a16", "nvfp4", 16, _CT, group_fixed=True),
+    SchemeRules("mxfp4", "mxfp4", 32, _CT, group_fixed=True),
+):
+    SCHEME_RULES.add(_rules.name, _rules)
 
 
 def scheme_rules(name: str) -> SchemeRules:
@@ -179,9 +190,13 @@ class QuantizeConfig(Config):
 
     def _check_scheme_takes_the_settings(self, s: SchemeRules) -> None:
         if self.group_size is not None and s.group_fixed:
-            what = (
-                f"block size {s.group_size} is part of the GGUF format" if s.family == "gguf" else "fp8 is one scale per channel"
-            )
+            what = {
+                "gguf": f"block size {s.group_size} is part of the GGUF format",
+                "fp8": "fp8 is one scale per channel",
+                "fp8_block": "its 128x128 blocks are part of the scheme",
+                "nvfp4": "NVFP4 is one scale per 16 values",
+                "mxfp4": "MXFP4 is one scale per 32 values",
+            }[s.family]
             raise UsageError(f"--group-size does not apply to {s.name}: its {what}")
         if self.asym and not s.asym_capable:
             hint = (

@@ -147,3 +147,94 @@ def write_legacy_imatrix(path: Path, entries: dict[str, torch.Tensor], ncalls: i
     out += struct.pack("<i", ncalls) + struct.pack("<i", len(dataset.encode())) + dataset.encode()
     path.write_bytes(out)
     return path
+
+
+def ct_reference(src: Path, preset: str, out: Path, fmt: str | None = None, dtype=torch.bfloat16) -> Path:
+    """What llm-compressor saves for a preset scheme: compressed-tensors' own qparams (calculate_qparams, and
+    generate_gparam for NVFP4's global scale) from each weight's min/max, its compressor and update_config."""
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (
+        QuantizationConfig,
+        QuantizationStatus,
+        apply_quantization_config,
+        preset_name_to_scheme,
+    )
+    from compressed_tensors.quantization.utils import calculate_qparams, generate_gparam
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
+    apply_quantization_config(
+        m, QuantizationConfig(config_groups={"group_0": preset_name_to_scheme(preset, ["Linear"])}, ignore=["lm_head"])
+    )
+    for mod in m.modules():
+        scheme = getattr(mod, "quantization_scheme", None)
+        if scheme is None or scheme.weights is None:
+            continue
+        w, a = mod.weight.data, scheme.weights
+        gs = None
+        if hasattr(mod, "weight_global_scale"):
+            gs = generate_gparam(w.amin(), w.amax())
+            mod.weight_global_scale.data.copy_(gs)
+        if a.strategy in ("group", "tensor_group"):
+            wg = w.unflatten(-1, (-1, a.group_size))
+            mn, mx = wg.amin(-1), wg.amax(-1)
+        elif a.strategy == "block":
+            bh, bw = a.block_structure
+            p = torch.nn.functional.pad(w, (0, -w.shape[1] % bw, 0, -w.shape[0] % bh))  # zeros: min/max clamp to 0 anyway
+            wg = p.reshape(p.shape[0] // bh, bh, p.shape[1] // bw, bw)
+            mn, mx = wg.amin((1, 3)), wg.amax((1, 3))
+        elif a.strategy == "tensor":
+            mn, mx = w.amin().reshape(1), w.amax().reshape(1)
+        else:
+            mn, mx = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        scale, zp = calculate_qparams(mn, mx, a, global_scale=gs)
+        mod.weight_scale.data.copy_(scale.reshape(mod.weight_scale.shape).to(mod.weight_scale.dtype))
+        if hasattr(mod, "weight_zero_point"):
+            mod.weight_zero_point.data.copy_(zp.reshape(mod.weight_zero_point.shape).to(mod.weight_zero_point.dtype))
+        mod.quantization_status = QuantizationStatus.FROZEN
+    mc = ModelCompressor.from_pretrained_model(m, fmt)
+    mc.compress_model(m)
+    m.save_pretrained(out)
+    mc.update_config(out)
+    return out
+
+
+def fp8_block_checkpoint(src: Path, out: Path, block: tuple[int, int] = (128, 128)) -> Path:
+    """``src`` (a transformers folder) in the layout DeepSeek-V3 and the Qwen FP8 releases ship: every linear weight
+    as float8_e4m3fn codes with ``weight_scale_inv`` float32 per ``block`` (absmax / 448, the partial blocks at
+    the edges included), the rest in bf16, and the quantization_config that describes it."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    bh, bw = block
+    for name, w in load_file(src / "model.safetensors").items():
+        w = w.to(torch.bfloat16)
+        if name.endswith("proj.weight"):
+            rows, cols = w.shape
+            p = torch.nn.functional.pad(w.float(), (0, -cols % bw, 0, -rows % bh))
+            blocks = p.reshape(p.shape[0] // bh, bh, p.shape[1] // bw, bw)
+            scale = blocks.abs().amax((1, 3)) / 448.0
+            scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+            s = scale.repeat_interleave(bh, 0)[:rows].repeat_interleave(bw, 1)[:, :cols]
+            tensors[name] = (w.float() / s).clamp(-448, 448).to(torch.float8_e4m3fn)
+            tensors[name[: -len(".weight")] + ".weight_scale_inv"] = scale
+        else:
+            tensors[name] = w
+    save_file(tensors, str(out / "model.safetensors"))
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("model.safetensors", "config.json"):
+            shutil.copyfile(f, out / f.name)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["torch_dtype"] = "bfloat16"
+    cfg.pop("dtype", None)
+    cfg["quantization_config"] = {
+        "quant_method": "fp8",
+        "fmt": "e4m3",
+        "activation_scheme": "dynamic",
+        "weight_block_size": list(block),
+    }
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    return out

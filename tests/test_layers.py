@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = {"prune", "quantize", "merge", "intrinsic", "report", "calibrate", "eval"}
+FAMILIES = {"prune", "quantize", "merge", "intrinsic", "report", "calibrate", "eval", "dequantize"}
 SOURCE_DIRS = ("ops", "cli", "recipes", "kernels", "modelsurgeon")
 
 

@@ -116,7 +116,7 @@ def _prepare(line: str, root: Path) -> tuple[list[str], str | None]:
 def test_readme_shows_commands():
     lines = readme_commands()
     commands = {shlex.split(line)[1] for line in lines}
-    assert {"report", "prune", "quantize", "merge", "intrinsic-dim", "expand-subspace"} <= commands
+    assert {"report", "prune", "quantize", "dequantize", "merge", "intrinsic-dim", "expand-subspace"} <= commands
 
 
 def test_every_readme_command_runs(capsys, workdir, monkeypatch):

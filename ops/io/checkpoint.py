@@ -298,6 +298,10 @@ def _check_entry(entry) -> str | None:
 class Checkpoint:
     """A read-only view of a checkpoint: names, shapes and dtypes up front, data on request."""
 
+    source_format: str | None = None  # set by the dequantizing views: "compressed-tensors", "fp8", "gguf" ...
+    source_quantization: dict | None = None  # the source's quantization_config (or GGUF file type)
+    rewrite_config = False  # True: write ``config`` into outputs rather than copying config.json
+
     def __init__(self, resolved: Resolved, weight_files: list[Path], infos: dict[str, TensorInfo], kind: str):
         self.resolved = resolved
         self.label = resolved.label
@@ -349,6 +353,18 @@ class Checkpoint:
             if d.is_dir() and _ST_MODULE_DIR.match(d.name) and (d / "config.json").is_file():
                 out.append(d / "config.json")
         return out
+
+    def is_quantized(self, name: str) -> bool:
+        """Whether ``name`` is decoded from a quantized form (False for every tensor of a plain checkpoint)."""
+        return False
+
+    def describe(self, name: str) -> dict | None:
+        """How a quantized tensor is stored (format, scheme, parts); None for a plain one."""
+        return None
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(i.nbytes for i in self._infos.values())
 
     def tied_aliases(self) -> dict[str, str]:
         """Names that hold the same tensor as another name (alias -> canonical)."""
@@ -439,10 +455,19 @@ class Checkpoint:
 # open
 
 
-def open_checkpoint(spec: str | Path, revision: str | None = None) -> Checkpoint:
-    """Resolve ``spec`` and open it lazily, validating every header and index first."""
+def open_checkpoint(spec: str | Path, revision: str | None = None, dequantize: bool = True) -> Checkpoint:
+    """Resolve ``spec`` and open it lazily, validating every header and index first.
+
+    A quantized checkpoint (compressed-tensors, FP8 block scales, bitsandbytes, a GGUF file) comes back as a
+    view whose tensors are the dequantized weights (``ops/io/quantized``); ``dequantize=False`` gives the
+    stored tensors as they are (not for GGUF, which has no safetensors form)."""
     resolved = resolve(str(spec), revision)
     path = resolved.path
+    from .quantized.gguf import GGUFCheckpoint, is_gguf
+
+    gguf_file = _single_gguf(path) if path.is_dir() else (path if is_gguf(path) else None)
+    if gguf_file is not None:
+        return GGUFCheckpoint(Resolved(resolved.label, gguf_file, resolved.hub_id, resolved.revision))
     if path.is_dir():
         kind, files, infos = _open_folder(path, resolved.label)
     elif path.name.endswith(".index.json"):
@@ -457,7 +482,25 @@ def open_checkpoint(spec: str | Path, revision: str | None = None) -> Checkpoint
         ck._torch_sd = {f: _torch_load(f) for f in files}
     elif len(files) == 1:
         ck.metadata = read_safetensors_header(files[0])[1]
-    return ck
+    if not dequantize:
+        return ck
+    from .quantized import dequantizing_view
+
+    try:
+        return dequantizing_view(ck)
+    except BaseException:
+        ck.close()
+        raise
+
+
+def _single_gguf(folder: Path) -> Path | None:
+    """The GGUF file of a folder that holds one and no safetensors or torch weights."""
+    if any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin")):
+        return None
+    ggufs = sorted(folder.glob("*.gguf"))
+    if len(ggufs) > 1:
+        raise CheckpointError(f"{folder} holds {len(ggufs)} .gguf files", "give the one to read")
+    return ggufs[0] if ggufs else None
 
 
 def _open_folder(folder: Path, label: str):

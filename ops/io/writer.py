@@ -189,8 +189,10 @@ def copy_aux_files(source: Checkpoint, folder: Path, update_config: Callable[[di
         rel = f.relative_to(source.folder)
         dst = folder / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if rel.as_posix() == "config.json" and update_config is not None and source.config is not None:
-            dst.write_text(json.dumps(update_config(dict(source.config)), indent=2) + "\n")
+        rewrite = update_config is not None or source.rewrite_config  # a dequantized source: its config, not the file
+        if rel.as_posix() == "config.json" and rewrite and source.config is not None:
+            update = update_config or dict
+            dst.write_text(json.dumps(update(dict(source.config)), indent=2) + "\n")
         else:
             shutil.copyfile(f, dst)
         copied.append(rel.as_posix())

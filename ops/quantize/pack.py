@@ -18,6 +18,9 @@ import sys
 import torch
 
 from modelsurgeon.kernels import should_use_triton
+from modelsurgeon.ops.io.quantized.codecs import unpack_int32  # the inverse lives with the readers
+
+__all__ = ["pack_int32", "packed_cols", "unpack_int32"]
 
 
 def packed_cols(cols: int, bits: int) -> int:
@@ -75,21 +78,3 @@ def _pack_bytes(codes: torch.Tensor, bits: int, n_words: int) -> torch.Tensor:
     if per_byte == 2:
         u = u[:, 0::2] | (u[:, 1::2] << 4)
     return u.contiguous().reshape(-1).view(torch.int32).reshape(rows, n_words)
-
-
-def unpack_int32(words: torch.Tensor, bits: int, cols: int, packed_dim: int = 1) -> torch.Tensor:
-    """The inverse of ``pack_int32``: int32 words -> int8 codes (``cols`` along the packed dim)."""
-    if packed_dim == 0:
-        return unpack_int32(words.t().contiguous(), bits, cols, 1).t().contiguous()
-    rows = words.shape[0]
-    w = words.to(torch.int64) & 0xFFFFFFFF
-    start = torch.arange(cols, dtype=torch.int64, device=words.device) * bits
-    word, shift = start // 32, start % 32
-    lo = w[:, word] >> shift
-    spill = shift + bits > 32
-    if spill.any():
-        nxt = torch.clamp(word + 1, max=w.shape[1] - 1)
-        hi = w[:, nxt] << (32 - shift)
-        lo = torch.where(spill, lo | hi, lo)
-    u = lo & ((1 << bits) - 1)
-    return (u - (1 << (bits - 1))).to(torch.int8).reshape(rows, cols)

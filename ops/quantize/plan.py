@@ -7,7 +7,8 @@
 Formats (``--format``): ``compressed-tensors`` (a folder vLLM/transformers load), ``gguf`` (one file for
 llama.cpp), ``dense`` (quantize then dequantize back into the original dtype: what the scheme costs).
 
-The plan refuses an input that is already quantized and a selection that is empty at once (nothing else
+A quantized input that ``ops/io`` reads comes in dequantized (and a note warns that its values are rounded
+twice); the plan refuses one that nothing reads, and a selection that is empty, at once (nothing else
 can be checked then); the other problems (tensor shapes, the GGUF layout and tokenizer, tensor names the
 format cannot hold, an existing output) are collected and reported together. It creates nothing: the
 output is only checked here, and ``run_quantize`` writes it.
@@ -102,7 +103,7 @@ def plan_quantize(
 def _plan(cfg: QuantizeConfig, ck: Checkpoint, out: Output, device: torch.device) -> QuantizePlan:
     notes: list[str] = []
     spec = quant_spec(cfg, notes)
-    check_not_quantized(ck)
+    check_not_quantized(ck, notes)
     targets = select_targets(ck, cfg.include, cfg.ignore, "--include", "--ignore")
     if not targets:
         raise SurgeonError(
@@ -139,13 +140,22 @@ def quant_spec(cfg: QuantizeConfig, notes: list[str]) -> QuantSpec:
     return QuantSpec(s, group, cfg.symmetric, hqq)
 
 
-def check_not_quantized(ck: Checkpoint) -> None:
+def check_not_quantized(ck: Checkpoint, notes: list[str]) -> None:
+    """A quantized input that ``ops/io`` reads (compressed-tensors, FP8 block, bitsandbytes, GGUF) comes in
+    dequantized: it is quantized again, with a warning that its values are rounded twice. One that nothing
+    reads (GPTQ, AWQ ..., or stray quantized tensors without a config) is refused."""
+    if ck.source_format is not None:
+        notes.append(
+            f"warning: {ck.label} is already quantized ({ck.source_format}); its dequantized values are quantized "
+            "again, so they are rounded twice. Start from the original weights where you have them"
+        )
+        return
     qc = (ck.config or {}).get("quantization_config")
     if qc:
         what = " ".join(str(qc.get(k)) for k in ("quant_method", "format") if qc.get(k))
         raise SurgeonError(
-            f"{ck.label} is already quantized (config.json quantization_config: {what or 'present'})",
-            "quantize the original full-precision checkpoint",
+            f"{ck.label} is quantized with {what or 'an unnamed method'} (config.json quantization_config), which is not read yet",
+            "quantize the original full-precision checkpoint; readable: compressed-tensors, fp8 block, bitsandbytes, GGUF",
         )
     for info in ck.infos():
         if _QUANTIZED_NAMES.search(info.name) or (info.dtype in _QUANTIZED_DTYPES and info.name.endswith("weight")):
@@ -175,7 +185,9 @@ def check_shapes(ck: Checkpoint, targets: list[str], spec: QuantSpec, problems: 
         cols = info.shape[1]
         g = spec.group_for(cols)
         if g <= 0 or cols % g:
-            flag = "the GGUF block size" if spec.scheme.group_fixed else "--group-size"
+            flag = {"gguf": "the GGUF block size", "nvfp4": "NVFP4's group", "mxfp4": "MXFP4's group"}.get(
+                spec.scheme.family, "--group-size"
+            )
             rows.append(
                 f"{name} has rows of {cols} values, not a multiple of the group size {g} ({flag}); "
                 f"pick a size that divides {cols} or leave the tensor out with --ignore"
@@ -203,6 +215,11 @@ def _plan_compressed_tensors(plan: QuantizePlan, problems: Problems) -> None:
         except SurgeonError as e:
             bad.append(str(e))
     each_tensor(problems, bad)
+    if plan.spec.scheme.name == "nvfp4":
+        plan.notes.append(
+            "note: nvfp4 quantizes activations too; without calibration data each layer's input_global_scale is 1.0 "
+            "(activation groups with a max above 2688 clip). Use nvfp4a16 for weights only"
+        )
     if not plan.spec.symmetric and plan.spec.scheme.ct_format == "pack-quantized":
         plan.notes.append(
             "warning: transformers (5.23, compressed-tensors 0.20) cannot load asymmetric pack-quantized "
@@ -221,7 +238,7 @@ def _plan_gguf(plan: QuantizePlan, problems: Problems) -> None:
     except SurgeonError as e:  # not a known architecture: nothing below applies
         problems.add(str(e))
         return
-    if not ck.resolved.path.is_dir():
+    if not ck.resolved.path.is_dir() and ck.source_format != "gguf":  # a GGUF source brings its own config and tokenizer
         problems.add(
             "--format gguf needs the model folder (config.json and tokenizer beside the weights): "
             "give the folder, not the .safetensors file"

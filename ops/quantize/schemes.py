@@ -141,6 +141,61 @@ for _name, _bits, _summary in (
 ):
     _scheme(_name, _bits, _summary, gguf_type=_name.upper(), url=_KQ_URL)
 
+# --- issue 13: FP8 blocks, FP4 (NVFP4, MXFP4) and 2/3-bit integers, as compressed-tensors writes them
+_FP8_GROUP_ACT = {"dynamic": True, "group_size": 128, "num_bits": 8, "strategy": "group", "symmetric": True, "type": "float"}
+_FP4_ACT = {
+    "dynamic": "local",
+    "group_size": 16,
+    "num_bits": 4,
+    "observer": "static_minmax",
+    "scale_dtype": "torch.float8_e4m3fn",
+    "strategy": "tensor_group",
+    "symmetric": True,
+    "type": "float",
+}
+_MX_ACT = {
+    "dynamic": True,
+    "group_size": 32,
+    "num_bits": 4,
+    "scale_dtype": "torch.uint8",
+    "strategy": "group",
+    "symmetric": True,
+    "type": "float",
+}
+_scheme("w2a16", 2, "int2 weights, group 128, symmetric (compressed-tensors W2A16)", ct_format="pack-quantized", url=_CT_URL)
+_scheme("w3a16", 3, "int3 weights, group 128, symmetric (compressed-tensors W3A16)", ct_format="pack-quantized", url=_CT_URL)
+_scheme(
+    "fp8-block",
+    8,
+    "fp8 e4m3 weights per 128x128 block + dynamic fp8 activations per group of 128 (FP8_BLOCK, DeepSeek-V3)",
+    ct_format="float-quantized",
+    activations=_FP8_GROUP_ACT,
+    url=_CT_URL,
+)
+_scheme(
+    "nvfp4",
+    4,
+    "FP4 E2M1 weights and activations, FP8 E4M3 scale per 16 + a global scale (NVFP4)",
+    ct_format="nvfp4-pack-quantized",
+    activations=_FP4_ACT,
+    url=_CT_URL,
+)
+_scheme(
+    "nvfp4a16",
+    4,
+    "FP4 E2M1 weights, FP8 E4M3 scale per 16 + a global scale (NVFP4A16)",
+    ct_format="nvfp4-pack-quantized",
+    url=_CT_URL,
+)
+_scheme(
+    "mxfp4",
+    4,
+    "FP4 E2M1 weights and activations, E8M0 power-of-two scale per 32 (MXFP4, OCP microscaling)",
+    ct_format="mxfp4-pack-quantized",
+    activations=_MX_ACT,
+    url=_CT_URL,
+)
+
 if list(_REGISTRY) != list(SCHEME_RULES):  # a scheme the settings accept must have an implementation, and back
     raise RuntimeError(
         f"ops/quantize/schemes.py registers {list(_REGISTRY)} but recipes/quantize.py SCHEME_RULES has {list(SCHEME_RULES)}"
@@ -283,10 +338,41 @@ def _gguf_family(
     return QuantizedWeight({"blocks": blocks}, deq, bpw)
 
 
+# --- issue 13: the new families
+
+
+def _fp8_block_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
+    from .fp8_block import BLOCK, fp8_block_dequantize, fp8_block_quantize
+
+    codes, scale = fp8_block_quantize(w, use_triton=use_triton)
+    bpw = 8 + scale.element_size() * 8 * scale.numel() / w.numel()
+    return QuantizedWeight({"codes": codes, "scale": scale}, fp8_block_dequantize(codes, scale, w.dtype, BLOCK), bpw)
+
+
+def _nvfp4_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
+    from .fp4 import nvfp4_dequantize, nvfp4_quantize
+
+    packed, scale, gs = nvfp4_quantize(w, use_triton)
+    bpw = 4 + 8 / 16 + 32 / w.numel()
+    return QuantizedWeight(
+        {"packed": packed, "scale": scale, "global_scale": gs}, nvfp4_dequantize(packed, scale, gs, w.dtype), bpw
+    )
+
+
+def _mxfp4_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
+    from .fp4 import mxfp4_dequantize, mxfp4_quantize
+
+    packed, scale = mxfp4_quantize(w, use_triton)
+    return QuantizedWeight({"packed": packed, "scale": scale}, mxfp4_dequantize(packed, scale, w.dtype), 4 + 8 / 32)
+
+
 _FAMILIES: dict[str, Callable[[torch.Tensor, QuantSpec, bool | None, bool], QuantizedWeight]] = {
     "int": _int_family,
     "fp8": _fp8_family,
     "nf4": _nf4_family,
     "binary": _binary_family,
     "gguf": _gguf_family,
+    "fp8_block": _fp8_block_family,
+    "nvfp4": _nvfp4_family,
+    "mxfp4": _mxfp4_family,
 }

@@ -66,6 +66,9 @@ def build_report(
     rows = []
     for i, info in enumerate(infos):
         row = {"name": info.name, "shape": list(info.shape), "dtype": info.dtype, **stats[i].as_dict()}
+        stored = ck.describe(info.name)  # a quantized tensor: how it is stored (the statistics are of its values)
+        if stored is not None:
+            row["stored"] = stored
         if other is not None:
             row.update(
                 cmp[i].as_dict()
@@ -91,7 +94,9 @@ def build_report(
         "nm_2_4_fraction": (sum(checkable) / len(checkable)) if checkable else 0.0,
         "bytes_on_disk": ck.bytes_on_disk,
         "dtypes": dtypes,
-        "quantization_config": (ck.config or {}).get("quantization_config"),
+        "quantization_config": ck.source_quantization or (ck.config or {}).get("quantization_config"),
+        "source_format": ck.source_format,
+        "stored_bytes": ck.stored_bytes,
         "filter": name_filter.pattern if name_filter else None,
         "tensors": rows,
     }

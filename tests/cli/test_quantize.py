@@ -209,11 +209,23 @@ def test_gguf_block_size_names_the_tensor(capsys, tmp_path):
 
 
 def test_already_quantized_input(capsys, tmp_path, llama):
+    """A quantized input that ops/io reads is quantized again from its dequantized values, with one warning
+    about the double rounding; one that nothing reads is refused."""
     q = tmp_path / "q"
     assert run(capsys, "quantize", llama, "-o", q, "--scheme", "w8a8", "-q")[0] == 0
     out = tmp_path / "again"
-    code, o, e = run(capsys, "quantize", q, "-o", out, "--scheme", "w8a8")
-    assert_one_line_error(code, o, e, 1, "already quantized", "compressed-tensors int-quantized")
+    code, o, e = run(capsys, "quantize", q, "-o", out, "--scheme", "w8a8", "--json")
+    assert code == 0, e
+    assert e.count("rounded twice") == 1 and "compressed-tensors" in e
+    assert json.loads(o)["quantized_tensors"] > 0
+    out = tmp_path / "refused"
+    gptq = write_checkpoint(
+        tmp_path / "gptq",
+        {"l.qweight": torch.zeros(4, 32, dtype=torch.int32), "l.scales": torch.ones(1, 32)},
+        {"model_type": "llama", "quantization_config": {"quant_method": "gptq", "bits": 4}},
+    )
+    code, o, e = run(capsys, "quantize", gptq, "-o", out, "--scheme", "w8a8")
+    assert_one_line_error(code, o, e, 1, "gptq", "not read yet")
     _nothing_written(out)
     # int8 tensors without a quantization_config are recognised too
     src = write_checkpoint(

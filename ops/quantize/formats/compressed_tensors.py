@@ -7,13 +7,19 @@ them; checked against the library in tests/ops/quantize/formats/test_compressed_
                                     weight_shape int64 (2,)                     weight_zero_point int32 (ceil(out*b/32), groups), asymmetric only
     int-quantized   (w8a8)          weight int8 (out, in)                       weight_scale (out, 1) [+ weight_zero_point int8]
     float-quantized (fp8)           weight float8_e4m3fn (out, in)              weight_scale (out, 1)
+    float-quantized (fp8-block)     weight float8_e4m3fn (out, in)              weight_scale (ceil(out/128), ceil(in/128))
+    nvfp4-pack-quantized (nvfp4, nvfp4a16)  weight_packed uint8 (out, in/2)     weight_scale float8_e4m3fn (out, in/16),
+                                                                                weight_global_scale float32 (1,)
+    mxfp4-pack-quantized (mxfp4)    weight_packed uint8 (out, in/2)             weight_scale uint8 E8M0 (out, in/32)
 
-Scales are stored in the weight's dtype. Symmetric zero points are not written ("vLLM does not support
+Integer and fp8 scales are stored in the weight's dtype. Symmetric zero points are not written ("vLLM does not support
 loading zero point parameters for symmetric schemes"). ``config.json`` gets the ``quantization_config``
 that ``ModelCompressor.update_config`` writes.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -40,6 +46,8 @@ def module_name(tensor_name: str) -> str:
 
 def weight_args(spec: QuantSpec) -> dict:
     s = spec.scheme
+    if s.family in _FLOAT_WEIGHTS:
+        return dict(_FLOAT_WEIGHTS[s.family])
     channel = spec.group_size == -1
     return {
         "dynamic": False,
@@ -49,6 +57,38 @@ def weight_args(spec: QuantSpec) -> dict:
         "symmetric": spec.symmetric,
         "type": "float" if s.family == "fp8" else "int",
     }
+
+
+# --- issue 13: the weights' args of the FP8-block and FP4 schemes, as the library's presets write them
+_FLOAT_WEIGHTS = {
+    "fp8_block": {
+        "block_structure": [128, 128],
+        "dynamic": False,
+        "group_size": None,
+        "num_bits": 8,
+        "strategy": "block",
+        "symmetric": True,
+        "type": "float",
+    },
+    "nvfp4": {
+        "dynamic": False,
+        "group_size": 16,
+        "num_bits": 4,
+        "scale_dtype": "torch.float8_e4m3fn",
+        "strategy": "tensor_group",
+        "symmetric": True,
+        "type": "float",
+    },
+    "mxfp4": {
+        "dynamic": False,
+        "group_size": 32,
+        "num_bits": 4,
+        "scale_dtype": "torch.uint8",
+        "strategy": "group",
+        "symmetric": True,
+        "type": "float",
+    },
+}
 
 
 def quantization_config(spec: QuantSpec, ignore: list[str]) -> dict:
@@ -117,10 +157,27 @@ def output_specs(name: str, shape: tuple[int, ...], dtype: torch.dtype, spec: Qu
         if not spec.symmetric:
             out.append(TensorSpec(f"{prefix}.weight_zero_point", (rows, groups), torch.int8))
         return out
-    if fmt == "float-quantized":
+    if fmt == "float-quantized" and spec.scheme.family == "fp8":
         return [
             TensorSpec(f"{prefix}.weight", (rows, cols), torch.float8_e4m3fn),
             TensorSpec(f"{prefix}.weight_scale", (rows, 1), sd),
+        ]
+    if fmt == "float-quantized" and spec.scheme.family == "fp8_block":
+        return [
+            TensorSpec(f"{prefix}.weight", (rows, cols), torch.float8_e4m3fn),
+            TensorSpec(f"{prefix}.weight_scale", (math.ceil(rows / 128), math.ceil(cols / 128)), sd),
+        ]
+    if fmt == "nvfp4-pack-quantized":
+        return [
+            TensorSpec(f"{prefix}.weight_packed", (rows, cols // 2), torch.uint8),
+            TensorSpec(f"{prefix}.weight_scale", (rows, cols // 16), torch.float8_e4m3fn),
+            TensorSpec(f"{prefix}.weight_global_scale", (1,), torch.float32),
+            *([TensorSpec(f"{prefix}.input_global_scale", (1,), torch.float32)] if spec.scheme.activations else []),
+        ]
+    if fmt == "mxfp4-pack-quantized":
+        return [
+            TensorSpec(f"{prefix}.weight_packed", (rows, cols // 2), torch.uint8),
+            TensorSpec(f"{prefix}.weight_scale", (rows, cols // 32), torch.uint8),
         ]
     raise ValueError(f"no compressed-tensors format for {spec.scheme.name}")
 
@@ -131,7 +188,7 @@ def output_tensors(
     """The tensors of ``output_specs``, in the same order, on the CPU."""
     prefix = module_name(name)
     p = qw.parts
-    codes = p["codes"]
+    codes = p.get("codes")
     fmt = spec.scheme.ct_format
     if fmt == "pack-quantized":
         b = spec.scheme.bits
@@ -143,6 +200,16 @@ def output_tensors(
         out = [(f"{prefix}.weight", codes), (f"{prefix}.weight_scale", p["scale"])]
         if not spec.symmetric:
             out.append((f"{prefix}.weight_zero_point", p["zero"]))
+    elif fmt == "nvfp4-pack-quantized":
+        out = [
+            (f"{prefix}.weight_packed", p["packed"]),
+            (f"{prefix}.weight_scale", p["scale"]),
+            (f"{prefix}.weight_global_scale", p["global_scale"]),
+        ]
+        if spec.scheme.activations:  # W4A4: data-free, so no calibrated activation range (see the plan's note)
+            out.append((f"{prefix}.input_global_scale", torch.ones(1, dtype=torch.float32)))
+    elif fmt == "mxfp4-pack-quantized":
+        out = [(f"{prefix}.weight_packed", p["packed"]), (f"{prefix}.weight_scale", p["scale"])]
     else:
         out = [(f"{prefix}.weight", codes), (f"{prefix}.weight_scale", p["scale"])]
     return [(n, t.cpu()) for n, t in out]
