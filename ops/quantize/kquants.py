@@ -174,6 +174,11 @@ def make_qkx_quants(
     mx = x.amax(0)
     sum_w, sum_x = _seq(torch.stack([w, w * x]), dim=1, start_with_first=True)
     mn = torch.where(mn > 0, 0.0, mn)
+    # ggml keeps the first of equal minima (``x[i] < min``): a minimum of zero has the sign of the first zero,
+    # which ends up in the block's stored minimum (-0.0 or +0.0)
+    is_zero = x == 0
+    first_zero = x.gather(0, is_zero.to(torch.uint8).argmax(0, keepdim=True)).squeeze(0)
+    mn = torch.where((mn == 0) & is_zero.any(0), first_zero, mn)
     mn0 = mn
     flat = mx == mn
     xm = torch.empty_like(x)
