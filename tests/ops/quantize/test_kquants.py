@@ -4,34 +4,15 @@ tensor), with and without an importance matrix, and our dequantization equals gg
 
 from __future__ import annotations
 
-import ctypes
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from helpers import ggml_quantize
 
 from modelsurgeon.ops.quantize.gguf_blocks import dequantize_blocks, quantize_blocks
 
-llama_cpp = pytest.importorskip("llama_cpp")
+pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")
-
-
-def ggml_quantize(x: np.ndarray, qtype: str, imatrix: np.ndarray | None = None) -> np.ndarray:
-    """llama.cpp's ``ggml_quantize_chunk`` on a 2-D float32 array: uint8 (rows, row bytes)."""
-    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
-    f = lib.ggml_quantize_chunk
-    f.restype = ctypes.c_size_t
-    f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    rows, cols = x.shape
-    t = gguf.GGMLQuantizationType[qtype]
-    block, size = gguf.GGML_QUANT_SIZES[t]
-    out = np.zeros((rows, cols // block * size), dtype=np.uint8)
-    im = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-    n = f(int(t), x.ctypes.data, out.ctypes.data, 0, rows, cols, None if im is None else im.ctypes.data)
-    assert n == out.nbytes
-    return out
 
 
 def _cases(cols: int) -> dict[str, torch.Tensor]:

@@ -1,11 +1,11 @@
 """GGUF against the real consumers and peers: our f16/bf16/f32 file equals llama.cpp's convert_hf_to_gguf.py
 tensor for tensor (names, types, shapes, bytes) and key for key on a tiny random model of every architecture;
-llama.cpp loads it and its greedy tokens equal transformers'; llama-quantize's per-tensor type choice
-(``llama_model_quantize``) equals ours for every K mixture.
+llama.cpp loads it and its greedy tokens equal transformers'; our K mixtures equal what ``llama_model_quantize``
+makes of our f16 file (types, keys, bytes); --imatrix blocks equal ``ggml_quantize_chunk``'s.
 
-The converter ships in llama.cpp's source (the llama-cpp-python sdist vendors it): set LLAMA_CPP_DIR to a
-llama.cpp checkout, or have the sdist in pip's cache. Without it those comparisons skip (and say why); the
-llama.cpp load and the type choice run everywhere llama-cpp-python is installed."""
+The converter ships in llama.cpp's source (the llama-cpp-python sdist vendors it): the README's install keeps
+the sdist in .venv/sdist (CI has it there), or set LLAMA_CPP_DIR to a llama.cpp checkout. Without it those
+comparisons skip (and say why); the rest runs everywhere llama-cpp-python is installed."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,8 +142,9 @@ def _find_converter(root: Path) -> Path | None:
     if os.environ.get("LLAMA_CPP_DIR"):
         p = Path(os.environ["LLAMA_CPP_DIR"]) / "convert_hf_to_gguf.py"
         return p if p.is_file() else None
+    candidates = sorted((Path(sys.prefix) / "sdist").glob("llama_cpp_python-*.tar.gz"))  # the README's install
     cache = Path(os.environ.get("PIP_CACHE_DIR", Path.home() / ".cache" / "pip"))
-    candidates = sorted(cache.rglob("llama_cpp_python-*.tar.gz")) if cache.is_dir() else []
+    candidates += sorted(cache.rglob("llama_cpp_python-*.tar.gz")) if cache.is_dir() else []
     for sdist in candidates:
         with tarfile.open(sdist) as tf:
             members = [m for m in tf.getmembers() if "/vendor/llama.cpp/" in m.name]
@@ -275,13 +277,15 @@ def test_llama_cpp_greedy_tokens_equal_transformers(arch, tokenizers, tmp_path):
 # llama-quantize's per-tensor type choice
 
 
-@pytest.mark.parametrize("arch,overrides", [
-    ("llama-spm", dict(num_hidden_layers=10, hidden_size=256, intermediate_size=512, num_key_value_heads=1, tie_word_embeddings=True)),
-    ("mixtral", dict(num_hidden_layers=9, hidden_size=256, intermediate_size=512, num_key_value_heads=1, num_local_experts=8)),
+@pytest.mark.parametrize("arch,overrides,whole", [
+    ("llama-spm", dict(num_hidden_layers=10, hidden_size=256, intermediate_size=256, num_key_value_heads=1, tie_word_embeddings=True), "all"),
+    ("mixtral", dict(num_hidden_layers=9, hidden_size=256, intermediate_size=256, num_key_value_heads=1, num_local_experts=8), "Q4_K_M"),
 ])  # fmt: skip
-def test_mixture_types_equal_llama_model_quantize(arch, overrides, tokenizers, tmp_path):
+def test_mixtures_equal_llama_model_quantize(arch, overrides, whole, tokenizers, tmp_path):
     """Rows of 256 so the K types apply; 10 and 9 layers exercise the every-third-layer promotions; 8 experts
-    take Mixtral's rules. llama.cpp quantizes our f16 file; every tensor's type must equal our choice."""
+    take Mixtral's rules. llama.cpp quantizes our f16 file of the fp16 model; every tensor's type equals our
+    choice, and our file from the safetensors equals llama.cpp's key for key and byte for byte (every mixture
+    for the Llama, Q4_K_M for Mixtral's stacked experts); llama.cpp runs ours."""
     import gguf
 
     llama_cpp = pytest.importorskip("llama_cpp")
@@ -306,7 +310,71 @@ def test_mixture_types_equal_llama_model_quantize(arch, overrides, tokenizers, t
         mine = mixture_types(tensors, mix, ck.config, a.gguf, quantizable)
         differ = {n: (mine.get(n, "not quantized"), t) for n, t in theirs.items() if mine.get(n, "F32") != t}
         assert not differ, f"{mix}: {differ}"
+        if whole in ("all", mix):
+            path = ours(model, tmp_path / f"ours-{mix}.gguf", mix.lower())
+            assert_same_file(path, out)
+            llm = llama_cpp.Llama(str(path), n_ctx=32, n_threads=2, logits_all=True, verbose=False)
+            llm.eval([1, 5, 17, 42])
+            assert np.isfinite(llm.scores[3]).all()
+            del llm
     ck.close()
+
+
+def test_imatrix_weights_the_blocks_as_ggml_does(capsys, tokenizers, tmp_path):
+    """--imatrix in both of llama-imatrix's forms: every quantized tensor equals ggml_quantize_chunk of the f16
+    values with that tensor's importance weights; the legacy .dat and the GGUF form give the same tensors, and
+    the file carries llama-quantize's quantize.imatrix.* keys. An importance matrix of another model is refused."""
+    import gguf
+    from builders import write_legacy_imatrix
+    from helpers import assert_one_line_error, ggml_quantize, run
+
+    pytest.importorskip("llama_cpp")
+    model = make_model(tmp_path / "m", "llama-spm", tokenizers, hidden_size=256, intermediate_size=256)
+    _, f16 = read_gguf(ours(model, tmp_path / "f16.gguf", "f16"))
+    g = torch.Generator().manual_seed(0)
+    entries = {
+        n: torch.rand(shape[0], generator=g) + 0.05
+        for n, (_, shape, _) in f16.items()
+        if n.startswith("blk.") and len(shape) == 2
+    }
+    write_legacy_imatrix(tmp_path / "imatrix.dat", entries, ncalls=7, dataset="notes.txt")
+    w = gguf.GGUFWriter(str(tmp_path / "imatrix.gguf"), arch="imatrix")
+    w.add_type("imatrix")
+    w.add_array("imatrix.datasets", ["notes.txt"])
+    w.add_uint32("imatrix.chunk_count", 7)
+    w.add_uint32("imatrix.chunk_size", 512)
+    for n, v in entries.items():
+        w.add_tensor(f"{n}.in_sum2", (v * 7).numpy().astype(np.float32))
+        w.add_tensor(f"{n}.counts", np.array([7.0], dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    files = {}
+    for form in ("dat", "gguf"):
+        out = tmp_path / f"{form}.gguf"
+        code, _, err = run(
+            capsys, "quantize", model, "-o", out, "--scheme", "q4_k_m", "--imatrix", tmp_path / f"imatrix.{form}", "-q"
+        )
+        assert code == 0, err
+        files[form] = read_gguf(out)
+    kv, ts = files["dat"]
+    assert ts == files["gguf"][1]
+    assert kv["quantize.imatrix.dataset"] == "notes.txt" and kv["quantize.imatrix.entries_count"] == len(entries)
+    assert kv["quantize.imatrix.chunks_count"] == 7
+    for n, v in entries.items():
+        qtype, shape, data = ts[n]
+        x = np.frombuffer(f16[n][2], dtype=np.float16).astype(np.float32).reshape(shape[1], shape[0])
+        assert data == ggml_quantize(x, qtype, v.numpy()).tobytes(), n
+    plain = read_gguf(ours(model, tmp_path / "plain.gguf", "q4_k_m"))[1]
+    assert plain["blk.0.attn_q.weight"][2] != ts["blk.0.attn_q.weight"][2]  # the weights changed the search
+
+    write_legacy_imatrix(tmp_path / "other.dat", {"blk.0.attn_q.weight": torch.ones(512)})
+    code, out, err = run(
+        capsys, "quantize", model, "-o", tmp_path / "x.gguf", "--scheme", "q4_k_m", "--imatrix", tmp_path / "other.dat"
+    )
+    assert_one_line_error(code, out, err, 1, "blk.0.attn_q.weight", "512")
+    assert not (tmp_path / "x.gguf").exists()
 
 
 # --------------------------------------------------------------------------------------------
