@@ -15,6 +15,10 @@ bfloat16, we do ours in float32 and round once, so outputs differ by bf16 roundi
 the last bit except where float32 summation order differs. dare_ties draws random masks in both tools,
 so there we compare properties (fraction of entries changed from the base, L1 norm of the change).
 
+The floor of each recipe is a child process that starts Python, imports torch and safetensors, reads every
+tensor of the recipe's inputs and writes one model of the output's size: what any tool must do at least.
+`--methods all` runs every method both tools have.
+
 Measured in child processes (this process stays small: a forked child inherits its parent's peak RSS).
 """
 
@@ -105,22 +109,72 @@ print(json.dumps({"identical": same / n, "max_abs": max_abs, "max_rel": max_rel,
 """
 
 
-def recipe(method: str, variant: str, root: Path, n: int) -> str:
-    lines = [f"merge_method: {method}"]
+TASK_VECTOR = {"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear"}
+ALL = [
+    "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della", "della_linear",
+    "slerp", "nuslerp", "nearswap", "model_stock", "multislerp", "karcher", "sce", "ram", "ramplus_tl", "arcee_fusion",
+]  # fmt: skip
+RANDOM = {"dare_ties", "dare_linear", "della", "della_linear"}  # random masks: compared by their statistics
+
+FLOOR = """
+import sys, torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+out, inputs = sys.argv[1], sys.argv[2:]
+first = {}
+for i, d in enumerate(inputs):
+    with safe_open(d + "/model.safetensors", "pt") as f:
+        for k in f.keys():
+            t = f.get_tensor(k)
+            if i == 0:
+                first[k] = t
+save_file(first, out)
+"""
+
+
+def recipe(method: str, variant: str, root: Path, n: int) -> tuple[str, list[Path]]:
+    """The recipe text and the folders it reads. Every method merges the base and the fine-tunes its
+    mergekit documentation describes: task-vector methods the base + all fine-tunes, slerp and nearswap two
+    models, arcee_fusion the base and one fine-tune, karcher the fine-tunes (no base)."""
     fts = [root / f"ft{i}" for i in range(1, n + 1)]
+    base = root / "base"
     weights = [1.0, 0.7, 0.5, 0.3, 0.2][:n]
+    params: dict = {}
+    base_model: Path | None = base
     if method == "linear":
-        lines.append("models:")
-        lines += [f"  - model: {root / 'base'}", "    parameters: {weight: 1.0}"]
-        for f, w in zip(fts, weights):
-            lines += [f"  - model: {f}", f"    parameters: {{weight: {w}}}"]
+        base_model, models = None, [(base, {"weight": 1.0})] + [(f, {"weight": w}) for f, w in zip(fts, weights)]
+    elif method in TASK_VECTOR:
+        extra = {"gamma": 0.01} if "breadcrumbs" in method else {"epsilon": 0.1} if "della" in method else {}
+        models = [(f, {"weight": w, "density": 0.5, **extra}) for f, w in zip(fts, weights)]
+    elif method in ("sce", "ram", "ramplus_tl", "model_stock"):
+        models = [(f, {}) for f in fts]
+        params = {"select_topk": 0.5} if method == "sce" else {}
+    elif method == "multislerp":
+        models = [(f, {"weight": w}) for f, w in zip(fts, weights)]
+    elif method == "nuslerp":
+        models = [(f, {"weight": w}) for f, w in zip(fts[:2], weights)]
+    elif method == "karcher":
+        base_model, models = None, [(f, {}) for f in fts]
+    elif method in ("slerp", "nearswap"):
+        base_model, models = fts[0], [(f, {}) for f in fts[:2]]
+        params = {"t": 0.3 if method == "slerp" else 0.001}
+    elif method == "arcee_fusion":
+        models = [(fts[0], {})]
     else:
-        lines.append(f"base_model: {root / 'base'}")
-        lines.append("models:")
-        for f, w in zip(fts, weights):
-            lines += [f"  - model: {f}", f"    parameters: {{weight: {w}, density: 0.5}}"]
+        raise SystemExit(f"no benchmark recipe for {method}")
+    lines = [f"merge_method: {method}"]
+    if base_model is not None:
+        lines.append(f"base_model: {base_model}")
+    if params:
+        lines.append(f"parameters: {json.dumps(params)}")
+    lines.append("models:")
+    for f, p in models:
+        lines.append(f"  - model: {f}")
+        if p:
+            lines.append(f"    parameters: {json.dumps(p)}")
     lines += ["dtype: bfloat16"] if variant == "bf16" else ["dtype: float32", "out_dtype: bfloat16"]
-    return "\n".join(lines) + "\n"
+    reads = ([base_model] if base_model is not None else []) + [f for f, _ in models if f != base_model]
+    return "\n".join(lines) + "\n", reads
 
 
 def main() -> None:
@@ -131,10 +185,12 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--finetunes", type=int, default=3)
-    ap.add_argument("--methods", default="linear,ties,dare_ties")
+    ap.add_argument("--methods", default="linear,ties,dare_ties", help="comma-separated, or 'all'")
     ap.add_argument("--variants", default="bf16,fp32")
     ap.add_argument("--repeat", type=int, default=1)
     a = ap.parse_args()
+    if a.methods == "all":
+        a.methods = ",".join(ALL)
     root = WORK / f"merge-bench-{a.hidden}-{a.intermediate}-{a.layers}-{a.vocab}-{a.finetunes}"
     if not (root / "done").exists():
         shutil.rmtree(root, ignore_errors=True)
@@ -150,10 +206,16 @@ def main() -> None:
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     load_start = os.getloadavg()[0]
     rows = []
+    floors: dict[tuple, float] = {}
     for variant in a.variants.split(","):
         for method in a.methods.split(","):
             rfile = root / f"{method}-{variant}.yml"
-            rfile.write_text(recipe(method, variant, root, a.finetunes))
+            text, reads = recipe(method, variant, root, a.finetunes)
+            rfile.write_text(text)
+            key = tuple(map(str, reads))
+            if key not in floors:  # the read+write floor of this recipe's inputs and output
+                floor_cmd = python_snippet(FLOOR) + [str(root / "floor.safetensors"), *key]
+                floors[key] = min(run_timed(floor_cmd, env)[0] for _ in range(a.repeat + 1))
             outs = {"mergekit": root / f"out-mk-{method}-{variant}", "surgeon": root / f"out-ms-{method}-{variant}"}
             cmds = {
                 "mergekit": [
@@ -185,22 +247,31 @@ def main() -> None:
             res = {tool: None for tool in cmds}
             for _ in range(a.repeat):  # alternate the tools, so both see the same machine load
                 for tool in ("mergekit", "surgeon"):
+                    if res[tool] == "failed":
+                        continue
                     shutil.rmtree(outs[tool], ignore_errors=True)
-                    t, cpu, rss = run_timed(cmds[tool], env)
+                    try:
+                        t, cpu, rss = run_timed(cmds[tool], env)
+                    except RuntimeError as e:  # a method one tool lacks
+                        print(f"{tool} {method}: {str(e)[-300:]}", file=sys.stderr)
+                        res[tool] = "failed"
+                        continue
                     best = res[tool]
                     res[tool] = (t, cpu, rss) if best is None else (min(best[0], t), min(best[1], cpu), max(best[2], rss))
-            cmp = json.loads(
-                subprocess.run(
-                    python_snippet(COMPARE)
-                    + [str(outs["surgeon"]), str(outs["mergekit"]), str(root / "base"), "1" if "dare" in method else "0"],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-            )
-            rows.append((method, variant, res, cmp))
+            cmp = None
+            if "failed" not in res.values():
+                cmp = json.loads(
+                    subprocess.run(
+                        python_snippet(COMPARE) + [str(outs["surgeon"]), str(outs["mergekit"]), str(root / "base"), "0"],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout
+                )
+            rows.append((method, variant, res, cmp, floors[key]))
             for o in outs.values():
                 shutil.rmtree(o, ignore_errors=True)
+            (root / "floor.safetensors").unlink(missing_ok=True)
             print(f"{method} {variant}: {res} {cmp}", file=sys.stderr)
     version = (
         subprocess.run(
@@ -218,22 +289,30 @@ def main() -> None:
         f"1-minute load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (2 cores)\n"
     )
     print(
-        "| method | recipe dtype | mergekit wall s | surgeon wall s | speedup (wall) | mergekit CPU s | surgeon CPU s | speedup (CPU) "
-        "| mergekit peak RSS MiB | surgeon peak RSS MiB | RSS ratio | agreement |"
+        "| method | recipe dtype | floor s | mergekit wall s | surgeon wall s | speedup (wall) | surgeon x floor "
+        "| mergekit CPU s | surgeon CPU s | speedup (CPU) | mergekit peak RSS MiB | surgeon peak RSS MiB | RSS ratio | agreement |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for method, variant, res, cmp in rows:
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for method, variant, res, cmp, floor in rows:
+        dt = "bfloat16" if variant == "bf16" else "float32 -> out bfloat16"
+        if cmp is None:
+            ok = [t for t in res if res[t] != "failed"]
+            (ts, cs, rs) = res["surgeon"] if "surgeon" in ok else (float("nan"),) * 3
+            print(
+                f"| {method} | {dt} | {floor:.1f} | n/a | {ts:.1f} | | {ts / floor:.2f}x | | {cs:.1f} | | | {rs:.0f} | | "
+                f"{', '.join(t for t in res if t not in ok)} failed (stderr above) |"
+            )
+            continue
         (tm, cm, rm), (ts, cs, rs) = res["mergekit"], res["surgeon"]
-        if "dare" in method:
+        if method in RANDOM:
             agree = (
                 f"random masks: changed-from-base {cmp['changed_a']:.3f} vs {cmp['changed_b']:.3f}, "
                 f"L1 of change ratio {cmp['l1_ratio']:.4f}"
             )
         else:
             agree = f"{cmp['identical']:.4%} bit-identical, max abs diff {cmp['max_abs']:.3g} (rel {cmp['max_rel']:.2g})"
-        dt = "bfloat16" if variant == "bf16" else "float32 -> out bfloat16"
         print(
-            f"| {method} | {dt} | {tm:.1f} | {ts:.1f} | {tm / ts:.2f}x | {cm:.1f} | {cs:.1f} | {cm / cs:.2f}x | {rm:.0f} | {rs:.0f} "
+            f"| {method} | {dt} | {floor:.1f} | {tm:.1f} | {ts:.1f} | {tm / ts:.2f}x | {ts / floor:.2f}x | {cm:.1f} | {cs:.1f} | {cm / cs:.2f}x | {rm:.0f} | {rs:.0f} "
             f"| {rs / rm:.2f} | {agree} |"
         )
 

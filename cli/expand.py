@@ -15,6 +15,8 @@ EPILOG = """Examples:
   surgeon expand-subspace s.safetensors -o finetuned/
 
   surgeon expand-subspace s.safetensors --base /new/place/of/the/base -o finetuned/ --json
+
+  surgeon expand-subspace s.safetensors --task module:tasks.py:make -o finetuned/   # a Python task's model
 """
 
 
@@ -25,6 +27,13 @@ def expand_subspace(
         str | None,
         typer.Option(
             "--base", help="The checkpoint theta_0 came from, if it moved (checked by sha256). (default the recorded path)"
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="The module:function of a subspace trained on a Python task's model: its code runs only when named here.",
         ),
     ] = None,
     device: DeviceOpt = "cpu",
@@ -46,6 +55,7 @@ def expand_subspace(
             max_shard_size=max_shard_size,
             progress=bar,
             command=command_line(),
+            task=task,
         )
     render(result, as_json, _print_summary)
     return 0

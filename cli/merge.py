@@ -28,6 +28,8 @@ EPILOG = """Examples:
 
   surgeon merge --extract-lora finetuned/ --base org/base --rank 16 -o adapter/
 
+  surgeon merge --adapters --method ties lora-a/ lora-b/ --density 0.5 --rank 16 -o merged-adapter/
+
   surgeon merge --list-methods
 """
 
@@ -59,10 +61,28 @@ def merge(
         typer.Option("--param", "-p", help="Any global parameter as KEY=VALUE (e.g. lambda=0.8, normalize=false); repeatable."),
     ] = None,
     lora: Annotated[str | None, typer.Option("--lora", help="Fold this PEFT LoRA adapter folder into --base.")] = None,
+    adapters: Annotated[
+        bool,
+        typer.Option(
+            "--adapters", help="With --method: the arguments are PEFT LoRA adapters of one base, merged into one adapter."
+        ),
+    ] = False,
     extract_lora: Annotated[
         str | None, typer.Option("--extract-lora", help="Extract a LoRA adapter of --rank from this fine-tune of --base.")
     ] = None,
-    rank: Annotated[int | None, typer.Option("--rank", "-r", min=1, help="LoRA rank for --extract-lora.")] = None,
+    rank: Annotated[
+        int | None, typer.Option("--rank", "-r", min=1, help="LoRA rank for --extract-lora (the cap with --sv-threshold).")
+    ] = None,
+    sv_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--sv-threshold",
+            help="--extract-lora: per module, keep the singular values >= this fraction of its largest (adaptive rank).",
+        ),
+    ] = None,
+    embed_lora: Annotated[
+        bool, typer.Option("--embed-lora", help="--extract-lora: factor the embeddings too (else saved whole if changed).")
+    ] = False,
     include: Annotated[
         str | None,
         typer.Option("--include", help="--extract-lora: regex of the weights to factor (default: all linear weights)."),
@@ -86,6 +106,17 @@ def merge(
     ] = None,
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
+    allow_same: Annotated[
+        bool,
+        typer.Option(
+            "--i-understand-this-is-not-useful-without-training",
+            help="MoE recipes: allow every expert to be the same model (mergekit-moe's flag).",
+        ),
+    ] = False,
+    intermediate_dir: Annotated[
+        str | None,
+        typer.Option("--intermediate-dir", help="Multi-document recipes: keep the stages' outputs here (and reuse them)."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and print the plan; write nothing.")] = False,
     list_methods: Annotated[bool, typer.Option("--list-methods", help="List the merge methods and exit.")] = False,
     force: ForceOpt = False,
@@ -97,15 +128,49 @@ def merge(
         return _list_methods(as_json)
     inputs = list(inputs or [])
     merge_params = {"--weight": weight, "--density": density, "--t": t, "--param": param}
-    extract_flags = rank is not None or include or exclude or exact_svd
+    if adapters:
+        return _merge_adapters(
+            inputs,
+            output,
+            method,
+            base,
+            weight,
+            density,
+            param,
+            t,
+            rank,
+            sv_threshold,
+            exact_svd,
+            seed,
+            out_dtype,
+            device,
+            force,
+            dry_run,
+            as_json,
+            quiet,
+            lora,
+            extract_lora,
+            include,
+            exclude,
+            embed_lora,
+        )
+    extract_flags = rank is not None or include or exclude or exact_svd or sv_threshold is not None or embed_lora
     mode = _mode(inputs, output, method, base, lora, extract_lora, merge_params, bool(extract_flags))
-    write = _Write(output, force, max_shard_size, dry_run, as_json, quiet)
+    write = _Write(output, force, max_shard_size, dry_run, as_json, quiet, intermediate_dir, allow_same)
     if mode == "--extract-lora":
         from modelsurgeon.recipes.merge import dtype_name
 
         dtype_name(dtype, "--dtype")  # a merge option: checked, not used
         settings = dict(
-            rank=rank, include=include, exclude=exclude, exact_svd=exact_svd, seed=seed, out_dtype=out_dtype, device=device
+            rank=rank,
+            sv_threshold=sv_threshold,
+            embed_lora=embed_lora,
+            include=include,
+            exclude=exclude,
+            exact_svd=exact_svd,
+            seed=seed,
+            out_dtype=out_dtype,
+            device=device,
         )
         return _extract(extract_lora, base, settings, write)
     run = dict(seed=seed, dtype=dtype, out_dtype=out_dtype, tokenizer_source=tokenizer_source, device=device)
@@ -126,6 +191,8 @@ class _Write:
     dry_run: bool
     as_json: bool
     quiet: bool
+    intermediate_dir: str | None = None
+    allow_same: bool = False
 
 
 def _mode(inputs, output, method, base, lora, extract_lora, merge_params: dict, extract_flags: bool) -> str:
@@ -159,7 +226,7 @@ def _mode(inputs, output, method, base, lora, extract_lora, merge_params: dict, 
     if mode == "a recipe file" and base is not None:
         raise UsageError("--base belongs to the --method form", "set base_model in the recipe")
     if mode != "--extract-lora" and extract_flags:
-        raise UsageError("--rank, --include, --exclude and --exact-svd go with --extract-lora")
+        raise UsageError("--rank, --sv-threshold, --embed-lora, --include, --exclude and --exact-svd go with --extract-lora")
     if mode in ("--lora", "--extract-lora"):
         if inputs:
             raise UsageError(
@@ -170,11 +237,80 @@ def _mode(inputs, output, method, base, lora, extract_lora, merge_params: dict, 
     return mode
 
 
+def _merge_adapters(
+    inputs,
+    output,
+    method,
+    base,
+    weight,
+    density,
+    param,
+    t,
+    rank,
+    sv_threshold,
+    exact_svd,
+    seed,
+    out_dtype,
+    device,
+    force,
+    dry_run,
+    as_json,
+    quiet,
+    *others,
+) -> int:
+    """``surgeon merge --adapters --method M ADAPTER...``: one adapter from several, in adapter space."""
+    from modelsurgeon import api
+    from modelsurgeon.ops.core.errors import UsageError
+    from modelsurgeon.ops.merge.flags import parse_params
+
+    if any(others) or base is not None or t is not None:
+        raise UsageError(
+            "--adapters takes --method, adapters, --weight, --density, --param, --rank, --sv-threshold and --exact-svd only"
+        )
+    if method is None:
+        raise UsageError(
+            "--adapters needs --method", "e.g. surgeon merge --adapters --method ties a/ b/ --density 0.5 -o merged/"
+        )
+    if output is None:
+        raise UsageError("-o/--output is required", "name the adapter folder to write, e.g. -o merged/")
+    settings = dict(
+        method=method,
+        weight=tuple(weight or ()),
+        density=tuple(density or ()),
+        params=parse_params(param or ()),
+        rank=rank,
+        sv_threshold=sv_threshold,
+        exact_svd=exact_svd,
+        seed=seed,
+        out_dtype=out_dtype,
+        device=device,
+    )
+    with RichProgress(quiet) as bar:
+        result = api.merge_adapters(
+            inputs, output, dry_run=dry_run, force=force, progress=bar, command=command_line(), **settings
+        )
+    render(result, as_json, _print_plan)
+    return 0
+
+
 def _merge_recipe_file(path: str, run: dict, write: _Write) -> int:
-    """``surgeon merge RECIPE.yaml``: a mergekit recipe, the run flags over it."""
+    """``surgeon merge RECIPE.yaml``: a mergekit recipe (one or several stages), the run flags over it."""
+    from modelsurgeon.ops.merge.stages import count_documents
     from modelsurgeon.recipes.merge import MergeConfig
 
+    if count_documents(path) > 1 or write.allow_same or _is_moe(path):
+        return _merge(path, write, {**run, "allow_same": write.allow_same} if write.allow_same else run)
     return _merge(MergeConfig.build(path, **run), write)
+
+
+def _is_moe(path: str) -> bool:
+    from modelsurgeon.recipes.base import read_yaml
+    from modelsurgeon.recipes.merge import is_moe_recipe
+
+    try:
+        return is_moe_recipe(read_yaml(path))
+    except Exception:  # noqa: BLE001 - the merge reader reports a bad file with line and column
+        return False
 
 
 def _merge_flags(method, base, models, weight, density, t, param, run: dict, write: _Write) -> int:
@@ -193,7 +329,7 @@ def _fold_lora(base: str, adapter: str, run: dict, write: _Write) -> int:
     return _merge(MergeConfig.build(MergeRecipe.fold_lora(base, adapter), **run), write)
 
 
-def _merge(cfg, write: _Write) -> int:
+def _merge(cfg, write: _Write, settings: dict | None = None) -> int:
     from modelsurgeon import api
 
     with RichProgress(write.quiet) as bar:
@@ -205,6 +341,8 @@ def _merge(cfg, write: _Write) -> int:
             max_shard_size=write.max_shard_size,
             progress=bar,
             command=command_line(),
+            intermediate_dir=write.intermediate_dir,
+            **(settings or {}),
         )
     render(result, write.as_json, _print_plan)
     return 0
@@ -254,7 +392,13 @@ def _print_plan(s: dict) -> None:
     for key, value in s.items():
         if key in ("warnings", "dry_run") or value is None:
             continue
-        if key in ("output_bytes", "bytes_written", "peak_memory_estimate"):
+        if key == "per_module":
+            ranks = sorted({m["rank"] for m in value.values()})
+            worst = max(value.items(), key=lambda kv: kv[1]["rel_error"], default=None)
+            value = f"{len(value)} modules, ranks {ranks[0]}-{ranks[-1]}" if ranks else "-"
+            if worst is not None:
+                value += f", worst error {worst[1]['rel_error']:.3g} ({worst[0]})"
+        elif key in ("output_bytes", "bytes_written", "peak_memory_estimate"):
             value = fmt_bytes(value)
         elif key == "dtypes":
             value = ", ".join(f"{k} {fmt_count(v)}" for k, v in value.items())

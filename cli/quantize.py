@@ -26,6 +26,8 @@ EPILOG = """Examples:
   surgeon quantize model/ -o model-nf4-dense/ --scheme nf4 --format dense --json | jq .sqnr_db
 
   surgeon quantize model/ -o out/ --scheme w8a8 --ignore 'mlp\\.down_proj'
+
+  surgeon quantize model/ -o out/ --recipe recipes/w4a16_down_proj_8bit.yaml  # 8-bit down_proj, 4-bit elsewhere
 """
 
 
@@ -34,21 +36,24 @@ def quantize(
     output: Annotated[
         str, typer.Option("--output", "-o", help="Output folder (a .gguf file with --format gguf), written atomically.")
     ],
-    scheme: Annotated[str, typer.Option("--scheme", "-s", help=f"Quantization scheme: {SCHEME_NAMES}.")],
+    scheme: Annotated[str | None, typer.Option("--scheme", "-s", help=f"Quantization scheme: {SCHEME_NAMES}.")] = None,
     fmt: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--format", "-f", help="compressed-tensors, gguf, dense (quantize then dequantize), or auto: the scheme's own format."
+            "--format",
+            "-f",
+            help="compressed-tensors, gguf, dense (quantize then dequantize), or auto (default): the scheme's own format.",
         ),
-    ] = "auto",
+    ] = None,
     group_size: Annotated[
         int | None,
         typer.Option("--group-size", "-g", help="Values per scale along each row; -1 = one per row. Default: the scheme's."),
     ] = None,
     asym: Annotated[bool, typer.Option("--asym", help="Asymmetric (scale and zero point) for w4a16, w8a16, w8a8.")] = False,
     optimizer: Annotated[
-        str, typer.Option("--optimizer", help="rtn (round to nearest) or hqq (half-quadratic refinement, data-free).")
-    ] = "rtn",
+        str | None,
+        typer.Option("--optimizer", help="rtn (round to nearest, default) or hqq (half-quadratic refinement, data-free)."),
+    ] = None,
     ignore: Annotated[
         str | None,
         typer.Option("--ignore", help="Regex of tensors to leave as they are (on top of embeddings, lm_head, norms, biases)."),
@@ -71,6 +76,27 @@ def quantize(
             help="--format gguf: llama-imatrix's importance matrix (imatrix.gguf or legacy .dat) to weight the block search.",
         ),
     ] = None,
+    target_bpw: Annotated[
+        float | None,
+        typer.Option(
+            "--target-bpw",
+            help="Choose a scheme per tensor (from --candidates) to average at most this many bits per weight, least total error.",
+        ),
+    ] = None,
+    candidates: Annotated[
+        str | None,
+        typer.Option(
+            "--candidates",
+            help="Comma-separated schemes for --target-bpw. Default: the GGUF types, or w2a16..w8a16, in --scheme's format.",
+        ),
+    ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            "--recipe",
+            help="YAML recipe: the settings above plus per-tensor overrides ({match, scheme, ...}); flags override it.",
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
     revision: RevisionOpt = None,
@@ -81,17 +107,20 @@ def quantize(
     """Quantize a checkpoint's linear weights; report bits per weight and the error of every tensor."""
     from modelsurgeon import api
 
-    cfg = QuantizeConfig(
+    cfg = QuantizeConfig.build(
+        recipe,
         scheme=scheme,
         format=fmt,
         group_size=group_size,
-        asym=asym,
+        asym=asym or None,
         optimizer=optimizer,
         include=include,
         ignore=ignore,
-        device=device,
+        device=None if device == "auto" else device,
         pre_tokenizer=pre_tokenizer,
         imatrix=imatrix,
+        target_bpw=target_bpw,
+        candidates=candidates,
     )
     with RichProgress(quiet) as bar:
         result = api.quantize(

@@ -114,6 +114,12 @@ def _print_table(r: dict) -> None:
     ]
     if r.get("filter"):
         lines.append(f"filter '{r['filter']}': totals cover the matching tensors only")
+    prov = r.get("provenance")
+    if prov:
+        lines.append(f"made by modelsurgeon {prov.get('version', '?')}: {prov.get('command', '?')}")
+        if prov.get("run"):
+            steps = ", ".join(next(iter(s)) for s in prov["run"].get("steps", []))
+            lines.append(f"run recipe (version {prov['run'].get('version')}): {steps}; in full: --json | jq .provenance.run")
     if r.get("quantization_config"):
         q = r["quantization_config"]
         lines.append(f"quantization: {q.get('quant_method', '?')} {q.get('format', '')}".rstrip())

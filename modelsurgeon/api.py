@@ -38,7 +38,17 @@ if TYPE_CHECKING:
     from modelsurgeon.recipes.report import ReportConfig
 
 
-__all__ = ["dequantize", "expand_subspace", "extract_lora", "intrinsic_dim", "merge", "prune", "quantize", "report"]
+__all__ = [
+    "dequantize",
+    "expand_subspace",
+    "extract_lora",
+    "intrinsic_dim",
+    "merge",
+    "merge_adapters",
+    "prune",
+    "quantize",
+    "report",
+]
 
 
 def _config(cls, config, settings: dict):
@@ -166,15 +176,24 @@ def expand_subspace(
     max_shard_size: str | int = "5GB",
     progress: Progress | None = None,
     command: str | None = None,
+    task: str | None = None,
 ) -> ExpandResult:
     """A subspace file written by ``intrinsic_dim(save_subspace=...)`` back into the full trained checkpoint
     at ``output``: theta_0 (rebuilt from its seeds, or the base checkpoint, at its recorded path or ``base``,
-    checked by sha256) + P theta_d. ``result.bit_exact`` says whether it equals the trained weights bit for bit."""
+    checked by sha256) + P theta_d. ``result.bit_exact`` says whether it equals the trained weights bit for bit.
+    A subspace of a ``module:function`` task's model needs ``task=`` (the file never chooses code to run)."""
     from modelsurgeon.ops.core.progress import SILENT
     from modelsurgeon.ops.intrinsic.expand import PYTHON_COMMAND, plan_expand, run_expand
 
     with plan_expand(
-        path, output, base=base, device=device, force=force, max_shard_size=max_shard_size, command=command or PYTHON_COMMAND
+        path,
+        output,
+        base=base,
+        device=device,
+        force=force,
+        max_shard_size=max_shard_size,
+        command=command or PYTHON_COMMAND,
+        task=task,
     ) as plan:
         return run_expand(plan, progress or SILENT)
 
@@ -188,6 +207,7 @@ def merge(
     max_shard_size: str | int = "5GB",
     progress: Progress | None = None,
     command: str = "surgeon merge",
+    intermediate_dir: str | Path | None = None,
     **settings,
 ) -> MergeResult:
     """Merge models as a mergekit recipe says, streaming one tensor at a time into ``output`` (a folder,
@@ -198,7 +218,10 @@ def merge(
     ``MergeConfig``'s run options laid over it (``seed``, ``dtype``, ``out_dtype``, ``tokenizer_source``,
     ``device``). To fold a PEFT LoRA adapter: ``merge(MergeRecipe.fold_lora("org/base", "adapter/"), out)``;
     the CLI's flag form is ``ops.merge.flags.recipe_from_flags(method, models, base, ...)``. Warnings go
-    to ``progress.note``."""
+    to ``progress.note``. A recipe file of several YAML documents (mergekit-multi) runs its stages in
+    order (``ops.merge.stages``); ``intermediate_dir`` keeps their outputs (default: removed)."""
+    from pathlib import Path
+
     from modelsurgeon.ops.core.errors import UsageError
     from modelsurgeon.ops.core.progress import SILENT
     from modelsurgeon.ops.io.output import Output
@@ -207,9 +230,40 @@ def merge(
     from modelsurgeon.recipes.merge import MergeConfig
 
     given = {k: v for k, v in settings.items() if v is not None}
-    cfg = recipe.replace(**given) if isinstance(recipe, MergeConfig) else MergeConfig.build(recipe, **given)
     if output is None and not dry_run:
         raise UsageError("a merge needs an output folder", "pass output=..., or dry_run=True")
+    if isinstance(recipe, (str, Path)):
+        from modelsurgeon.ops.merge.stages import count_documents, merge_stages
+
+        moe = _moe_recipe(recipe)
+        if moe is not None:  # mergekit-moe: a mixture of experts
+            from modelsurgeon.ops.merge.moe import plan_moe, run_moe
+            from modelsurgeon.recipes.merge import MoEConfig
+
+            run = {k: given[k] for k in ("seed", "device", "allow_same") if k in given}
+            cfg = MoEConfig.from_recipe(moe, str(recipe), **run)
+            out = Output.of(output, force, max_shard_size) if output is not None else None
+            with plan_moe(cfg, out) as plan:
+                for w in plan.warnings:
+                    (progress or SILENT).note(f"warning: {w}")
+                if dry_run:
+                    return plan.result(None if output is None else str(output))
+                return run_moe(plan, progress or SILENT, command)
+        if given.pop("allow_same", False):
+            raise UsageError("--i-understand-this-is-not-useful-without-training goes with MoE recipes (experts:)")
+        if count_documents(recipe) > 1:  # mergekit-multi: stages
+            return merge_stages(
+                recipe,
+                output,
+                settings=given,
+                dry_run=dry_run,
+                force=force,
+                max_shard_size=max_shard_size,
+                intermediate_dir=intermediate_dir,
+                progress=progress or SILENT,
+                command=command,
+            )
+    cfg = recipe.replace(**given) if isinstance(recipe, MergeConfig) else MergeConfig.build(recipe, **given)
     out = Output.of(output, force, max_shard_size) if output is not None else None
     progress = progress or SILENT
     with plan_merge(cfg, out) as plan:
@@ -218,6 +272,48 @@ def merge(
         if dry_run:
             return plan.result(None if output is None else str(output))
         return run_merge(plan, progress, command)
+
+
+def _moe_recipe(path) -> dict | None:
+    """The mapping of a mergekit-moe recipe file (experts, no merge_method), else None."""
+    from modelsurgeon.recipes.base import read_yaml
+    from modelsurgeon.recipes.merge import is_moe_recipe
+
+    try:
+        data = read_yaml(path)
+    except Exception:  # noqa: BLE001 - the merge reader reports a bad file with line and column
+        return None
+    return data if is_moe_recipe(data) else None
+
+
+def merge_adapters(
+    adapters,
+    output: str | Path | None = None,
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: Progress | None = None,
+    command: str = "surgeon merge --adapters",
+    **settings,
+):
+    """Merge several PEFT LoRA adapters of one base into one adapter folder at ``output`` (atomic):
+    ``method`` ("ties", "dare_linear", ... on the adapters' deltas), ``weight``/``density`` (once or per
+    adapter), ``params`` (global parameters), ``rank`` / ``sv_threshold`` for the re-factoring. The
+    result reports each module's re-factoring error. Settings: ``AdapterMergeConfig``'s fields."""
+    from modelsurgeon.ops.core.errors import UsageError
+    from modelsurgeon.ops.core.progress import SILENT
+    from modelsurgeon.ops.io.output import Output
+    from modelsurgeon.ops.merge.adapters import plan_adapter_merge, run_adapter_merge
+    from modelsurgeon.recipes.merge import AdapterMergeConfig
+
+    cfg = AdapterMergeConfig(adapters=tuple(str(a) for a in adapters), **settings)
+    if output is None and not dry_run:
+        raise UsageError("an adapter merge needs an output folder", "pass output=..., or dry_run=True")
+    out = Output.of(output, force) if output is not None else None
+    with plan_adapter_merge(cfg, out) as plan:
+        if dry_run:
+            return plan.result(None if output is None else str(output))
+        return run_adapter_merge(plan, progress or SILENT, command)
 
 
 def extract_lora(

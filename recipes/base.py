@@ -18,13 +18,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.patterns import check_pattern
 
 
 def did_you_mean(word: str, known) -> str:
@@ -107,14 +107,19 @@ def check_int(value, where: str, minimum: int | None = 0) -> int:
     return value
 
 
+MAX_SEED = 2**63 - 1  # torch.Generator's range that every command shares
+
+
+def check_seed(value, where: str = "--seed") -> int:
+    """A seed: an integer in [0, 2**63), the same rule for every command (torch and numpy both take it)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise UsageError(f"{where} must be an integer from 0 to 2**63-1, got {value!r}")
+    return value
+
+
 def check_regex(pattern, where: str) -> str:
-    if not isinstance(pattern, str):
-        raise UsageError(f"{where} must be a regular expression string, got {pattern!r}")
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise UsageError(f"{where} '{pattern}' is not a valid regular expression: {e}") from None
-    return pattern
+    """A pattern that compiles in the engine every user pattern is matched with (``core.patterns``)."""
+    return check_pattern(pattern, where)
 
 
 def check_choice(value, where: str, allowed) -> str:
@@ -255,7 +260,7 @@ class Config:
 
 
 def _plain(v):
-    if isinstance(v, Config):
+    if hasattr(v, "to_dict") and not isinstance(v, type):  # a Config, an override entry
         return v.to_dict()
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         return {f.name: _plain(getattr(v, f.name)) for f in fields(v)}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields, replace
 
 from modelsurgeon.ops.core.errors import UsageError
 
-from .base import Config, check_regex
+from .base import Config, check_regex, check_seed
 
 PROJECTIONS = ("auto", "dense", "sparse", "fastfood")
 OPTIMIZERS = ("adam", "sgd", "lbfgs")
@@ -125,13 +125,10 @@ class IntrinsicDimConfig(Config):
             raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if any(not _integer(d) or d < 1 for d in self.grid):
             raise UsageError(f"--grid values must be positive integers, got {list(self.grid)}")
-        for flag, v in (
-            ("--proj-seed", self.proj_seed),
-            ("--init-seed", self.init_seed),
-            ("lbfgs_max_iter", self.lbfgs_max_iter),
-        ):
-            if not _integer(v):
-                raise UsageError(f"{flag} must be an integer, got {v!r}")
+        check_seed(self.proj_seed, "--proj-seed")
+        check_seed(self.init_seed, "--init-seed")
+        if not _integer(self.lbfgs_max_iter):
+            raise UsageError(f"lbfgs_max_iter must be an integer, got {self.lbfgs_max_iter!r}")
         for flag, pattern in (("--include", self.include), ("--exclude", self.exclude)):
             if pattern is not None:
                 check_regex(pattern, flag)

@@ -22,7 +22,6 @@ checked here. Nothing here imports torch: the CLI parses a recipe before any hea
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,9 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from modelsurgeon.ops.core.errors import UsageError
+from modelsurgeon.ops.core.patterns import check_pattern
 
-from .base import Config, check_int
+from .base import Config, check_fraction, check_int, check_seed
 
 SCHEMA_VERSION = 1
 
@@ -168,6 +168,39 @@ class SliceDef:
 
 
 @dataclass(frozen=True)
+class TokenSource:
+    """Where one output token's embedding row comes from (mergekit's ``tokenizer.tokens.<t>.source``):
+    ``model`` (that model's row for the same token), ``model_token`` (that model's row for another token,
+    by text or id) or ``zero``."""
+
+    kind: str
+    model: ModelRef | None = None
+    token: str | None = None
+    token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenSetting:
+    source: TokenSource | None = None
+    force: bool = False  # use the source even for models that have the token
+
+
+CHAT_TEMPLATES = ("alpaca", "chatml", "exaone", "llama3", "mistral")
+
+
+def chat_template_text(name: str) -> str:
+    """The Jinja text of a named chat template shipped with modelsurgeon (the names mergekit ships)."""
+    from importlib.resources import files
+
+    return files("modelsurgeon.recipes").joinpath(f"chat_templates/{name}.jinja").read_text()
+
+
+def is_template_name(value: str) -> bool:
+    """Whether a chat_template value is a name (mergekit's rule: short, one line, no braces) rather than Jinja."""
+    return len(value) < 256 and "\n" not in value and "{" not in value
+
+
+@dataclass(frozen=True)
 class MergeRecipe:
     """One merge in mergekit's schema, as a recipe file or the flags describe it (``MergeConfig`` adds how to run it)."""
 
@@ -178,8 +211,11 @@ class MergeRecipe:
     parameters: Params = field(default_factory=lambda: NO_PARAMS)
     dtype: str | None = None  # inputs are cast to this before merging (mergekit's meaning)
     out_dtype: str | None = None  # the saved dtype; default: dtype, else each tensor's source dtype
-    tokenizer_source: str | None = None  # "base" or a model reference
-    chat_template: str | None = None
+    tokenizer_source: str | None = None  # "union", "base" or a model reference
+    tokens: Mapping[str, TokenSetting] = field(default_factory=lambda: NO_PARAMS)  # per-token embedding sources
+    pad_to_multiple_of: int | None = None  # the output's vocabulary rows, rounded up
+    chat_template: str | None = None  # "auto", a name from CHAT_TEMPLATES, or Jinja text
+    name: str | None = None  # a stage of a multi-document recipe: later stages use this name as a model
     source: str = "<flags>"  # where it came from, for messages
     text: str | None = None  # the recipe file as written, kept verbatim beside the output
     schema: int = SCHEMA_VERSION
@@ -238,10 +274,37 @@ class MergeRecipe:
                 doc["slices"].append(d)
         if self.parameters:
             doc["parameters"] = {k: setting_to_plain(v) for k, v in self.parameters.items()}
-        for key in ("dtype", "out_dtype", "tokenizer_source", "chat_template"):
+        for key in ("dtype", "out_dtype", "chat_template"):
             if getattr(self, key) is not None:
                 doc[key] = getattr(self, key)
+        if self.tokens or self.pad_to_multiple_of is not None:
+            tok: dict[str, Any] = {"source": self.tokenizer_source or "union"}
+            if self.tokens:
+                tok["tokens"] = {t: _token_plain(v) for t, v in self.tokens.items()}
+            if self.pad_to_multiple_of is not None:
+                tok["pad_to_multiple_of"] = self.pad_to_multiple_of
+            doc["tokenizer"] = tok
+        elif self.tokenizer_source is not None:
+            doc["tokenizer_source"] = self.tokenizer_source
+        if self.name is not None:
+            doc = {"name": self.name, **doc}
         return doc
+
+
+def _token_plain(t: TokenSetting) -> dict:
+    d: dict[str, Any] = {}
+    src = t.source
+    if src is not None:
+        if src.kind == "model":
+            d["source"] = str(src.model)
+        elif src.kind == "zero":
+            d["source"] = {"kind": "zero"}
+        else:
+            d["source"] = {"kind": "model_token", "model": str(src.model)}
+            d["source"]["token" if src.token is not None else "token_id"] = src.token if src.token is not None else src.token_id
+    if t.force:
+        d["force"] = True
+    return d
 
 
 def _input_plain(m: ModelInput) -> dict:
@@ -269,10 +332,7 @@ def dtype_name(value, flag: str) -> str | None:
 def _check_pattern(pattern: str | None, flag: str) -> None:
     if pattern is None:
         return
-    try:
-        re.compile(pattern)
-    except (re.error, TypeError) as e:
-        raise UsageError(f"{flag} {pattern!r} is not a valid regular expression: {e}") from None
+    check_pattern(pattern, flag)
 
 
 _OVERRIDES = ("dtype", "out_dtype", "tokenizer_source")
@@ -303,7 +363,7 @@ class MergeConfig(Config):
     def validate(self) -> None:
         if not isinstance(self.recipe, MergeRecipe):
             raise UsageError("a merge needs a recipe", "give a recipe file or a MergeRecipe (recipes.merge)")
-        check_int(self.seed, "--seed", minimum=None)
+        check_seed(self.seed, "--seed")
         self._set("dtype", dtype_name(self.dtype, "--dtype"))
         self._set("out_dtype", dtype_name(self.out_dtype, "--out-dtype"))
         if self.tokenizer_source is not None and not (isinstance(self.tokenizer_source, str) and self.tokenizer_source.strip()):
@@ -345,14 +405,17 @@ class MergeConfig(Config):
 
 @dataclass(frozen=True)
 class ExtractConfig(Config):
-    """``--extract-lora``: a rank-``rank`` PEFT LoRA adapter that turns ``base`` into ``finetune``."""
+    """``--extract-lora``: a PEFT LoRA adapter that turns ``base`` into ``finetune``: rank ``rank``, or with
+    ``sv_threshold`` each module's own rank up to ``rank``."""
 
     KIND: ClassVar[str] = "extract_lora"
     VERSION: ClassVar[int] = 1
 
     finetune: str | None = None  # a path or Hub id, as for any model
     base: str | None = None
-    rank: int | None = None
+    rank: int | None = None  # the rank, or with sv_threshold the largest rank of a module
+    sv_threshold: float | None = None  # keep singular values >= this fraction of each module's largest
+    embed_lora: bool = False  # factor the embeddings too (else a changed embedding is saved whole)
     include: str | None = None  # regex of the weights to factor (default: every linear weight)
     exclude: str | None = None  # regex of weights to leave out
     exact_svd: bool = False  # full SVD instead of the randomized one
@@ -371,9 +434,183 @@ class ExtractConfig(Config):
         if self.rank is None:
             raise UsageError("--extract-lora needs --rank", "e.g. --rank 16")
         check_int(self.rank, "--rank", minimum=1)
+        if self.sv_threshold is not None:
+            check_fraction(self.sv_threshold, "--sv-threshold", lo_open=True, example="e.g. --sv-threshold 0.05")
+        if not isinstance(self.embed_lora, bool):
+            raise UsageError(f"--embed-lora must be true or false, got {self.embed_lora!r}")
         _check_pattern(self.include, "--include")
         _check_pattern(self.exclude, "--exclude")
-        check_int(self.seed, "--seed", minimum=None)
+        check_seed(self.seed, "--seed")
         self._set("out_dtype", dtype_name(self.out_dtype, "--out-dtype"))
         if not isinstance(self.device, str):
             raise UsageError(f"--device {self.device!r} is not a device", "use auto, cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True)
+class AdapterMergeConfig(Config):
+    """``--adapters``: several PEFT LoRA adapters of one base merged into one adapter by ``method``
+    (a task-vector method, on the adapters' deltas), re-factored at ``rank`` (default: the sum of the
+    adapters' ranks) or, with ``sv_threshold``, at each module's own rank up to ``rank``."""
+
+    KIND: ClassVar[str] = "merge_adapters"
+    VERSION: ClassVar[int] = 1
+
+    adapters: tuple[str, ...] = ()
+    method: str = "linear"
+    weight: tuple[float, ...] = ()  # once for all, or once per adapter
+    density: tuple[float, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)  # global parameters (--param KEY=VALUE)
+    rank: int | None = None
+    sv_threshold: float | None = None
+    exact_svd: bool = False
+    seed: int = 0
+    out_dtype: str | None = None
+    device: str = "auto"
+
+    def validate(self) -> None:
+        self._set("adapters", tuple(str(a) for a in self.adapters))
+        if len(self.adapters) < 2:
+            raise UsageError(
+                "--adapters merges two or more adapters", "e.g. surgeon merge --adapters --method ties a/ b/ -o merged/"
+            )
+        if not isinstance(self.method, str) or not self.method:
+            raise UsageError("--adapters needs --method", "e.g. --method ties")
+        self._set("weight", tuple(self.weight or ()))
+        self._set("density", tuple(self.density or ()))
+        if self.rank is not None:
+            check_int(self.rank, "--rank", minimum=1)
+        if self.sv_threshold is not None:
+            check_fraction(self.sv_threshold, "--sv-threshold", lo_open=True, example="e.g. --sv-threshold 0.05")
+        check_int(self.seed, "--seed", minimum=None)
+        self._set("out_dtype", dtype_name(self.out_dtype, "--out-dtype"))
+
+
+# --------------------------------------------------------------------------------------------
+# mixture of experts (mergekit-moe's YAML)
+
+MOE_GATE_MODES = ("hidden", "hidden_avg", "hidden_last", "cheap_embed", "random", "uniform_random")
+MOE_ARCHITECTURES = ("mixtral", "qwen")
+
+
+@dataclass(frozen=True)
+class MoEExpert:
+    source_model: str
+    positive_prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[str, ...] = ()
+    noise_scale: float | None = None
+    residual_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class MoEConfig(Config):
+    """A mixture of experts from a dense base and dense fine-tunes (mergekit-moe's recipe): the base's
+    attention, norms and embeddings, each fine-tune's MLP as one expert per layer, and a router per layer
+    initialised from prompts (``gate_mode``)."""
+
+    KIND: ClassVar[str] = "moe"
+    VERSION: ClassVar[int] = 1
+
+    base_model: str | None = None
+    experts: tuple[MoEExpert, ...] = ()
+    gate_mode: str = "hidden"
+    dtype: str | None = None
+    experts_per_token: int = 2
+    shared_experts: tuple[MoEExpert, ...] = ()
+    architecture: str | None = None  # mixtral | qwen (default: qwen with a shared expert, else mixtral)
+    seed: int = 0  # random gates
+    device: str = "auto"
+    allow_same: bool = False  # every expert the same model: only useful before training
+
+    def validate(self) -> None:
+        if not self.base_model:
+            raise UsageError("a MoE recipe needs base_model")
+        if not self.experts:
+            raise UsageError("a MoE recipe needs experts: a list of {source_model, positive_prompts}")
+        check_int(self.experts_per_token, "experts_per_token", minimum=1)
+        if self.experts_per_token > len(self.experts):
+            raise UsageError(
+                f"experts_per_token is {self.experts_per_token} but there are only {len(self.experts)} experts",
+                "lower experts_per_token or add experts",
+            )
+        if self.gate_mode not in MOE_GATE_MODES:
+            raise UsageError(f"gate_mode {self.gate_mode!r} is not one of {', '.join(MOE_GATE_MODES)}")
+        self._set("dtype", dtype_name(self.dtype, "dtype"))
+        arch = self.architecture
+        if arch is not None:
+            low = str(arch).lower().replace(" ", "")
+            match = next((a for a in MOE_ARCHITECTURES if low.startswith(a)), None)
+            if match is None:
+                raise UsageError(f"architecture {arch!r} is not one of Mixtral, Qwen MoE")
+            self._set("architecture", match)
+        else:
+            self._set("architecture", "qwen" if self.shared_experts else "mixtral")
+        if self.architecture == "mixtral" and self.shared_experts:
+            raise UsageError("Mixtral has no shared experts", "use architecture: qwen, or drop shared_experts")
+        if self.architecture == "qwen" and len(self.shared_experts) != 1:
+            raise UsageError("Qwen MoE needs exactly one shared expert (shared_experts: [...])")
+        if self.gate_mode not in ("random", "uniform_random"):
+            for i, e in enumerate(self.experts + self.shared_experts):
+                if not e.positive_prompts:
+                    raise UsageError(
+                        f"expert {i} ({e.source_model}) has no positive_prompts", f"gate_mode {self.gate_mode} routes by prompts"
+                    )
+            prompts = {(e.positive_prompts, e.negative_prompts) for e in self.experts}
+            if len(self.experts) > 1 and len(prompts) == 1:
+                raise UsageError(
+                    "every expert has the same prompts, so the router cannot tell them apart",
+                    "give each expert its own positive_prompts",
+                )
+        if not self.allow_same and len(self.experts) > 1 and len({e.source_model for e in self.experts}) == 1:
+            raise UsageError(
+                "every expert is the same model: the MoE would compute exactly what the model does",
+                "to train it afterwards anyway, pass --i-understand-this-is-not-useful-without-training",
+            )
+        check_int(self.seed, "--seed", minimum=None)
+
+    @classmethod
+    def from_recipe(cls, data: Mapping, source: str, **run) -> MoEConfig:
+        known = ("base_model", "experts", "gate_mode", "dtype", "experts_per_token", "shared_experts", "architecture")
+        unknown = [k for k in data if k not in known]
+        if unknown:
+            from .base import did_you_mean
+
+            raise UsageError(
+                f"{source}: unknown key {unknown[0]!r} in a MoE recipe{did_you_mean(unknown[0], known)}",
+                f"known: {', '.join(known)}",
+            )
+
+        def experts(key: str) -> tuple[MoEExpert, ...]:
+            raw = data.get(key) or []
+            if not isinstance(raw, list):
+                raise UsageError(f"{source}: {key} must be a list of {{source_model, positive_prompts, ...}}")
+            out = []
+            for i, e in enumerate(raw):
+                ek = ("source_model", "positive_prompts", "negative_prompts", "noise_scale", "residual_scale")
+                if not isinstance(e, Mapping) or "source_model" not in e or any(k not in ek for k in e):
+                    raise UsageError(f"{source}: {key}[{i}] must be a mapping with source_model (and {', '.join(ek[1:])})")
+                out.append(
+                    MoEExpert(
+                        str(e["source_model"]),
+                        tuple(str(p) for p in e.get("positive_prompts") or ()),
+                        tuple(str(p) for p in e.get("negative_prompts") or ()),
+                        e.get("noise_scale"),
+                        e.get("residual_scale"),
+                    )
+                )
+            return tuple(out)
+
+        return cls(
+            base_model=str(data["base_model"]) if data.get("base_model") else None,
+            experts=experts("experts"),
+            shared_experts=experts("shared_experts"),
+            gate_mode=str(data.get("gate_mode", "hidden")),
+            dtype=data.get("dtype"),
+            experts_per_token=data.get("experts_per_token", 2),
+            architecture=data.get("architecture"),
+            **run,
+        )
+
+
+def is_moe_recipe(data) -> bool:
+    """A mergekit-moe recipe: experts and a base, no merge_method."""
+    return isinstance(data, Mapping) and "experts" in data and "merge_method" not in data

@@ -19,6 +19,7 @@ from modelsurgeon.ops.core.errors import PlanError, SurgeonError
 
 from .base import did_you_mean
 from .merge import (
+    CHAT_TEMPLATES,
     DTYPES,
     NO_PARAMS,
     Condition,
@@ -29,6 +30,9 @@ from .merge import (
     ModelRef,
     Params,
     SliceDef,
+    TokenSetting,
+    TokenSource,
+    is_template_name,
 )
 
 TOP_KEYS = (
@@ -42,16 +46,17 @@ TOP_KEYS = (
     "tokenizer_source",
     "tokenizer",
     "chat_template",
+    "name",
 )
 MODEL_KEYS = ("model", "parameters")
 SOURCE_KEYS = ("model", "layer_range", "parameters")
 SLICE_KEYS = ("sources", "base_model", "parameters", "residual_weight")
-TOKENIZER_KEYS = ("source",)
+TOKENIZER_KEYS = ("source", "tokens", "pad_to_multiple_of")
+TOKEN_KEYS = ("source", "force")
+TOKEN_SOURCE_KEYS = ("kind", "model", "token", "token_id")
 # mergekit keys we know but do not implement: a clear error beats a silent difference
 UNSUPPORTED = {
-    "modules": "multi-module recipes (modules:) are not supported; use models: or slices:",
-    "tokens": "per-token embedding sources (tokenizer.tokens) are not supported; use tokenizer_source: base or a model",
-    "pad_to_multiple_of": "tokenizer.pad_to_multiple_of is not supported; the output keeps the source model's embedding rows",
+    "modules": "multi-module recipes (modules:) are not supported yet; merge each module's models with models: or slices:",
 }
 
 
@@ -83,14 +88,51 @@ def parse_recipe(text: str, source: str = "<recipe>") -> MergeRecipe:
         raise SurgeonError(f"{source} is empty", "write a merge recipe (merge_method, models, ...)")
     if len(docs) > 1:
         raise SurgeonError(
-            f"{source} holds {len(docs)} YAML documents; only one merge per file is supported",
-            "split the file (mergekit-multi chains are not supported)",
+            f"{source} holds {len(docs)} YAML documents (stages)",
+            "read it with parse_stages (surgeon merge runs every stage), or split the file",
         )
     r = _Reader(source)
     recipe = r.recipe(docs[0], text)
     if r.problems:
         raise PlanError(r.problems, f"the recipe {source}")
     return recipe
+
+
+def parse_stages(text: str, source: str = "<recipe>") -> list[MergeRecipe]:
+    """Every YAML document of a recipe file, in order (mergekit-multi): one recipe per stage, each named
+    by ``name:`` when a later stage uses its output as a model. Every problem of every stage at once."""
+    import yaml
+
+    try:
+        nodes = [d for d in yaml.compose_all(text, Loader=yaml.SafeLoader) if d is not None]
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = (e.problem or e.context or "invalid YAML").strip()
+        raise SurgeonError(f"{source} is not valid YAML{where}: {what}", "fix the recipe file") from None
+    except yaml.YAMLError as e:
+        raise SurgeonError(f"{source} is not valid YAML: {e}") from None
+    if not nodes:
+        raise SurgeonError(f"{source} is empty", "write a merge recipe (merge_method, models, ...)")
+    problems: list[str] = []
+    out = []
+    for node in nodes:
+        r = _Reader(source)
+        try:
+            rec = r.recipe(node, _document_text(text, node) if len(nodes) > 1 else text)
+        except PlanError as e:
+            problems += e.problems
+            continue
+        problems += r.problems
+        out.append(rec)
+    if problems:
+        raise PlanError(problems, f"the recipe {source}")
+    return out
+
+
+def _document_text(text: str, node) -> str:
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[node.start_mark.line : node.end_mark.line + (1 if node.end_mark.column else 0)])
 
 
 class _Nodes:
@@ -334,35 +376,125 @@ class _Inputs(_Settings):
 class _Reader(_Inputs):
     """The whole recipe: the top-level keys."""
 
-    def tokenizer_source(self, top: dict) -> str | None:
-        tok = None
+    def tokenizer(self, top: dict) -> tuple[str | None, dict, int | None]:
+        """(source, tokens, pad_to_multiple_of) from tokenizer_source or the tokenizer block."""
+        tok, tokens, pad = None, {}, None
         if "tokenizer_source" in top and "tokenizer" in top:
             self.bad(top["tokenizer"], "tokenizer", "give tokenizer_source or tokenizer, not both")
         elif "tokenizer_source" in top:
             tok = self.string(top["tokenizer_source"], "tokenizer_source")
         elif "tokenizer" in top:
             tm = self.mapping(top["tokenizer"], "tokenizer", TOKENIZER_KEYS)
-            if tm is not None and "source" in tm:
-                tok = self.string(tm["source"], "tokenizer.source")
-        if tok is not None and tok.strip().lower() == "union":
-            self.bad(
-                top.get("tokenizer_source", top.get("tokenizer")),
-                "tokenizer_source",
-                "union (a vocabulary built from all models) is not supported; use base or the name of one model",
-            )
-            tok = None
-        return tok.strip() if tok else None
+            if tm is not None:
+                tok = self.string(tm["source"], "tokenizer.source") if "source" in tm else "union"  # mergekit's default
+                if "tokens" in tm:
+                    tokens = self.tokens(tm["tokens"])
+                if "pad_to_multiple_of" in tm:
+                    v = self.scalar(tm["pad_to_multiple_of"], "tokenizer.pad_to_multiple_of")
+                    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                        self.bad(
+                            tm["pad_to_multiple_of"], "tokenizer.pad_to_multiple_of", f"expected a whole number >= 1, got {v!r}"
+                        )
+                    else:
+                        pad = v
+        tok = tok.strip() if tok else None
+        if tok is not None and tok.lower() in ("union", "base"):
+            tok = tok.lower()
+        return tok, tokens, pad
+
+    def tokens(self, node) -> dict:
+        import yaml
+
+        if not isinstance(node, yaml.MappingNode):
+            self.bad(node, "tokenizer.tokens", f"expected a mapping of token: {{source, force}}, got {_kind(node)}")
+            return {}
+        out = {}
+        for k, v in node.value:
+            name = _construct_scalar(k) if isinstance(k, yaml.ScalarNode) else None
+            path = f"tokenizer.tokens.{name}"
+            if not isinstance(name, str) or not name:
+                self.bad(k, "tokenizer.tokens", "token keys must be the token text")
+                continue
+            m = self.mapping(v, path, TOKEN_KEYS)
+            if m is None:
+                continue
+            force = False
+            if "force" in m:
+                f = self.scalar(m["force"], f"{path}.force")
+                if not isinstance(f, bool):
+                    self.bad(m["force"], f"{path}.force", f"expected true or false, got {f!r}")
+                else:
+                    force = f
+            src = self.token_source(m["source"], f"{path}.source") if "source" in m else None
+            if src is _INVALID:
+                continue
+            if force and src is None:
+                self.bad(v, path, "force needs a source")
+                continue
+            out[name] = TokenSetting(src, force)
+        return out
+
+    def token_source(self, node, path: str):
+        import yaml
+
+        if isinstance(node, yaml.ScalarNode):
+            ref = self.model_ref(node, path)
+            return TokenSource("model", ref) if ref else _INVALID
+        m = self.mapping(node, path, TOKEN_SOURCE_KEYS)
+        if m is None:
+            return _INVALID
+        kind = self.string(m["kind"], f"{path}.kind") if "kind" in m else None
+        if kind == "zero":
+            extra = [k for k in m if k != "kind"]
+            if extra:
+                self.bad(node, path, f"kind: zero takes no {', '.join(extra)}")
+                return _INVALID
+            return TokenSource("zero")
+        if kind != "model_token":
+            self.bad(node, path, f"kind must be model_token or zero, got {kind!r}")
+            return _INVALID
+        if "model" not in m:
+            self.bad(node, path, "kind: model_token needs a model")
+            return _INVALID
+        ref = self.model_ref(m["model"], f"{path}.model")
+        if ("token" in m) == ("token_id" in m):
+            self.bad(node, path, "give exactly one of token or token_id")
+            return _INVALID
+        if "token" in m:
+            t = self.string(m["token"], f"{path}.token")
+            return TokenSource("model_token", ref, token=t) if ref and t is not None else _INVALID
+        tid = self.scalar(m["token_id"], f"{path}.token_id")
+        if isinstance(tid, bool) or not isinstance(tid, int) or tid < 0:
+            self.bad(m["token_id"], f"{path}.token_id", f"expected a token id (a whole number >= 0), got {tid!r}")
+            return _INVALID
+        return TokenSource("model_token", ref, token_id=tid) if ref else _INVALID
 
     def chat_template(self, node) -> str | None:
         chat = self.string(node, "chat_template")
-        if chat is not None and "{" not in chat and chat.strip() != "auto":
-            self.bad(
-                node,
-                "chat_template",
-                f"named templates ({chat!r}) are not bundled; give the Jinja template text, or auto to keep the tokenizer source's",
-            )
-            chat = None
-        return None if chat is None or chat.strip() == "auto" else chat
+        if chat is None or not chat.strip():
+            return None
+        if chat.strip() == "auto":
+            return "auto"
+        if is_template_name(chat):
+            if chat.strip() not in CHAT_TEMPLATES:
+                self.bad(
+                    node,
+                    "chat_template",
+                    f"unknown chat template {chat!r}; use auto, Jinja text, or one of: {', '.join(CHAT_TEMPLATES)}"
+                    + did_you_mean(chat.strip(), CHAT_TEMPLATES),
+                )
+                return None
+            return chat.strip()
+        try:
+            import jinja2
+        except ImportError:  # checked when transformers renders it
+            return chat
+        try:
+            jinja2.Environment().parse(chat)
+        except jinja2.TemplateSyntaxError as e:
+            self.bad(node, "chat_template", f"the Jinja template does not parse (its line {e.lineno}): {e.message}")
+            return None
+        return chat
 
     def recipe(self, root, text: str) -> MergeRecipe:
         top = self.mapping(root, "", TOP_KEYS)
@@ -383,6 +515,8 @@ class _Reader(_Inputs):
             models = self.models(top["models"])
         elif "slices" in top:
             slices = self.slices(top["slices"])
+        tok, tokens, pad = self.tokenizer(top)
+        name = self.string(top["name"], "name") if "name" in top else None
         return MergeRecipe(
             merge_method=(method or "").strip(),
             base_model=base,
@@ -391,7 +525,10 @@ class _Reader(_Inputs):
             parameters=self.params(top["parameters"], "parameters") if "parameters" in top else NO_PARAMS,
             dtype=self.dtype(top["dtype"], "dtype") if "dtype" in top else None,
             out_dtype=self.dtype(top["out_dtype"], "out_dtype") if "out_dtype" in top else None,
-            tokenizer_source=self.tokenizer_source(top),
+            tokenizer_source=tok,
+            tokens=MappingProxyType(tokens),
+            pad_to_multiple_of=pad,
+            name=name.strip() if name else None,
             chat_template=self.chat_template(top["chat_template"]) if "chat_template" in top else None,
             source=self.source,
             text=text,

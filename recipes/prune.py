@@ -2,16 +2,20 @@
 
 A recipe holds any of the fields below; flags given on the command line override it (a ``pattern`` given
 as a flag drops the recipe's ``sparsity``, and the other way round). Per-tensor sparsities come from
-``overrides``: the first entry whose regex matches a tensor's name (``re.search``) sets that tensor's
-sparsity; 0 leaves it dense. Example (``recipes/prune_example.yaml``)::
+``overrides`` under the one rule of ``recipes/overrides.py``: every entry whose ``match`` regex finds the
+tensor's name applies in order, so the last matching entry sets its sparsity; 0 leaves it dense. Example
+(``recipes/prune_example.yaml``)::
 
-    version: 1
+    version: 2
     method: magnitude
     scope: layer
     sparsity: 0.5
     overrides:
-      - {pattern: 'attention\\.self\\.(query|key)\\.', sparsity: 0.3}
-      - {pattern: 'layer\\.0\\.', sparsity: 0.0}
+      - {match: 'attention\\.self\\.(query|key)\\.', sparsity: 0.3}
+      - {match: 'layer\\.0\\.', sparsity: 0.0}      # last: wins over the line above in block 0
+
+Version 1 recipes (``pattern:`` instead of ``match:``, the first match winning) are read as version 2 with
+their overrides reversed, which keeps their meaning.
 
 This module imports no torch, so every flag (the --method name included) is checked before anything
 heavy loads or any checkpoint is opened.
@@ -20,13 +24,13 @@ heavy loads or any checkpoint is opened.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
 from modelsurgeon.ops.core.registry import Registry
 
-from .base import Config, check_choice, check_fraction, check_int, check_regex
+from .base import Config, check_choice, check_fraction, check_regex, check_seed
+from .overrides import Override, parse_overrides, settings_for
 
 SCOPES = ("layer", "row", "global")
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -53,18 +57,12 @@ def parse_nm(text: str, where: str = "--pattern") -> tuple[int, int]:
     return n, mm
 
 
-@dataclass(frozen=True)
-class SparsityOverride:
-    pattern: str
-    sparsity: float
-
-    def __post_init__(self):
-        check_regex(self.pattern, "override pattern")
-        object.__setattr__(self, "sparsity", check_sparsity(self.sparsity, f"override {self.pattern!r} sparsity"))
+def SparsityOverride(match: str, sparsity: float) -> Override:  # noqa: N802 - reads like the entry it builds
+    """One override entry: tensors matching ``match`` are pruned at ``sparsity``."""
+    return parse_overrides([{"match": match, "sparsity": sparsity}], OVERRIDE_SETTINGS)[0]
 
 
-def _is_override(o) -> bool:
-    return isinstance(o, SparsityOverride) or (isinstance(o, Mapping) and set(o) == {"pattern", "sparsity"})
+OVERRIDE_SETTINGS = ("sparsity",)
 
 
 @dataclass(frozen=True)
@@ -72,7 +70,7 @@ class PruneConfig(Config):
     """Everything that decides what `surgeon prune` does to a checkpoint."""
 
     KIND = "prune"
-    VERSION = 1
+    VERSION = 2  # 2: overrides are {match, sparsity}, the last match wins (1: {pattern, sparsity}, the first)
     EXAMPLE = "recipes/prune_example.yaml"
 
     sparsity: float | None = None  # fraction of each targeted tensor to zero; implied by pattern
@@ -81,7 +79,7 @@ class PruneConfig(Config):
     pattern: str | None = None  # "N:M": keep N of every M along the input dimension
     include: str | None = None  # regex: targets instead of the default linear weights
     exclude: str | None = None  # regex: removed from the targets
-    overrides: tuple[SparsityOverride, ...] = ()
+    overrides: tuple[Override, ...] = ()  # [{match: REGEX, sparsity: S}], recipes/overrides.py's rule
     seed: int = 0  # for --method random
 
     def validate(self) -> None:
@@ -91,14 +89,17 @@ class PruneConfig(Config):
             raise UsageError(f"--method must be a name, got {self.method!r}")
         METHODS.lookup(self.method)
         check_choice(self.scope, "--scope", SCOPES)
-        check_int(self.seed, "--seed")
+        check_seed(self.seed, "--seed")
         for where, rx in (("--include", self.include), ("--exclude", self.exclude)):
             if rx is not None:
                 check_regex(rx, where)
-        over = self.overrides
-        if not isinstance(over, (list, tuple)) or not all(_is_override(o) for o in over):
-            raise UsageError(f"overrides must be a list of {{pattern: REGEX, sparsity: S}}, got {over!r}")
-        self._set("overrides", tuple(o if isinstance(o, SparsityOverride) else SparsityOverride(**o) for o in over))
+        over = parse_overrides(self.overrides, OVERRIDE_SETTINGS)
+        for o in over:
+            check_sparsity(dict(o.settings)["sparsity"], f"override {o.match!r} sparsity")
+        self._set(
+            "overrides",
+            tuple(Override(o.match, (("sparsity", float(dict(o.settings)["sparsity"])),)) for o in over),
+        )
         if self.pattern is not None:
             n, m = parse_nm(self.pattern)
             self._set("pattern", f"{n}:{m}")
@@ -123,11 +124,26 @@ class PruneConfig(Config):
 
     # --- reading
     @classmethod
+    def migrate(cls, data: dict) -> dict:
+        """Version 1: overrides were {pattern, sparsity} and the first match won; reversed, the last match
+        wins with the same result, so a version 1 recipe keeps its meaning."""
+        if data.get("version") == 1:
+            over = data.get("overrides") or []
+            if not isinstance(over, list) or not all(isinstance(o, dict) and set(o) == {"pattern", "sparsity"} for o in over):
+                raise SurgeonError("a version 1 recipe's overrides must be a list of {pattern: REGEX, sparsity: S}")
+            data = {
+                **data,
+                "version": 2,
+                "overrides": [{"match": o["pattern"], "sparsity": o["sparsity"]} for o in reversed(over)],
+            }
+        return data
+
+    @classmethod
     def convert(cls, data: dict, source: str) -> dict:
-        over = data.get("overrides") or []
-        if not isinstance(over, list) or not all(isinstance(o, dict) and set(o) == {"pattern", "sparsity"} for o in over):
-            raise SurgeonError(f"{source}: overrides must be a list of {{pattern: REGEX, sparsity: S}}")
-        data["overrides"] = tuple(SparsityOverride(o["pattern"], o["sparsity"]) for o in over)
+        try:
+            data["overrides"] = parse_overrides(data.get("overrides") or [], OVERRIDE_SETTINGS)
+        except UsageError as e:
+            raise SurgeonError(f"{source}: {e.message}", e.hint) from None
         return data
 
     @classmethod
@@ -154,10 +170,8 @@ class PruneConfig(Config):
         return float(self.sparsity)
 
     def sparsity_for(self, name: str) -> float:
-        for o in self.overrides:
-            if re.search(o.pattern, name):
-                return o.sparsity
-        return self.target_sparsity
+        """The tensor's sparsity: its overrides (the last match wins), else the target."""
+        return settings_for(self.overrides, name).get("sparsity", self.target_sparsity)
 
     # --- writing
     def to_yaml(self, header: str | None = None) -> str:

@@ -9,18 +9,32 @@ Those rules come from ``SCHEME_RULES``: per scheme, its defaults (group size, sy
 with no torch and no math. ``ops/quantize/schemes.py`` registers each scheme's implementation (bits, the
 formats' details, the math) under the same names, in the same order, and checks at import that the two agree.
 A ``None`` among the settings below means "the scheme's own default".
+
+Per-tensor settings come from ``overrides`` (a recipe's list of ``{match: REGEX, scheme, group_size, asym}``)
+under the one rule of ``recipes/overrides.py``: every matching entry applies in order, a later one winning
+for each setting it names. An entry that names a scheme starts from that scheme's group size and symmetry
+unless it names them too. Every scheme must fit the one output format::
+
+    scheme: w4a16
+    overrides:
+      - {match: 'mlp\\.down_proj', scheme: w8a16}      # 8-bit down_proj, 4-bit elsewhere
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 
 from modelsurgeon.ops.core.errors import UsageError
 from modelsurgeon.ops.core.registry import Registry
 
 from .base import Config, check_int, check_regex, did_you_mean
+from .overrides import Override, parse_overrides, settings_for
+
+OVERRIDE_SETTINGS = ("scheme", "group_size", "asym")
 
 OPTIMIZERS = ("rtn", "hqq")
 FORMATS = ("auto", "compressed-tensors", "gguf", "dense")
@@ -86,6 +100,16 @@ for _rules in (
     SCHEME_RULES.add(_rules.name, _rules)
 
 
+def default_candidates(rules: SchemeRules, fmt: str) -> list[str]:
+    """What --target-bpw chooses among by default: the schemes of ``rules``' kind that ``fmt`` holds (GGUF
+    types; the weight-only integers w2a16 ... w8a16; else the scheme alone)."""
+    if rules.family == "gguf":  # the single block types (the ones dense can hold too), not mixtures or floats
+        return [r.name for r in SCHEME_RULES.values() if r.family == "gguf" and fmt in r.formats and "dense" in r.formats]
+    if rules.family == "int" and rules.name.endswith("a16"):
+        return [r.name for r in SCHEME_RULES.values() if r.family == "int" and r.name.endswith("a16") and fmt in r.formats]
+    return [rules.name]
+
+
 def scheme_rules(name: str) -> SchemeRules:
     """The rules of scheme ``name`` (any case), or a usage error listing the known schemes."""
     return SCHEME_RULES.lookup(name.strip().lower())
@@ -148,6 +172,9 @@ class QuantizeConfig(Config):
     use_triton: bool | None = None  # None: Triton on CUDA, the torch reference elsewhere
     pre_tokenizer: str | None = None  # --format gguf: llama.cpp's pre-tokenizer name when the check-text hash is unknown
     imatrix: str | None = None  # --format gguf: llama-imatrix's file (legacy .dat or GGUF) weighting the block search
+    overrides: tuple[Override, ...] = ()  # [{match: REGEX, scheme, group_size, asym}], recipes/overrides.py's rule
+    target_bpw: float | None = None  # choose a scheme per tensor among ``candidates`` to average this many bits
+    candidates: tuple[str, ...] = ()  # for target_bpw; default: the schemes of the output format like ``scheme``
 
     def validate(self) -> None:
         if self.format not in FORMATS:
@@ -187,6 +214,80 @@ class QuantizeConfig(Config):
                 raise UsageError("--imatrix applies to --format gguf only")
             if self.optimizer == "hqq":
                 raise UsageError("--imatrix and --optimizer hqq are mutually exclusive", "pick one way to refine the blocks")
+        self._set("overrides", parse_overrides(self.overrides, OVERRIDE_SETTINGS))
+        for o in self.overrides:  # each entry on its own over the base; combinations are checked per tensor
+            self._with(dict(o.settings), f"override {o.match!r}")
+        self._check_budget(rules)
+
+    def _check_budget(self, rules: SchemeRules) -> None:
+        if isinstance(self.candidates, str):
+            self._set("candidates", tuple(c for c in self.candidates.split(",") if c.strip()))
+        if self.target_bpw is None:
+            if self.candidates:
+                raise UsageError("--candidates chooses among schemes for --target-bpw", "give --target-bpw BITS too")
+            return
+        b = self.target_bpw
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b <= 0:
+            raise UsageError(f"--target-bpw must be a positive number of bits per weight, got {b!r}")
+        self._set("target_bpw", float(b))
+        if self.overrides:
+            raise UsageError("--target-bpw chooses every tensor's scheme, so a recipe's overrides cannot", "give one of them")
+        cands = [scheme_rules(str(c)).name for c in self.candidates] or default_candidates(rules, self.output_format)
+        if rules.name not in cands:
+            cands.append(rules.name)
+        cands = sorted(set(cands), key=list(SCHEME_RULES).index)
+        for c in cands:
+            r = SCHEME_RULES[c]
+            if r.family == "gguf" and "dense" not in r.formats:
+                raise UsageError(
+                    f"--target-bpw chooses one GGUF type per tensor, and {c} is not one (a mixture or a float type)",
+                    "use single types: " + ", ".join(default_candidates(r, "gguf")),
+                )
+        for c in cands:
+            self.candidate(c)
+        self._set("candidates", tuple(cands))
+
+    def candidate(self, scheme: str) -> QuantizeConfig:
+        """This config with ``scheme`` (for --target-bpw), in the run's format, group size and symmetry."""
+        return self._with({"scheme": scheme, "group_size": self.group_size, "asym": self.asym}, f"--candidates {scheme}")
+
+    def _with(self, settings: dict, where: str) -> QuantizeConfig:
+        """This config with an override's settings, in the format of the whole run."""
+        if not settings:
+            return self
+        s = dict(settings)
+        if "scheme" in s:
+            s.setdefault("group_size", None)
+            s.setdefault("asym", False)
+        try:
+            return dataclasses.replace(
+                self, overrides=(), target_bpw=None, candidates=(), imatrix=None, format=self.output_format, **s
+            )
+        except UsageError as e:
+            raise UsageError(f"{where}: {e.message}", e.hint) from None
+
+    def for_tensor(self, name: str) -> QuantizeConfig:
+        """The settings tensor ``name`` is quantized with: this config under its matching overrides."""
+        settings = settings_for(self.overrides, name, {"scheme": ("group_size", "asym")})
+        key = tuple(sorted(settings.items()))
+        cache = self._per_tensor
+        if key not in cache:
+            cache[key] = self._with(settings, f"the overrides of {name}")
+        return cache[key]
+
+    @cached_property
+    def _per_tensor(self) -> dict:
+        return {}
+
+    @classmethod
+    def convert(cls, data: dict, source: str) -> dict:
+        from modelsurgeon.ops.core.errors import SurgeonError
+
+        try:
+            data["overrides"] = parse_overrides(data.get("overrides") or [], OVERRIDE_SETTINGS)
+        except UsageError as e:
+            raise SurgeonError(f"{source}: {e.message}", e.hint) from None
+        return data
 
     def _check_scheme_takes_the_settings(self, s: SchemeRules) -> None:
         if self.group_size is not None and s.group_fixed:

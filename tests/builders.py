@@ -149,6 +149,36 @@ def write_legacy_imatrix(path: Path, entries: dict[str, torch.Tensor], ncalls: i
     return path
 
 
+def make_llama_with_own_tokenizer(folder: Path, text: str, seed: int, extra=(), eos: str = "</s>", layers: int = 1) -> Path:
+    """A one-layer Llama with a byte-level BPE trained on ``text`` (plus ``extra`` special tokens), its
+    embedding rows exactly its tokenizer's size; different texts give overlapping, differently ordered
+    vocabularies."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=256, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()[:200]
+    )
+    tok.train_from_iterator([text], trainer)
+    t = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token=eos)
+    if extra:
+        t.add_tokens([AddedToken(e, special=True) for e in extra], special_tokens=True)
+    make_tiny_llama(
+        folder,
+        seed=seed,
+        vocab_size=len(t),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        max_position_embeddings=64,
+    )
+    t.save_pretrained(folder)
+    return folder
+
+
 def ct_reference(src: Path, preset: str, out: Path, fmt: str | None = None, dtype=torch.bfloat16) -> Path:
     """What llm-compressor saves for a preset scheme: compressed-tensors' own qparams (calculate_qparams, and
     generate_gparam for NVFP4's global scale) from each weight's min/max, its compressor and update_config."""

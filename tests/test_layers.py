@@ -49,6 +49,8 @@ def _layer(mod: str) -> tuple[str, str | None]:
     parts = mod.split(".")
     if parts[:2] == ["modelsurgeon", "ops"] and len(parts) > 2:
         return ("family", parts[2]) if parts[2] in FAMILIES else (parts[2], None)
+    if len(parts) > 1 and parts[1] == "pipeline":  # surgeon run: composes the families, as api.py does
+        return "api", None
     if len(parts) > 1 and parts[1] in ("cli", "recipes", "kernels", "api"):
         return parts[1], None
     return "top", None

@@ -4,7 +4,9 @@ The test works in a scratch folder where the README's placeholder names exist as
 `org/model`, `org/base`, `org/a`, `org/b`, `model/`, `a/ b/ c/ base/` are tiny Llamas (a relative path
 that exists wins over a Hub id; `model/`, the GGUF examples' input, has SmolLM2's real tokenizer, whose
 pre-tokenizer llama.cpp knows, and tied embeddings), `recipe.yaml` is a mergekit recipe over them, `my-adapter/` a PEFT
-adapter made by peft, `finetuned/` a fine-tune of `org/base`, `pruned/` a 2:4-pruned `org/base`.
+adapter made by peft (`other-adapter/` a second one of the same base and modules), `finetuned/` a fine-tune of
+`org/base`, `pruned/` a 2:4-pruned `org/base`, `stages.yaml` a two-stage mergekit-multi recipe and `moe.yaml`
+a mergekit-moe recipe over them.
 `| jq .key` becomes "stdout parses as JSON and has that key". A line is skipped only for a reason
 listed in SKIP (a GPU, or a user's dataset that a quick test cannot stand in for).
 """
@@ -67,6 +69,18 @@ def _make_inputs(root: Path, smollm2_gguf: Path) -> None:
     shutil.copytree(root / "org/base", root / "finetuned")
     _perturb(root / "finetuned", seed=99)
     _make_adapter(root / "org/base", root / "my-adapter")
+    torch.manual_seed(1)
+    _make_adapter(root / "org/base", root / "other-adapter")
+    (root / "stages.yaml").write_text(
+        "name: blend\nmerge_method: slerp\nbase_model: a\nmodels:\n  - model: a\n  - model: b\nparameters: {t: 0.5}\n"
+        "---\nmerge_method: ties\nbase_model: base\nmodels:\n  - model: blend\n    parameters: {weight: 0.5, density: 0.5}\n"
+        "  - model: c\n    parameters: {weight: 0.5, density: 0.5}\n"
+    )
+    (root / "moe.yaml").write_text(
+        "base_model: base\ngate_mode: cheap_embed\nexperts_per_token: 2\nexperts:\n"
+        "  - source_model: a\n    positive_prompts: ['the quick brown fox']\n"
+        "  - source_model: b\n    positive_prompts: ['hello world']\n"
+    )
     shutil.copytree(README.parent / "recipes", root / "recipes")  # the examples run from the repository root
 
 
@@ -116,7 +130,7 @@ def _prepare(line: str, root: Path) -> tuple[list[str], str | None]:
 def test_readme_shows_commands():
     lines = readme_commands()
     commands = {shlex.split(line)[1] for line in lines}
-    assert {"report", "prune", "quantize", "dequantize", "merge", "intrinsic-dim", "expand-subspace"} <= commands
+    assert {"report", "prune", "quantize", "dequantize", "merge", "intrinsic-dim", "expand-subspace", "run"} <= commands
 
 
 def test_every_readme_command_runs(capsys, workdir, monkeypatch):

@@ -64,11 +64,19 @@ def plan_expand(
     force: bool = False,
     max_shard_size: str | int = DEFAULT_MAX_SHARD,
     command: str = PYTHON_COMMAND,
+    task: str | None = None,
 ) -> ExpandPlan:
-    """Check the output, read the subspace file and rebuild its model with theta_0 (checked by sha256)."""
+    """Check the output, read the subspace file and rebuild its model with theta_0 (checked by sha256).
+    ``task``: the ``module:function`` a subspace trained on a Python task's model needs, named by the user."""
     out = Output.of(output, force, max_shard_size)
-    out.check("dir")
-    rebuilt = rebuild(subspace, base, resolve_device(device))
+    out.check("dir", inputs=[subspace])
+    rebuilt = rebuild(subspace, base, resolve_device(device), task)
+    try:
+        ck = rebuilt.checkpoint
+        out.check("dir", inputs=ck.input_paths() if ck is not None else [])  # type: ignore[attr-defined]
+    except BaseException:
+        rebuilt.close()
+        raise
     return ExpandPlan(str(subspace), out, rebuilt, command)
 
 

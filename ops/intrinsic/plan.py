@@ -13,15 +13,17 @@ projection the device runs best) and checks d against D.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from modelsurgeon.ops.core.device import resolve_device
-from modelsurgeon.ops.core.errors import SurgeonError
+from modelsurgeon.ops.core.errors import SurgeonError, UsageError
 from modelsurgeon.ops.core.problems import Problems
 from modelsurgeon.recipes.intrinsic_dim import IntrinsicDimConfig
 
@@ -45,6 +47,17 @@ class IntrinsicDimPlan:
     plot_path: str | None = None  # --plot, as given
     force: bool = False
     command: str = PYTHON_COMMAND
+    inputs: list[Path] = field(default_factory=list)  # what the outputs may not replace
+
+    def outputs_locked(self) -> contextlib.ExitStack:
+        """The locks of --save-subspace and --plot, held from before the search to the writing."""
+        from modelsurgeon.ops.io.output import output_lock
+
+        stack = contextlib.ExitStack()
+        for path in (self.subspace_path, self.plot_path):
+            if path is not None:
+                stack.enter_context(output_lock(path))
+        return stack
 
     def summary(self) -> str:
         """The line that says what is about to be measured, and where."""
@@ -81,15 +94,35 @@ def check_settings(cfg: IntrinsicDimConfig, model: str | None) -> None:
     problems.raise_if_any()
 
 
-def check_outputs(subspace_path: str | Path | None, plot_path: str | Path | None, force: bool) -> None:
-    """Refuse now, before any training, what writing the subspace file or the plot would refuse."""
+def check_outputs(subspace_path: str | Path | None, plot_path: str | Path | None, force: bool, inputs=()) -> None:
+    """Refuse now, before any training, what writing the subspace file or the plot would refuse: an
+    existing file (without --force, or not ours), a folder, an input, the same path twice, a place that
+    cannot be written."""
+    from modelsurgeon.ops.io.output import check_target, check_writable
+
     if plot_path is not None and importlib.util.find_spec("matplotlib") is None:
         raise SurgeonError("--plot needs matplotlib", "run: pip install 'modelsurgeon[plot]'  (or pip install matplotlib)")
+    if plot_path is not None and subspace_path is not None:
+        if os.path.realpath(plot_path) == os.path.realpath(subspace_path):
+            raise UsageError(f"--plot and --save-subspace both name {plot_path}", "give two different files")
     for flag, path in (("--plot", plot_path), ("--save-subspace", subspace_path)):
-        if path is not None and Path(path).exists() and not force:
-            raise SurgeonError(f"{flag} {path} already exists", "pass --force to replace it, or pick another name")
-        if path is not None and Path(path).is_dir():
-            raise SurgeonError(f"{flag} {path} is a folder", "give a file name")
+        if path is None:
+            continue
+        try:
+            check_target(path, "file", force, inputs)
+            check_writable(path, 1 << 20)
+        except SurgeonError as e:
+            raise SurgeonError(f"{flag}: {e.message}", e.hint) from None
+
+
+def task_inputs(spec: str) -> list[Path]:
+    """The file a task reads, if it names one (an output may not replace it)."""
+    from modelsurgeon.recipes.intrinsic_dim import parse_task_spec
+
+    kind, arg = parse_task_spec(spec)
+    if kind == "module" and arg is None:
+        arg = spec.rpartition(":")[0]
+    return [Path(arg).expanduser()] if arg and Path(arg).expanduser().is_file() else []
 
 
 def plan_intrinsic_dim(
@@ -112,6 +145,8 @@ def plan_intrinsic_dim(
     settings = cfg.with_task_defaults(task.defaults)
     built = model_for_task(task, settings, model, revision)
     try:
+        inputs = task_inputs(cfg.task) + (built.checkpoint.input_paths() if built.checkpoint is not None else [])
+        check_outputs(save_subspace, plot, force, inputs)  # again, now that the inputs are known
         if task.needs_tokenizer:
             if built.checkpoint is None:
                 raise SurgeonError(f"task {task.spec} is text; it needs a transformers MODEL with a tokenizer")
@@ -136,4 +171,5 @@ def plan_intrinsic_dim(
         None if plot is None else str(plot),
         force,
         command,
+        inputs,
     )

@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def write_plot(out: dict, path: str | Path) -> None:
+def write_plot(out: dict, path: str | Path, force: bool = False, inputs=()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from modelsurgeon.ops.io.output import OutputFile
+    from modelsurgeon import __version__
+    from modelsurgeon.ops.io.output import PNG_SOFTWARE, OutputFile
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     runs = [r for r in out["records"] if r["d"] is not None]
@@ -31,8 +32,8 @@ def write_plot(out: dict, path: str | Path) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     try:
-        with OutputFile(path, force=True) as f:
-            fig.savefig(str(f.path), format="png")
+        with OutputFile(path, force, inputs) as f:
+            fig.savefig(str(f.path), format="png", metadata={"Software": f"{PNG_SOFTWARE} {__version__}"})
             f.commit()
     finally:
         plt.close(fig)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from modelsurgeon.ops.core.interrupt import interruptible
+from modelsurgeon.ops.core.memory import fmt_bytes
 from modelsurgeon.ops.core.progress import SILENT, Progress
 from modelsurgeon.ops.core.result import Result
 
@@ -39,7 +41,12 @@ class IntrinsicDimResult(Result):
 def run_intrinsic_dim(plan: IntrinsicDimPlan, progress: Progress = SILENT) -> IntrinsicDimResult:
     """Measure; write the subspace file at d_int (seed 0) and the plot when the plan asks for them."""
     progress.note(plan.summary())
-    m = measure(plan.problem, plan.config, progress)
+    with plan.outputs_locked():
+        return _run(plan, progress)
+
+
+def _run(plan: IntrinsicDimPlan, progress: Progress) -> IntrinsicDimResult:
+    m = interruptible(measure, plan.problem, plan.config, progress)
     data = result_data(m, plan)
     warnings = run_warnings(m)
     for w in warnings:
@@ -52,12 +59,12 @@ def run_intrinsic_dim(plan: IntrinsicDimPlan, progress: Progress = SILENT) -> In
             run = m.run_at(m.d_int, 0)
             task = plan.task
             extra = {"task": task.spec, "metric": task.metric_name, "metric_value": run.metric}  # type: ignore[union-attr]
-            save_subspace(plan.subspace_path, plan.problem, plan.config, run, extra, plan.command, plan.force)  # type: ignore[arg-type]
+            save_subspace(plan.subspace_path, plan.problem, plan.config, run, extra, plan.command, plan.force, plan.inputs)  # type: ignore[arg-type]
             data["subspace_file"] = plan.subspace_path
     if plan.plot_path is not None:
         from .plot import write_plot
 
-        write_plot(data, plan.plot_path)
+        write_plot(data, plan.plot_path, plan.force, plan.inputs)
         data["plot"] = plan.plot_path
     return IntrinsicDimResult(data, m, warnings)
 
@@ -70,6 +77,12 @@ def run_warnings(m: Measurement) -> list[str]:
         out.append(
             f"{len(bad)} run(s) hit a non-finite loss and stopped early (d = {', '.join(str(r.d or 'all') for r in bad)}); "
             "lower --lr / --baseline-lr"
+        )
+    if m.memory_stop:
+        s = m.memory_stop
+        out.append(
+            f"the search stopped at d = {s['d']:,}: that run would need about {fmt_bytes(s['need_bytes'])} of memory and "
+            f"{fmt_bytes(s['free_bytes'] or 0)} is free; --projection fastfood does not grow with d, or give --d-max"
         )
     if m.non_monotone:
         out.append(
@@ -126,6 +139,7 @@ def result_data(m: Measurement, plan: IntrinsicDimPlan) -> dict:
             "seeds": cfg.seeds,
             "runs": len(m.runs) + (1 if m.baseline_run else 0),
             "non_monotone": m.non_monotone,
+            "memory_stop": m.memory_stop,
         },
         "projection": projection,
         "curve": m.curve,

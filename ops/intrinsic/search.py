@@ -19,10 +19,21 @@ from dataclasses import dataclass, field
 import torch
 
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.memory import available_bytes, fmt_bytes
 from modelsurgeon.ops.core.progress import SILENT, Progress
 
 from .problem import Problem
+from .projections import estimate_bytes, resolve_kind
 from .train import Run, evaluate_theta0, train_run
+
+HEADROOM = 0.8  # a run may take this share of the memory still free when it starts
+
+
+def fits(problem: Problem, cfg, d: int) -> tuple[bool, int, int | None]:
+    """(whether a run at d fits in the memory free now, its estimated need, the bytes free)."""
+    need = estimate_bytes(resolve_kind(cfg.projection, problem.device), problem.D, max(d - problem.m, 1))
+    free = available_bytes()
+    return (free is None or need <= HEADROOM * free), need, free
 
 
 @dataclass
@@ -33,6 +44,7 @@ class Measurement:
     threshold_value: float
     theta0_metric: float | None = None
     runs: list[Run] = field(default_factory=list)
+    memory_stop: dict | None = None  # the doubling stopped: the d that would not fit, its need, what was free
     baseline_run: Run | None = None
     d_int: int | None = None
     bracket: tuple[int, int | None] | None = None
@@ -63,6 +75,15 @@ def check_plan(problem: Problem, cfg) -> None:
         )
     if d_floor >= d_max:
         raise UsageError(f"--said needs d > {d_floor} (one scale per tensor) but d can be at most {d_max}")
+    for flag, d in (("--grid", max(cfg.grid, default=0)), ("--d-start", cfg.d_start or 0)):
+        if d:
+            ok, need, free = fits(problem, cfg, d)
+            if not ok:
+                raise SurgeonError(
+                    f"{flag} {d}: a run at d = {d:,} with the {resolve_kind(cfg.projection, problem.device)} projection needs about {fmt_bytes(need)} "
+                    f"of memory and {fmt_bytes(free or 0)} is free",
+                    "give a smaller d, or --projection fastfood (its memory does not grow with d)",
+                )
 
 
 def measure(problem: Problem, cfg, progress: Progress = SILENT) -> Measurement:
@@ -133,6 +154,10 @@ def measure(problem: Problem, cfg, progress: Progress = SILENT) -> Measurement:
         lo, hi = d_floor, None
         d = min(max(cfg.d_start, d_floor + 1), d_max)
         while True:
+            ok, need, free = fits(problem, cfg, d)
+            if not ok:  # say so (run_warnings) rather than grow until the kernel kills the process
+                m.memory_stop = {"d": d, "need_bytes": need, "free_bytes": free}
+                break
             if ev(d):
                 hi = d
                 break

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +75,11 @@ def trained_flat(problem: Problem, cfg, run: Run) -> tuple[torch.Tensor, torch.T
     return theta0, flat
 
 
-def save_subspace(path: str | Path, problem: Problem, cfg, run: Run, extra: dict, command: str, force: bool = False) -> dict:
+def save_subspace(
+    path: str | Path, problem: Problem, cfg, run: Run, extra: dict, command: str, force: bool = False, inputs=()
+) -> dict:
     """Write the subspace file of ``run`` atomically (a temporary file renamed into place); its record."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from modelsurgeon.ops.io.output import OutputFile
     from modelsurgeon.ops.io.writer import provenance
@@ -89,15 +92,61 @@ def save_subspace(path: str | Path, problem: Problem, cfg, run: Run, extra: dict
     params = dict(problem.module.named_parameters())
     for name in problem.built.head:  # a new head's theta_0 is not in any checkpoint: keep it (it is small)
         tensors[f"init.{name}"] = params[name].detach().cpu().float().contiguous()
+    rec["tensors_sha256"] = {k: sha256_tensor(v) for k, v in tensors.items()}  # every stored value, checked on reading
     meta = provenance(command, {FORMAT: json.dumps(rec, separators=(",", ":"))})
-    with OutputFile(path, force) as out:
-        save_file(tensors, str(out.path), metadata=meta)
+    with OutputFile(path, force, inputs) as out:
+        out.path.write_bytes(save(tensors, metadata=meta))  # small; a plain write reports a full disk as OSError
         out.commit()
     return rec
 
 
 # --------------------------------------------------------------------------------------------
 # reading and expanding
+
+
+def _check_record(rec, p: Path) -> None:
+    """The fields expand reads, with their types, so a damaged or crafted record is one line."""
+
+    def bad(what: str):
+        raise SurgeonError(f"{p}: its subspace record is malformed ({what})", "use the file as --save-subspace wrote it")
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not isinstance(rec, dict):
+        bad("not a JSON object")
+    for key, kind in (("source", dict), ("layout", list), ("projection", dict), ("theta0_sha256", str), ("weights_sha256", str)):
+        if not isinstance(rec.get(key), kind):
+            bad(f"{key} missing or not a {kind.__name__}")
+    if not isinstance(rec["source"].get("kind"), str):
+        bad("source.kind")
+    for key in ("d", "init_seed"):
+        if not is_int(rec.get(key)) or rec[key] < 0:
+            bad(key)
+    if not isinstance(rec.get("weights_norm"), (int, float)) or isinstance(rec.get("weights_norm"), bool):
+        bad("weights_norm")
+    pset = rec["projection"]
+    if pset.get("kind") not in ("dense", "sparse", "fastfood") or not is_int(pset.get("d")) or not is_int(pset.get("seed")):
+        bad("projection kind, d or seed")
+    if pset["d"] < 1 or pset["seed"] < 0:
+        bad("projection d or seed out of range")
+    for entry in rec["layout"]:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], list)
+            and all(is_int(s) and 0 <= s < 2**40 for s in entry[1])
+        ):
+            bad(f"layout entry {str(entry)[:60]}")
+    if rec.get("fwht", "auto") not in FWHT_FLAG:
+        bad("fwht")
+    head = rec.get("head") or []
+    if not isinstance(head, list) or not all(isinstance(h, str) for h in head):
+        bad("head")
+    for key in ("include", "exclude"):
+        if rec.get(key) is not None and not isinstance(rec[key], str):
+            bad(key)
 
 
 def read_subspace(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -117,16 +166,31 @@ def read_subspace(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         )
     try:
         rec = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise SurgeonError(f"{p}: its subspace record is not valid JSON") from None
+    if not isinstance(rec, dict):
+        raise SurgeonError(f"{p}: its subspace record is not a JSON object")
     if rec.get("version") != FORMAT_VERSION:
         raise SurgeonError(
             f"{p} is subspace format version {rec.get('version')}; this modelsurgeon reads version {FORMAT_VERSION}"
         )
+    _check_record(rec, p)
     with safe_open(str(p), "pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if "theta_d" not in tensors:
         raise SurgeonError(f"{p} has no theta_d tensor")
+    hashes = rec.get("tensors_sha256")
+    if not isinstance(hashes, dict) or set(hashes) != set(tensors):
+        raise SurgeonError(
+            f"{p} does not record the sha256 of each of its tensors, so its values cannot be checked",
+            "write it again with `surgeon intrinsic-dim ... --save-subspace FILE`",
+        )
+    changed = [k for k, t in tensors.items() if sha256_tensor(t) != hashes[k]]
+    if changed:
+        raise SurgeonError(
+            f"{p}: the values of {', '.join(changed)} differ from the ones it was written with (sha256); the file was changed",
+            "use the file as --save-subspace wrote it",
+        )
     return rec, tensors
 
 
@@ -155,9 +219,11 @@ class Expanded:
     checkpoint: object | None
 
 
-def rebuild(path: str | Path, base: str | None = None, device: str | torch.device = "cpu") -> Rebuilt:
+def rebuild(path: str | Path, base: str | None = None, device: str | torch.device = "cpu", task: str | None = None) -> Rebuilt:
     """The model of a subspace file with its theta_0 (from its seeds, or the base checkpoint, found by the
-    recorded path or ``base`` and checked by sha256); refuses a layout or a theta_0 that differs."""
+    recorded path or ``base`` and checked by sha256); refuses a layout or a theta_0 that differs. A model
+    that came from a ``module:`` task is Python code: it is built only from ``task``, which the user names
+    (never from the file)."""
     from .models import BuiltModel
 
     rec, tensors = read_subspace(path)
@@ -165,7 +231,11 @@ def rebuild(path: str | Path, base: str | None = None, device: str | torch.devic
     load = MODEL_SOURCES.get(src["kind"])
     if load is None:
         raise SurgeonError(f"{path}: unknown model source {src['kind']!r}")
-    module, ck = load(src, rec, tensors, base, str(path))
+    check_memory(rec, str(path))
+    try:
+        module, ck = load(src, rec, tensors, base, str(path), task)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise SurgeonError(f"{path}: its subspace record is malformed ({type(e).__name__}: {e})") from None
     try:
         built = BuiltModel(module, src, None, head=rec.get("head") or [])
         problem = Problem(built, None, device, rec.get("include"), rec.get("exclude"), bool(rec.get("said")))
@@ -192,15 +262,21 @@ def rebuild(path: str | Path, base: str | None = None, device: str | torch.devic
 # each model source (``BuiltModel.source["kind"]``) -> (module with theta_0 in place, base checkpoint or None)
 
 
-def _arch_module(src: dict, rec: dict, tensors: dict, base: str | None, path: str):
+def _arch_module(src: dict, rec: dict, tensors: dict, base: str | None, path: str, task: str | None):
     from .models import build_arch, he_init
 
+    with torch.device("meta"):  # count the parameters before allocating them
+        n = sum(p.numel() for p in build_arch(src).parameters())
+    if n != layout_numel(rec["layout"]):
+        raise SurgeonError(
+            f"{path}: the recorded architecture has {n:,} parameters but its layout {layout_numel(rec['layout']):,}"
+        )
     module = build_arch(src)
     he_init(module, rec["init_seed"])
     return module, None
 
 
-def _toy_module(src: dict, rec: dict, tensors: dict, base: str | None, path: str):
+def _toy_module(src: dict, rec: dict, tensors: dict, base: str | None, path: str, task: str | None):
     from .models import Toy, toy_init
 
     module = Toy()
@@ -208,12 +284,15 @@ def _toy_module(src: dict, rec: dict, tensors: dict, base: str | None, path: str
     return module, None
 
 
-def _checkpoint_module(src: dict, rec: dict, tensors: dict, base: str | None, path: str):
+def _checkpoint_module(src: dict, rec: dict, tensors: dict, base: str | None, path: str, task: str | None):
     from .models import load_transformers
 
+    auto_class, kwargs = src["auto_class"], src.get("kwargs") or {}
+    if auto_class not in _AUTO_CLASSES or not isinstance(kwargs, dict) or set(kwargs) - _AUTO_KWARGS:
+        raise SurgeonError(f"{path}: its record names a model class or settings intrinsic-dim never writes ({auto_class!r})")
     ck = _open_base(src, base)
     try:
-        module = load_transformers(ck, src["auto_class"], src.get("kwargs") or {}).module
+        module = load_transformers(ck, auto_class, kwargs).module
         params = dict(module.named_parameters())
         with torch.no_grad():
             for name in rec.get("head") or []:
@@ -229,11 +308,20 @@ def _checkpoint_module(src: dict, rec: dict, tensors: dict, base: str | None, pa
     return module, ck
 
 
-def _user_module(src: dict, rec: dict, tensors: dict, base: str | None, path: str):
+def _user_module(src: dict, rec: dict, tensors: dict, base: str | None, path: str, task: str | None):
     from .models import load_state_strict
-    from .tasks import load_task
+    from .tasks import load_task, task_kind
 
-    module = load_task(src["task"]).user_model
+    recorded = str(src["task"])
+    if task is None:
+        raise SurgeonError(
+            f"{path} was trained with the model of the Python task {recorded}; modelsurgeon runs code only when "
+            "you name it on the command line",
+            f"if you trust that code, pass --task {recorded}",
+        )
+    if task_kind(task).name != "module":
+        raise SurgeonError(f"--task {task} is not a module:function task, which {path} needs (it recorded {recorded})")
+    module = load_task(task).user_model
     if not src.get("checkpoint"):
         return module, None
     ck = _open_base(src["checkpoint"], base)
@@ -246,6 +334,30 @@ def _user_module(src: dict, rec: dict, tensors: dict, base: str | None, path: st
 
 
 MODEL_SOURCES = {"arch": _arch_module, "toy": _toy_module, "checkpoint": _checkpoint_module, "module": _user_module}
+_AUTO_CLASSES = {"AutoModel", "AutoModelForSequenceClassification", "AutoModelForCausalLM"}
+_AUTO_KWARGS = {"num_labels", "problem_type", "id2label", "label2id"}
+
+
+def layout_numel(layout: list) -> int:
+    return sum(math.prod(shape) for _, shape in layout)
+
+
+def check_memory(rec: dict, path: str) -> None:
+    """Refuse, before anything is allocated, a record whose D (and projection) would not fit in memory."""
+    from modelsurgeon.ops.core.memory import available_bytes, fmt_bytes
+
+    from .projections import estimate_bytes
+
+    D = layout_numel(rec["layout"])
+    pset = rec["projection"]
+    need = 16 * D + estimate_bytes(pset["kind"], D, pset["d"])
+    free = available_bytes()
+    if free is not None and need > free:
+        raise SurgeonError(
+            f"{path}: expanding D = {D:,} parameters from d = {pset['d']:,} needs about {fmt_bytes(need)} of memory "
+            f"and {fmt_bytes(free)} is free",
+            "expand it on a machine with more memory",
+        )
 
 
 def expand(rebuilt: Rebuilt) -> Expanded:

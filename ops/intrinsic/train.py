@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from modelsurgeon.ops.core.interrupt import check_cancelled
 from modelsurgeon.ops.core.progress import SILENT, Progress
 
 from .problem import Problem
@@ -113,6 +114,7 @@ def train_run(problem: Problem, cfg, d: int | None, seed: int, progress: Progres
     train_loss = float("nan")
     diverged = False
     for _ in range(cfg.epochs):
+        check_cancelled()
         problem.module.train()
         if cfg.optimizer == "lbfgs":
             batches = list(task.batches("train", cfg.batch_size, g))
@@ -131,6 +133,7 @@ def train_run(problem: Problem, cfg, d: int | None, seed: int, progress: Progres
         else:
             losses = []
             for b in task.batches("train", cfg.batch_size, g):
+                check_cancelled()  # the caller was interrupted (core.interrupt)
                 opt.zero_grad()
                 loss = task.loss(problem.forward(flat_now(), b), b.target)
                 if not torch.isfinite(loss):

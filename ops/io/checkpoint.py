@@ -47,6 +47,8 @@ _ST_DTYPES: dict[str, tuple[str, float]] = {
     "F8_E8M0": ("float8_e8m0fnu", 1),
 }
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+FP8_DTYPES = {"F8_E4M3", "F8_E5M2", "F8_E8M0"}
+MAX_ELEMENTS = 2**63 - 1  # torch's sizes are int64: any product of dimensions must fit
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
 
 TOKENIZER_FILES = (
@@ -113,7 +115,12 @@ class TensorInfo:
 
     @property
     def is_float(self) -> bool:
+        """A 16/32/64-bit float, the dtypes the commands compute on (fp8 is quantized storage: ``is_fp8``)."""
         return self.dtype in FLOAT_DTYPES
+
+    @property
+    def is_fp8(self) -> bool:
+        return self.dtype in FP8_DTYPES
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -231,14 +238,16 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise CheckpointError(f"{path} names tensor {e.args[0]!r} twice in its header", "the file is corrupt") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(f"{path} is not a safetensors file", _not_st_hint(path)) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path} is not a safetensors file", _not_st_hint(path))
     meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path} has a malformed __metadata__ entry")
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CheckpointError(f"{path} has a malformed __metadata__ entry (it must map names to strings)")
     data_start = 8 + n
     data_size = size - data_start
     infos: dict[str, TensorInfo] = {}
@@ -255,18 +264,42 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str
             )
         infos[name] = info
         spans.append((b, e, name))
+    # as the safetensors library: the tensors tile the data exactly, no overlap, no gap, nothing after them
     spans.sort()
     end = 0
     for b, e, name in spans:
         if b < end:
             raise CheckpointError(f"{path}: tensor {name!r} overlaps another tensor's bytes", "the file is corrupt")
+        if b > end:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} starts at byte {b} of the data but the tensors before it end at {end}",
+                "the file has a gap the safetensors library refuses; re-export it",
+            )
         end = e
     if end > data_size:
         raise CheckpointError(
             f"{path} is truncated: its tensors need {end} bytes of data but the file holds {max(data_size, 0)}",
             "re-download or re-export the checkpoint",
         )
-    return infos, {str(k): str(v) for k, v in meta.items()}
+    if end < data_size:
+        raise CheckpointError(
+            f"{path} has {data_size - end} bytes after its last tensor, which the safetensors library refuses",
+            "the file is corrupt or was appended to; re-export it",
+        )
+    return infos, dict(meta)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
 
 
 def _not_st_hint(path: Path) -> str:
@@ -277,10 +310,12 @@ def _check_entry(entry) -> str | None:
     if not isinstance(entry, dict):
         return "no dtype/shape/offsets record"
     dt, shape, off = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dt not in _ST_DTYPES:
+    if not isinstance(dt, str) or dt not in _ST_DTYPES:
         return f"an unknown dtype {dt!r}"
     if not isinstance(shape, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
         return f"an invalid shape {shape!r}"
+    if len(shape) > 64 or math.prod(s for s in shape if s) > MAX_ELEMENTS:
+        return f"a shape {shape!r} no tensor can have (more than 2**63 elements along its dimensions)"
     if (
         not isinstance(off, list)
         or len(off) != 2
@@ -318,8 +353,12 @@ class Checkpoint:
         if cfg.is_file() and (resolved.path.is_dir() or cfg.parent == resolved.path.parent):
             try:
                 self.config = json.loads(cfg.read_text())
-            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
                 raise CheckpointError(f"{cfg} is not valid JSON: {e}", "fix or remove the file") from None
+            if not isinstance(self.config, dict):
+                raise CheckpointError(
+                    f"{cfg} holds a JSON {type(self.config).__name__}, not an object of settings", "fix or remove the file"
+                )
 
     # --- listing
     def names(self) -> list[str]:
@@ -353,6 +392,15 @@ class Checkpoint:
             if d.is_dir() and _ST_MODULE_DIR.match(d.name) and (d / "config.json").is_file():
                 out.append(d / "config.json")
         return out
+
+    def input_paths(self) -> list[Path]:
+        """Every file and folder this checkpoint is read from: an output may not be, hold or replace one."""
+        paths = [self.resolved.path, *self.weight_files, *self.aux_files()]
+        if self.resolved.path.is_dir():
+            paths += sorted(self.folder.glob("*.index.json"))
+        if self.config is not None:
+            paths.append(self.folder / "config.json")
+        return paths
 
     def is_quantized(self, name: str) -> bool:
         """Whether ``name`` is decoded from a quantized form (False for every tensor of a plain checkpoint)."""
@@ -449,6 +497,28 @@ class Checkpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------------------------
+# quantized checkpoints: what the commands that need full-precision weights refuse
+
+_QUANTIZED_DTYPES = {"I8", "U8", "I32", "F8_E4M3", "F8_E5M2", "F8_E8M0"}
+# tensors that quantized checkpoints hold (compressed-tensors, GPTQ/AWQ, bitsandbytes) and plain ones do not
+_QUANTIZED_NAMES = re.compile(
+    r"(weight_packed|weight_scale|weight_zero_point|qweight|qzeros|\.scales|\.absmax|quant_state|\.SCB)$"
+)
+
+
+def quantized_reason(ck) -> str | None:
+    """Why ``ck`` is a quantized checkpoint (its config's quantization_config, or a quantized tensor), or None."""
+    qc = (ck.config or {}).get("quantization_config")
+    if qc:
+        what = " ".join(str(qc.get(k)) for k in ("quant_method", "format") if isinstance(qc, dict) and qc.get(k))
+        return f"config.json quantization_config: {what or 'present'}"
+    for info in ck.infos():
+        if _QUANTIZED_NAMES.search(info.name) or (info.dtype in _QUANTIZED_DTYPES and info.name.endswith("weight")):
+            return f"it holds {info.name} ({info.dtype})"
+    return None
 
 
 # --------------------------------------------------------------------------------------------

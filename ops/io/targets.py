@@ -2,26 +2,21 @@
 
 Default targets are the 2-D float weights of linear layers: embeddings, the LM head, norms, biases
 and non-float tensors are left alone. ``include`` replaces that default rule with a regex over float
-tensors; ``exclude`` removes matches from whatever was selected. Patterns use ``re.search``.
+tensors; ``exclude`` removes matches from whatever was selected. Patterns use ``re.search`` semantics, matched with a time bound (``core.patterns``).
 """
 
 from __future__ import annotations
 
-import re
-
-from modelsurgeon.ops.core.errors import SurgeonError, UsageError
+from modelsurgeon.ops.core.errors import SurgeonError
 from modelsurgeon.ops.core.names import is_linear_weight
+from modelsurgeon.ops.core.patterns import UserPattern
 
 from .checkpoint import Checkpoint, TensorInfo
 
 
-def compile_regex(pattern: str | None, flag: str) -> re.Pattern | None:
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise UsageError(f"{flag} {pattern!r} is not a valid regular expression: {e}") from None
+def compile_regex(pattern: str | None, flag: str) -> UserPattern | None:
+    """A user's pattern, matched with a time bound (``core.patterns``), or None."""
+    return None if pattern is None else UserPattern(pattern, flag)
 
 
 def is_default_target(info: TensorInfo) -> bool:

@@ -10,6 +10,8 @@ The atomic output folder the writer fills lives in ``output.py``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import re
 import shutil
@@ -174,11 +176,25 @@ class ShardedWriter:
 # finalize: what every output folder gets beside its weights
 
 
+_RUN_PROVENANCE: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("run_provenance", default=None)
+
+
+@contextlib.contextmanager
+def run_provenance(meta: dict[str, str]):
+    """Within this block every output's provenance also carries ``meta`` (``surgeon run`` records its recipe)."""
+    token = _RUN_PROVENANCE.set(dict(meta))
+    try:
+        yield
+    finally:
+        _RUN_PROVENANCE.reset(token)
+
+
 def provenance(command: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     from modelsurgeon import __version__
 
     meta = {"modelsurgeon_version": __version__, "modelsurgeon_command": command}
     meta.update(extra or {})
+    meta.update(_RUN_PROVENANCE.get() or {})
     return meta
 
 

@@ -39,7 +39,7 @@ def recipe_from_flags(
         )
     base_ref = ModelRef.parse(base) if base else None
     # the models merged besides the base; the base may also be listed among them
-    merged = [meth.base == "unused" or base_ref is None or not ModelRef.parse(m).same_as(base_ref) for m in models]
+    merged = [meth.base in ("unused", "joins") or base_ref is None or not ModelRef.parse(m).same_as(base_ref) for m in models]
     n_merged = sum(merged)
     global_params: dict = {}
     per_model: list[dict] = [{} for _ in models]

@@ -46,6 +46,7 @@ class Job:
     model_params: list[dict[str, Any]] = field(default_factory=list)
     copy: bool = False  # a non-float tensor taken as is from inputs[0]
     row_maps: list[torch.Tensor] | None = None  # vocabulary alignment, for [base] + inputs
+    vocab: Any = None  # a built tokenizer's layout of the rows (vocab.VocabMap), for [base] + inputs
 
     @property
     def sources(self) -> list[Source]:

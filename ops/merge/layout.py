@@ -32,6 +32,8 @@ class Layout:
     config_model: int = 0  # supplies config.json (and the output's tensor list for models:)
     tokenizer_model: int = 0  # supplies the tokenizer files and the vocabulary order
     config_updates: dict[str, Any] = field(default_factory=dict)  # written over config.json
+    tokenizer: Any = None  # a built tokenizer (transformers), written instead of the tokenizer model's files
+    chat_template: str | None = None  # resolved Jinja text
 
 
 def lay_out(b: JobBuilder, warnings: list[str]) -> Layout:
@@ -132,6 +134,10 @@ def split_base(b: JobBuilder, inputs: list[ModelInput], base_ref: ModelRef | Non
     method = b.method
     if method.base == "unused":
         return None, list(inputs)
+    if method.base == "joins":  # the base, when given, is one more model (mergekit's karcher)
+        if may_add and base_ref is not None and not any(m.model.same_as(base_ref) for m in inputs):
+            return None, [ModelInput(base_ref), *inputs]
+        return None, list(inputs)
     pos = next((k for k, m in enumerate(inputs) if m.model.same_as(base_ref)), None)
     if base_ref is None:
         if method.base == "required":
@@ -150,16 +156,16 @@ def count_check(b: JobBuilder, n_others: int, where: str) -> None:
     lo, hi = b.method.min_models, b.method.max_models
     if n_others < lo or (hi is not None and n_others > hi):
         want = f"exactly {lo}" if lo == hi else (f"at least {lo}" if hi is None else f"{lo} to {hi}")
-        besides = " besides the base" if b.method.base != "unused" else ""
+        besides = " besides the base" if b.method.base not in ("unused", "joins") else ""
         b.problems.add(f"{where}: {b.method.name} merges {want} model(s){besides}, got {n_others}")
 
 
 def tokenizer_model(b: JobBuilder, config_model: int) -> int:
     """The model whose tokenizer (and vocabulary order) the output keeps: tokenizer_source, else the config's."""
     tok = b.recipe.tokenizer_source
-    if tok is None or tok == "base":
+    if tok is None or tok in ("base", "union"):
         if tok == "base" and b.recipe.base_model is None:
-            b.problems.add("tokenizer_source: base needs a base_model")
+            b.problems.add("tokenizer_source: base needs a base_model")  # (union starts from the first model)
         return config_model
     ref = ModelRef.parse(tok)
     idx = next((i for i, m in enumerate(b.models) if m.ref.same_as(ref) or m.ref.model == tok), None)

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from modelsurgeon.ops.core.errors import CheckpointError, PlanError
+from modelsurgeon.ops.core.patterns import UserPattern
 from modelsurgeon.ops.core.problems import Problems
 from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint
 
@@ -34,7 +35,7 @@ _KEY = re.compile(
 def pattern_value(patterns: dict, module: str, default):
     """PEFT's get_pattern_key: the first key K such that ``(.*\\.)?(K)$`` matches the module name."""
     for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
+        if UserPattern(rf"(.*\.)?({key})$", "adapter_config.json pattern key", usage=False).match(module):
             return value
     return default
 
@@ -248,6 +249,9 @@ class LoraCheckpoint:
         names = list(self.base.names() if names is None else names)
         it = ((n, self.get(n)) for n in names)
         return prefetched(it, depth=1) if prefetch else it
+
+    def input_paths(self) -> list[Path]:
+        return [*self.base.input_paths(), self.adapter.folder, *self.adapter.ck.input_paths()]
 
     def close(self) -> None:
         self.adapter.close()

@@ -70,7 +70,7 @@ class MergeMethod:
     summary: str
     paper: str
     fn: Callable[[MergeInputs], torch.Tensor]
-    base: str  # "required" | "optional" | "unused"
+    base: str  # "required" | "optional" | "unused" | "joins" (a given base is merged as one more model)
     min_models: int  # models besides the base
     max_models: int | None
     params: tuple[Param, ...] = ()
@@ -626,3 +626,9 @@ register(
         model_params=(Param("weight", 1.0, help="per-task scale inside the sum (the paper's lambda_i)"),),
     )
 )
+
+
+# --------------------------------------------------------------------------------------------
+# the other families register themselves on import (they use the names above)
+
+from . import agreement, fusion, spherical  # noqa: E402, F401

@@ -25,8 +25,8 @@ from modelsurgeon.ops.core.device import resolve_device
 from modelsurgeon.ops.core.errors import PlanError, SurgeonError
 from modelsurgeon.ops.core.problems import Problems
 from modelsurgeon.ops.core.result import Result
-from modelsurgeon.ops.io.checkpoint import open_checkpoint, torch_dtype_to_st
-from modelsurgeon.ops.io.output import Output
+from modelsurgeon.ops.io.checkpoint import open_checkpoint, quantized_reason, torch_dtype_to_st
+from modelsurgeon.ops.io.output import Output, local_inputs
 from modelsurgeon.ops.io.writer import TensorSpec
 from modelsurgeon.recipes.merge import MergeConfig, MergeRecipe, ModelRef
 
@@ -34,7 +34,7 @@ from .jobs import Job, JobBuilder, Models, OpenModel, torch_dtype
 from .layout import Layout, lay_out
 from .methods import MergeMethod, get_method
 from .params import check_param_names
-from .vocab import plan_alignment
+from .vocab import plan_alignment, plan_chat_template
 
 
 @dataclass
@@ -60,9 +60,12 @@ class MergeResult(Result):
     files: list[str] | None = None  # after a merge: the output folder's files
     bytes_written: int | None = None
     seconds: float | None = None
+    stages: list[str] | None = None  # a multi-document recipe: the stages, in the order they run
 
     def to_dict(self) -> dict:
         out = super().to_dict()
+        if self.stages is None:
+            out.pop("stages")
         if self.dry_run:
             for key in ("files", "bytes_written", "seconds"):
                 out.pop(key)
@@ -116,7 +119,7 @@ class MergePlan:
             out = numel * torch.empty((), dtype=j.dtype).element_size()
             if j.copy:
                 w = out
-            elif self.method.streams and j.row_maps is None:
+            elif self.method.streams and j.row_maps is None and j.vocab is None:
                 w = out + numel * len(j.inputs)
             else:
                 w = out + numel * 4 * (len(j.sources) + 3)
@@ -206,15 +209,24 @@ def plan_merge(config: MergeConfig, output: Output | None = None, *, opener: Cal
     device = resolve_device(config.device)
     method = get_method(recipe.merge_method)  # the registry first: nothing is opened for a misspelt method
     if output is not None:
-        output.check()
+        output.check("dir", inputs=local_inputs(*(x for r in recipe.referenced_models() for x in (r.model, r.lora))))
     problems = Problems("the merge")
     warnings: list[str] = []
     check_param_names(recipe, method, problems, warnings)
     models = open_models(recipe.referenced_models(), opener, problems)
     try:
+        if output is not None:  # again, now that the inputs are known
+            output.check("dir", inputs=[p for m in models for p in getattr(m.ck, "input_paths", list)()])
+        for m in models:
+            reason = quantized_reason(m.ck) if hasattr(m.ck, "infos") and getattr(m.ck, "source_format", None) is None else None
+            if reason is not None:
+                problems.add(
+                    f"{m.label} is quantized ({reason}); a form that is not read yet: merge the full-precision checkpoints"
+                )
         builder = JobBuilder(recipe, method, models, problems)
         layout = lay_out(builder, warnings)
         plan_alignment(builder, layout)
+        plan_chat_template(builder, layout)
         if problems:
             # always the block form, "N problem(s) with the merge, nothing was written", one per line
             raise PlanError(problems.lines(), problems.what)

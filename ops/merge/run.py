@@ -67,6 +67,8 @@ def compute_job(plan: MergePlan, job: Job, tensors: list[torch.Tensor]) -> torch
         from .vocab import align_rows
 
         xs = align_rows(xs, job.row_maps, 0 if job.base is not None else None)
+    if job.vocab is not None:
+        xs = [x.to(dev) for x in job.vocab.apply([x.cpu() for x in xs])]
     base = xs.pop(0) if job.base is not None else None
     seed = plan.seed
     inp = MergeInputs(
@@ -164,17 +166,33 @@ def aux_files(plan: MergePlan) -> dict[str, str | bytes]:
                 if key in cfg:
                     cfg[key] = name
         files["config.json"] = json.dumps(cfg, indent=2) + "\n"
-    if plan.recipe.chat_template:
-        files["chat_template.jinja"] = plan.recipe.chat_template
+    chat = plan.layout.chat_template
+    if plan.layout.tokenizer is not None:
+        files = {k: v for k, v in files.items() if k not in TOKENIZER_FILES}
+        files.update(built_tokenizer_files(plan.layout.tokenizer, chat))
+    elif chat:
+        files["chat_template.jinja"] = chat
         if "tokenizer_config.json" in files:
             tc = json.loads(files["tokenizer_config.json"])
             if "chat_template" in tc:
-                tc["chat_template"] = plan.recipe.chat_template
+                tc["chat_template"] = chat
                 files["tokenizer_config.json"] = json.dumps(tc, indent=2) + "\n"
     recipe_text = plan.recipe.text if plan.recipe.text is not None else plan.recipe.to_yaml()
     files["mergekit_config.yml"] = recipe_text
     files["README.md"] = model_card(plan, recipe_text)
     return files
+
+
+def built_tokenizer_files(tokenizer, chat_template: str | None) -> dict[str, bytes]:
+    """The files transformers writes for a tokenizer built by the plan (union, added tokens)."""
+    import tempfile
+    from pathlib import Path
+
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save_pretrained(d)
+        return {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
 
 
 def model_card(plan: MergePlan, recipe_text: str) -> str:

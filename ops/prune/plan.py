@@ -21,7 +21,7 @@ from modelsurgeon.ops.core.device import resolve_device
 from modelsurgeon.ops.core.errors import SurgeonError
 from modelsurgeon.ops.core.problems import Problems
 from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint
-from modelsurgeon.ops.io.output import Output
+from modelsurgeon.ops.io.output import Output, local_inputs
 from modelsurgeon.ops.io.targets import select_targets
 from modelsurgeon.recipes.prune import PruneConfig
 
@@ -107,11 +107,13 @@ def plan_prune(
     """Open MODEL (headers only) and plan the pruning; ``output`` None plans a dry run. The caller closes
     the plan (it is a context manager)."""
     if output is not None:
-        output.check("dir")
+        output.check("dir", inputs=local_inputs(model))
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     criterion = get_criterion(cfg.method)
     ck = open_checkpoint(model, revision)
     try:
+        if output is not None:  # again with what it may not touch, and the room it needs
+            output.check("dir", inputs=ck.input_paths(), expected_bytes=sum(i.nbytes for i in ck.infos()))
         return _plan(ck, cfg, criterion, output, dev, use_triton)
     except BaseException:
         ck.close()

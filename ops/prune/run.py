@@ -56,7 +56,7 @@ def run_prune(plan: PrunePlan, progress: Progress = SILENT, command: str | None 
     ck, cfg = plan.ck, plan.config
     if command is None:
         command = f"modelsurgeon.prune({ck.label!r}, {str(plan.output.path)!r})"
-    with cpu_threads():
+    with cpu_threads(), plan.output.locked():  # OUT's lock from the first statistics pass on
         stream = PruneStream(plan, progress)
         progress.start("prune", stream.bytes_to_read(), "bytes")
         stream.select()

@@ -172,9 +172,9 @@ def quantize_blocks(
         d, m = block_params(c, qtype)
         q = block_codes(c, d, m, qtype, buf[: c.shape[0]])
         pack_blocks(q, d, m, qtype, out[s : s + _CHUNK_BLOCKS])
-        if error is not None:
-            sig += float(c.square().sum())
-            noise += float(_dequant_codes(q, d, m, qtype).sub_(c).square_().sum())
+        if error is not None:  # in fp64: finite values near fp32's largest square without overflow
+            sig += float(c.double().square().sum())
+            noise += float(_dequant_codes(q, d, m, qtype).double().sub_(c.double()).square_().sum())
     if error is not None:
         error.append((sig, noise))
     return out.reshape(rows, row_bytes(cols, qtype))

@@ -16,7 +16,6 @@ output is only checked here, and ``run_quantize`` writes it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -25,7 +24,7 @@ import torch
 from modelsurgeon.ops.core.device import resolve_device
 from modelsurgeon.ops.core.errors import SurgeonError
 from modelsurgeon.ops.core.problems import Problems
-from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint
+from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint, quantized_reason
 from modelsurgeon.ops.io.output import DEFAULT_MAX_SHARD, Output
 from modelsurgeon.ops.io.targets import select_targets
 from modelsurgeon.recipes.quantize import QuantizeConfig
@@ -34,12 +33,6 @@ from .schemes import QuantSpec, get_scheme
 
 if TYPE_CHECKING:
     from .formats.gguf import GGUFTensor
-
-_QUANTIZED_DTYPES = {"I8", "U8", "I32", "F8_E4M3", "F8_E5M2", "F8_E8M0"}
-# tensors that quantized checkpoints hold (compressed-tensors, GPTQ/AWQ, bitsandbytes) and plain ones do not
-_QUANTIZED_NAMES = re.compile(
-    r"(weight_packed|weight_scale|weight_zero_point|qweight|qzeros|\.scales|\.absmax|quant_state|\.SCB)$"
-)
 
 
 @dataclass
@@ -57,12 +50,26 @@ class QuantizePlan:
     gguf_tensors: list[GGUFTensor] | None = None  # --format gguf: the file's tensors, in order
     gguf_writer: object | None = None  # --format gguf: gguf-py's GGUFWriter holding the whole header
     imatrix: object | None = None  # --imatrix: formats.gguf_imatrix.ImportanceMatrix, checked against the tensors
+    gguf_extra: dict = field(default_factory=dict)  # --format gguf: metadata added after the plan (provenance)
+    specs: dict[str, QuantSpec] = field(default_factory=dict)  # per target, where overrides change ``spec``
+
+    def spec_for(self, name: str) -> QuantSpec:
+        """The scheme and settings target ``name`` is quantized with (``spec`` unless an override says otherwise)."""
+        return self.specs.get(name, self.spec)
 
     @property
     def gguf_metadata(self) -> dict | None:
         from .formats.gguf import metadata_of
 
         return None if self.gguf_writer is None else metadata_of(self.gguf_writer)
+
+    def add_gguf_metadata(self, meta: dict) -> None:
+        """Add (or replace) string or integer keys of the GGUF header, kept when the header is rebuilt."""
+        from .formats.gguf import set_metadata
+
+        self.gguf_extra.update(meta)
+        if self.gguf_writer is not None:
+            set_metadata(self.gguf_writer, meta)
 
     @property
     def bytes_to_read(self) -> int:
@@ -112,14 +119,18 @@ def _plan(cfg: QuantizeConfig, ck: Checkpoint, out: Output, device: torch.device
         )
     plan = QuantizePlan(cfg, ck, spec, cfg.output_format, targets, out, device, notes)
     problems = Problems(f"the quantization of {ck.label}")
+    groups = per_tensor_specs(plan)
     if plan.format != "gguf":  # GGUF checks its own shapes (3-D experts, 256-value super-blocks, fallbacks)
-        check_shapes(ck, targets, spec, problems)
+        for s, names in groups:
+            check_shapes(ck, names, s, problems)
+        for c in cfg.candidates:  # --target-bpw: every candidate must fit every target
+            check_shapes(ck, targets, quant_spec(cfg.candidate(c), []), problems)
     if plan.format == "gguf":
         _plan_gguf(plan, problems)
     elif plan.format == "compressed-tensors":
         _plan_compressed_tensors(plan, problems)
     try:
-        out.check("file" if plan.format == "gguf" else "dir")
+        out.check("file" if plan.format == "gguf" else "dir", inputs=ck.input_paths())
     except SurgeonError as e:
         problems.add(str(e))
     problems.raise_if_any()
@@ -140,6 +151,24 @@ def quant_spec(cfg: QuantizeConfig, notes: list[str]) -> QuantSpec:
     return QuantSpec(s, group, cfg.symmetric, hqq)
 
 
+def per_tensor_specs(plan: QuantizePlan) -> list[tuple[QuantSpec, list[str]]]:
+    """Fill ``plan.specs`` from the config's overrides; the targets grouped by the spec they get."""
+    cfg = plan.config
+    made: dict[QuantizeConfig, QuantSpec] = {cfg: plan.spec}
+    groups: dict[int, tuple[QuantSpec, list[str]]] = {}
+    for name in plan.targets:
+        c = cfg.for_tensor(name)
+        if c not in made:
+            notes: list[str] = []
+            made[c] = quant_spec(c, notes)
+            plan.notes.extend(n for n in notes if n not in plan.notes)
+        s = made[c]
+        if s is not plan.spec:
+            plan.specs[name] = s
+        groups.setdefault(id(s), (s, []))[1].append(name)
+    return list(groups.values())
+
+
 def check_not_quantized(ck: Checkpoint, notes: list[str]) -> None:
     """A quantized input that ``ops/io`` reads (compressed-tensors, FP8 block, bitsandbytes, GGUF) comes in
     dequantized: it is quantized again, with a warning that its values are rounded twice. One that nothing
@@ -150,19 +179,12 @@ def check_not_quantized(ck: Checkpoint, notes: list[str]) -> None:
             "again, so they are rounded twice. Start from the original weights where you have them"
         )
         return
-    qc = (ck.config or {}).get("quantization_config")
-    if qc:
-        what = " ".join(str(qc.get(k)) for k in ("quant_method", "format") if qc.get(k))
+    reason = quantized_reason(ck)
+    if reason is not None:
         raise SurgeonError(
-            f"{ck.label} is quantized with {what or 'an unnamed method'} (config.json quantization_config), which is not read yet",
+            f"{ck.label} is already quantized ({reason}) in a form that is not read yet",
             "quantize the original full-precision checkpoint; readable: compressed-tensors, fp8 block, bitsandbytes, GGUF",
         )
-    for info in ck.infos():
-        if _QUANTIZED_NAMES.search(info.name) or (info.dtype in _QUANTIZED_DTYPES and info.name.endswith("weight")):
-            raise SurgeonError(
-                f"{ck.label} is already quantized: it holds {info.name} ({info.dtype})",
-                "quantize the original full-precision checkpoint",
-            )
 
 
 def each_tensor(problems: Problems, messages: list[str]) -> None:
@@ -229,8 +251,8 @@ def _plan_compressed_tensors(plan: QuantizePlan, problems: Problems) -> None:
 
 def _plan_gguf(plan: QuantizePlan, problems: Problems) -> None:
     """The architecture, the file's tensors and their types, the tokenizer, and the header."""
-    from .formats.gguf import build_writer, check_architecture, plan_tensors, with_types
-    from .formats.gguf_types import choose_types
+    from .formats.gguf import check_architecture
+    from .formats.gguf_arch import HParams
 
     ck = plan.ck
     try:
@@ -244,35 +266,56 @@ def _plan_gguf(plan: QuantizePlan, problems: Problems) -> None:
             "give the folder, not the .safetensors file"
         )
         return
-    try:
-        n_vocab = _gemma3_vocab(ck.folder) if arch.trim_vocab else None
-        tensors = plan_tensors(ck, arch, ck.config, n_vocab)
-        types, notes, errors = choose_types(tensors, set(plan.targets), plan.spec.scheme, ck.config, plan.config)
-        plan.notes.extend(notes)
-        if errors:
-            each_tensor(problems, errors)
-            return
-        plan.gguf_tensors = with_types(tensors, types)
-        if plan.config.imatrix is not None:
-            from .formats.gguf_imatrix import check_against, load_imatrix
-
-            plan.imatrix = load_imatrix(plan.config.imatrix)
-            bad = check_against(plan.imatrix, plan.gguf_tensors, ck.label)
-            if bad:
-                each_tensor(problems, bad)
-                return
-        plan.gguf_writer, n_tok = build_writer(
-            plan.gguf_tensors,
-            arch,
-            ck.config,
-            ck.folder,
-            plan.spec.scheme.gguf_type,
-            plan.config.pre_tokenizer,
-            extra_metadata=plan.imatrix.metadata() if plan.imatrix is not None else (),
+    emb, rows = "model.embed_tokens.weight", HParams(ck.config).cfg.get("vocab_size")
+    if rows is not None and emb in ck and ck.info(emb).shape[:1] != (rows,):
+        problems.add(
+            f"{emb} has {ck.info(emb).shape[0] if ck.info(emb).shape else 0} rows but config.json says vocab_size "
+            f"{rows}: fix config.json"
         )
+        return
+    try:
+        _gguf_layout(plan, arch, problems)
     except SurgeonError as e:
         problems.add(str(e))
+
+
+def replan_gguf(plan: QuantizePlan) -> None:
+    """The GGUF layout and header again, after --target-bpw has chosen each target's scheme (``plan.specs``)."""
+    from .formats.gguf import check_architecture
+
+    problems = Problems(f"the quantization of {plan.ck.label}")
+    _gguf_layout(plan, check_architecture(plan.ck.config, plan.ck.label)[1], problems)
+    problems.raise_if_any()
+
+
+def _gguf_layout(plan: QuantizePlan, arch, problems: Problems) -> None:
+    """The file's tensors, their types (the scheme's, or llama-quantize's mixture; a target's own scheme from
+    an override or --target-bpw replaces the choice for it), the importance matrix check, and the header."""
+    from .formats.gguf import build_writer, plan_tensors, with_types
+    from .formats.gguf_types import choose_types
+
+    ck = plan.ck
+    n_vocab = _gemma3_vocab(ck.folder) if arch.trim_vocab else None
+    tensors = plan_tensors(ck, arch, ck.config, n_vocab)
+    overrides = {n: s.scheme for n, s in plan.specs.items()}
+    types, notes, errors = choose_types(tensors, set(plan.targets), plan.spec.scheme, ck.config, plan.config, overrides)
+    plan.notes.extend(n for n in notes if n not in plan.notes)
+    if errors:
+        each_tensor(problems, errors)
         return
+    plan.gguf_tensors = with_types(tensors, types)
+    if plan.config.imatrix is not None:
+        from .formats.gguf_imatrix import check_against, load_imatrix
+
+        plan.imatrix = load_imatrix(plan.config.imatrix)
+        bad = check_against(plan.imatrix, plan.gguf_tensors, ck.label)
+        if bad:
+            each_tensor(problems, bad)
+            return
+    extra = [*(plan.imatrix.metadata() if plan.imatrix is not None else ()), *plan.gguf_extra.items()]
+    plan.gguf_writer, n_tok = build_writer(
+        plan.gguf_tensors, arch, ck.config, ck.folder, plan.spec.scheme.gguf_type, plan.config.pre_tokenizer, extra
+    )
     n_vocab = int(ck.config.get("vocab_size") or n_tok)
     if n_tok != n_vocab:
         problems.add(

@@ -99,6 +99,8 @@ class QuantizeResult(Result):
     seconds: float
     notes: list[str] = field(default_factory=list)
     tensors: list[TensorRow] = field(default_factory=list)
+    target_bpw: float | None = None  # --target-bpw: the budget, and per target the choice among the candidates
+    choices: list[dict] = field(default_factory=list)
 
     @classmethod
     def of(cls, plan: QuantizePlan, rows: list[TensorRow], seconds: float) -> QuantizeResult:
@@ -141,13 +143,22 @@ def run_quantize(plan: QuantizePlan, progress: Progress = SILENT, command: str |
     in the output's metadata (the CLI passes the command line)."""
     for n in plan.notes:
         progress.note(n)
+    t0 = time.perf_counter()
+    choices: list[dict] = []
+    if plan.config.target_bpw is not None:
+        from .budget import choose_schemes
+
+        with cpu_threads():
+            choices = choose_schemes(plan, progress)
     progress.start(f"quantize {plan.spec.scheme.name}", plan.bytes_to_read, "bytes")
     if command is None:
         command = f"modelsurgeon.quantize({plan.ck.label!r}, {str(plan.output.path)!r}, scheme={plan.spec.scheme.name!r})"
-    t0 = time.perf_counter()
     with cpu_threads():
         rows = _write_gguf(plan, progress) if plan.format == "gguf" else _write_folder(plan, progress, command)
-    return QuantizeResult.of(plan, rows, time.perf_counter() - t0)
+    result = QuantizeResult.of(plan, rows, time.perf_counter() - t0)
+    if plan.config.target_bpw is not None:
+        result.target_bpw, result.choices = plan.config.target_bpw, choices
+    return result
 
 
 def _quantize_one(
@@ -160,14 +171,22 @@ def _quantize_one(
 ) -> QuantizedWeight:
     dev = plan.device
     wd = w.to(dev, non_blocking=True) if dev.type != "cpu" else w
-    qw = quantize_weight(wd, spec or plan.spec, plan.config.use_triton, need_dequant, imatrix)
+    lo, hi = (float(v) for v in torch.aminmax(wd)) if wd.numel() else (0.0, 0.0)  # aminmax propagates NaN
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise SurgeonError(
+            f"{name} holds NaN or infinite values; quantizing it would be meaningless",
+            "fix the checkpoint, or leave the tensor out with --ignore",
+        )
+    spec = spec or plan.spec_for(name)
+    qw = quantize_weight(wd, spec, plan.config.use_triton, need_dequant, imatrix)
     if not need_dequant:
         qw.dequantized = None
     sig, noise = qw.extra["signal"], qw.extra["noise"]
     if not (math.isfinite(sig) and math.isfinite(noise)):
         raise SurgeonError(
-            f"{name} holds NaN or infinite values; quantizing it would be meaningless",
-            "fix the checkpoint, or leave the tensor out with --ignore",
+            f"{name} holds values up to {max(abs(lo), abs(hi)):.3g}, more than {spec.scheme.name} can represent "
+            "(its scales overflow)",
+            "leave the tensor out with --ignore, or pick another --scheme",
         )
     return qw
 
@@ -175,13 +194,13 @@ def _quantize_one(
 def _write_folder(plan: QuantizePlan, progress: Progress, command: str) -> list[TensorRow]:
     from .formats import compressed_tensors as ct
 
-    ck, spec = plan.ck, plan.spec
+    ck = plan.ck
     dense = plan.format == "dense"
     targets = set(plan.targets)
     specs: list[TensorSpec] = []
     for info in ck.infos():
         if info.name in targets and not dense:
-            specs += ct.output_specs(info.name, info.shape, info.torch_dtype, spec)
+            specs += ct.output_specs(info.name, info.shape, info.torch_dtype, plan.spec_for(info.name))
         else:
             specs.append(TensorSpec(info.name, tuple(info.shape), info.torch_dtype))
     rows: list[TensorRow] = []
@@ -194,6 +213,7 @@ def _write_folder(plan: QuantizePlan, progress: Progress, command: str) -> list[
                 yield name, w
             else:
                 qw = _quantize_one(plan, name, w, need_dequant=dense)
+                spec = plan.spec_for(name)
                 if dense:
                     out = [(name, qw.dequantized.to("cpu"))]
                 else:
@@ -207,7 +227,9 @@ def _write_folder(plan: QuantizePlan, progress: Progress, command: str) -> list[
 
     update = None
     if not dense:
-        qcfg = ct.quantization_config(spec, ct.ignore_list(ck.infos(), targets, ck.config))
+        qcfg = ct.quantization_config(
+            plan.spec, ct.ignore_list(ck.infos(), targets, ck.config), {n: plan.specs[n] for n in plan.targets if n in plan.specs}
+        )
         update = lambda cfg: {**cfg, "quantization_config": qcfg}  # noqa: E731
     meta = {"modelsurgeon_recipe": json.dumps(recipe(plan), sort_keys=True)}
     write_folder(plan.output, specs, produce(), source=ck, command=command, metadata=meta, update_config=update)
@@ -249,7 +271,7 @@ def _write_gguf(plan: QuantizePlan, progress: Progress) -> list[TensorRow]:
     from .formats.gguf import FLOAT_TYPES, StreamingGGUF, source_tensor, stored_array
     from .schemes import QuantSpec, block_scheme
 
-    ck, spec = plan.ck, plan.spec
+    ck = plan.ck
     rows: list[TensorRow] = []
     cache: dict[str, torch.Tensor] = {}  # a fused expert tensor feeds two GGUF tensors: keep the last read
     wanted = [n for t in plan.gguf_tensors for n in t.sources]
@@ -263,7 +285,7 @@ def _write_gguf(plan: QuantizePlan, progress: Progress) -> list[TensorRow]:
             cache[got] = w
         return cache[name]
 
-    with plan.output.file() as out:
+    with plan.output.file(expected_bytes=sum(t.nbytes for t in plan.gguf_tensors)) as out:
         writer = StreamingGGUF(out.path, plan.gguf_writer)
         try:
             for t in plan.gguf_tensors:
@@ -276,6 +298,7 @@ def _write_gguf(plan: QuantizePlan, progress: Progress) -> list[TensorRow]:
                         t.name, list(t.shape), info.dtype if info else "F32", None, None, before, t.nbytes, None, None
                     )
                 else:
+                    spec = plan.spec_for(t.hf_name)  # an override's or --target-bpw's, where it chose this type
                     tspec = spec if t.qtype == spec.scheme.gguf_type else QuantSpec(block_scheme(t.qtype), 32, True)
                     qw, sig, noise = _quantize_gguf_tensor(plan, t, w, tspec)
                     writer.write(qw.parts["blocks"].cpu().numpy().reshape(-1))

@@ -262,6 +262,14 @@ def quantize_weight(
         qw = _gguf_family(w, spec, use_triton, need_dequant, imatrix)
     else:
         qw = _FAMILIES[spec.scheme.family](w, spec, use_triton, need_dequant)
+    import torch
+
+    deq = qw.dequantized
+    if deq is not None and deq.is_floating_point():
+        # a value at the top of its dtype (fp16 65504) can round one step up when dequantized, past the
+        # largest finite value: saturate, as the format's own max does, instead of writing inf
+        fi = torch.finfo(deq.dtype)
+        deq.clamp_(fi.min, fi.max)
     if "noise" not in qw.extra:
         qw.extra["signal"], qw.extra["noise"] = error_stats(w, qw.dequantized)
     return qw

@@ -14,15 +14,15 @@ if TYPE_CHECKING:
 
 
 def error_stats(w: torch.Tensor, deq: torch.Tensor) -> tuple[float, float]:
-    """(signal energy, noise energy) of ``w`` and ``w - deq``: fp32 sums over chunks of 1M values (torch sums
-    pairwise, so each chunk is accurate to ~1e-7), accumulated in Python floats."""
+    """(signal energy, noise energy) of ``w`` and ``w - deq``: fp64 sums over chunks of 1M values (so a finite
+    weight as large as fp32 allows, ~3e38, squares without overflow), accumulated in Python floats."""
     sig = noise = 0.0
     a, b = w.reshape(-1), deq.reshape(-1)
     step = 1 << 20
     for i in range(0, a.numel(), step):
-        x = a[i : i + step].float()
+        x = a[i : i + step].double()
         sig += float(x.square().sum())
-        noise += float((x - b[i : i + step].float()).square_().sum())
+        noise += float((x - b[i : i + step].double()).square_().sum())
     return sig, noise
 
 

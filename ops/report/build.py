@@ -6,10 +6,11 @@ statistics of the previous chunk are computed, so the cost stays close to the re
 
 from __future__ import annotations
 
-import re
+import json
 from collections.abc import Callable
 
 from modelsurgeon.ops.core.errors import SurgeonError
+from modelsurgeon.ops.core.patterns import UserPattern
 from modelsurgeon.ops.core.streaming import prefetched
 from modelsurgeon.ops.io.checkpoint import Checkpoint, TensorInfo
 
@@ -23,10 +24,28 @@ def _align(info: TensorInfo) -> int:
     return 4 if row % 4 == 0 else 1
 
 
+def provenance(ck: Checkpoint) -> dict | None:
+    """What made the checkpoint, when modelsurgeon did: its version, the command and, for `surgeon run`,
+    the recipe (from the weight file's metadata)."""
+    meta = getattr(ck, "metadata", None) or {}
+    out: dict = {}
+    for key in ("version", "command", "recipe", "run"):
+        v = meta.get(f"modelsurgeon_{key}")
+        if v is None:
+            continue
+        if key in ("recipe", "run"):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        out[key] = v
+    return out or None
+
+
 def build_report(
     ck: Checkpoint,
     other: Checkpoint | None = None,
-    name_filter: re.Pattern | None = None,
+    name_filter: UserPattern | None = None,
     top: int | None = None,
     advance: Callable[[int], None] = lambda n: None,
 ) -> dict:
@@ -55,7 +74,7 @@ def build_report(
     # one pass: each chunk (and the other model's matching chunk) is folded in as it arrives
     for i in range(len(infos)):
         row = infos[i].shape[-1] if infos[i].shape else 1
-        stats[i] = TensorStats.start(infos[i].is_float, row)
+        stats[i] = TensorStats.start(infos[i].is_float or infos[i].is_fp8, row)
         if i in comparable:
             cmp[i] = CompareStats()
     for i, chunk, other_chunk in prefetched(_paired_chunks(ck, other, infos, comparable)):
@@ -98,19 +117,21 @@ def build_report(
         "source_format": ck.source_format,
         "stored_bytes": ck.stored_bytes,
         "filter": name_filter.pattern if name_filter else None,
+        "provenance": provenance(ck),
         "tensors": rows,
     }
     if other is not None:
         rels = [r["rel_l2"] for r in rows if isinstance(r.get("rel_l2"), float)]
-        coss = [r["cosine"] for r in rows if r.get("cosine") is not None]
+        coss = [r["cosine"] for r in rows if isinstance(r.get("cosine"), float)]
+        nan = any(r.get("rel_l2") == "nan" for r in rows)  # NaN anywhere: the summary is NaN and gates on it fail
         compared = sum(cmp[i].numel for i in cmp)
         extra = [n for n in other.names() if n not in ck and (name_filter is None or name_filter.search(n))]
         result["compare"] = {
             "other": other.label,
             "compared_tensors": len(cmp),
-            "max_rel_l2": max(rels, default=0.0) if not any(r.get("rel_l2") == "inf" for r in rows) else "inf",
-            "mean_rel_l2": sum(rels) / len(rels) if rels else 0.0,
-            "min_cosine": min(coss, default=1.0),
+            "max_rel_l2": "nan" if nan else "inf" if any(r.get("rel_l2") == "inf" for r in rows) else max(rels, default=0.0),
+            "mean_rel_l2": "nan" if nan else sum(rels) / len(rels) if rels else 0.0,
+            "min_cosine": "nan" if nan else min(coss, default=1.0),
             "changed_fraction": sum(cmp[i].changed for i in cmp) / compared if compared else 0.0,
             "missing": len(missing),
             "extra": len(extra),

@@ -9,11 +9,11 @@ result.ok                                        # False when a --require gate f
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from modelsurgeon.ops.core.errors import SurgeonError
 from modelsurgeon.ops.core.gates import Gate
+from modelsurgeon.ops.core.patterns import UserPattern
 from modelsurgeon.ops.core.progress import SILENT, Progress
 from modelsurgeon.ops.core.result import Result
 from modelsurgeon.ops.io.checkpoint import Checkpoint, open_checkpoint
@@ -27,7 +27,7 @@ class ReportPlan:
     config: ReportConfig
     ck: Checkpoint
     other: Checkpoint | None
-    pattern: re.Pattern | None
+    pattern: UserPattern | None
     gates: list[Gate]
 
     @property
@@ -84,7 +84,7 @@ def gate_values(data: dict) -> dict:
 def plan_report(cfg: ReportConfig, model: str, revision: str | None = None) -> ReportPlan:
     """Open MODEL (and ``cfg.compare``) lazily; nothing is read but headers."""
     gates = [parse_requirement(r, cfg.compare is not None) for r in cfg.require]
-    pattern = re.compile(cfg.filter) if cfg.filter is not None else None
+    pattern = UserPattern(cfg.filter, "--filter") if cfg.filter is not None else None
     ck = open_checkpoint(model, revision)
     try:
         other = open_checkpoint(cfg.compare) if cfg.compare else None

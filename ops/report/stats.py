@@ -14,6 +14,28 @@ import torch
 
 from modelsurgeon.ops.core.sparsity import group_nonzeros
 
+_FP8 = {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e8m0fnu") if hasattr(torch, n)}
+_UNSIGNED = {getattr(torch, n): getattr(torch, s) for n, s in (("uint16", "int16"), ("uint32", "int32"), ("uint64", "int64"))}
+
+
+def _countable(c: torch.Tensor) -> torch.Tensor:
+    """A view count_nonzero takes (it has no kernel for uint16/32/64): the same bits as signed."""
+    return c.view(_UNSIGNED[c.dtype]) if c.dtype in _UNSIGNED else c
+
+
+def _integer_range(c: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of an integer or bool chunk, unsigned 16/32/64-bit included (their values as Python ints)."""
+    if c.dtype == torch.bool or c.dtype in (torch.uint16, torch.uint32):
+        c = c.to(torch.int64)
+    elif c.dtype == torch.uint64:  # values >= 2**63 read as negative int64: split at the sign bit
+        s = c.view(torch.int64)
+        neg = s < 0
+        lo = int(s[~neg].min()) if bool((~neg).any()) else int(s[neg].min()) + 2**64
+        hi = int(s[neg].max()) + 2**64 if bool(neg.any()) else int(s.max())
+        return float(lo), float(hi)
+    lo, hi = torch.aminmax(c)
+    return float(lo), float(hi)
+
 
 @dataclass
 class TensorStats:
@@ -33,19 +55,22 @@ class TensorStats:
         return cls(is_float=is_float, nm24=True if check24 else None)
 
     def update(self, c: torch.Tensor) -> None:
-        """Fold one flat chunk in (float32 reductions per chunk; torch sums pairwise)."""
+        """Fold one flat chunk in (float32 reductions per chunk; torch sums pairwise). Every safetensors
+        dtype works: fp8 is widened to float32, unsigned integers are read exactly (``_integer_range``)."""
         self.numel += c.numel()
         if c.numel() == 0:
             return
+        if c.dtype in _FP8:
+            c = c.float()
         if self.nm24:
             per_group = group_nonzeros(c, 4)
             self.nonzero += int(per_group.sum())
             self.nm24 = bool((per_group <= 2).all())
         else:
-            self.nonzero += int(torch.count_nonzero(c))
+            self.nonzero += int(torch.count_nonzero(_countable(c)))
         if not self.is_float:
-            lo, hi = torch.aminmax(c.to(torch.int64) if c.dtype == torch.bool else c)
-            self.min, self.max = min(self.min, float(lo)), max(self.max, float(hi))
+            lo, hi = _integer_range(c)
+            self.min, self.max = min(self.min, lo), max(self.max, hi)
             return
         x = c if c.dtype in (torch.float32, torch.float64) else c.float()
         self.abs_sum += float(x.abs().sum())
@@ -106,10 +131,17 @@ class CompareStats:
     sign_same: int = 0
 
     def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        """Fold one pair of matching flat chunks in."""
+        """Fold one pair of matching flat chunks in. A NaN on either side makes the distances NaN (so a
+        gate on them fails), as it should: nothing can be said about how far apart they are."""
         self.numel += a.numel()
         if a.numel() == 0:
             return
+        if a.dtype in _FP8 or a.dtype in _UNSIGNED:
+            a = a.float() if a.dtype in _FP8 else a.to(torch.float64)
+        if b.dtype in _FP8 or b.dtype in _UNSIGNED:
+            b = b.float() if b.dtype in _FP8 else b.to(torch.float64)
+        if a.dtype == torch.bool or b.dtype == torch.bool:
+            a, b = a.to(torch.int8), b.to(torch.int8)
         self.changed += int((a != b).sum())
         self.sign_same += int((torch.sign(a) == torch.sign(b)).sum())
         x, y = a.double(), b.double()  # exact enough for cosine of a tensor with itself to be 1
@@ -120,6 +152,13 @@ class CompareStats:
 
     def as_dict(self) -> dict:
         n = max(self.numel, 1)
+        if any(math.isnan(v) for v in (self.a_sq, self.b_sq, self.dot, self.diff_sq)):
+            return {
+                "rel_l2": "nan",
+                "cosine": "nan",
+                "changed_fraction": self.changed / n,
+                "sign_agreement": self.sign_same / n,
+            }
         a, b = math.sqrt(self.a_sq), math.sqrt(self.b_sq)
         diff = math.sqrt(self.diff_sq)
         if a > 0:

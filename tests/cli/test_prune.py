@@ -119,7 +119,7 @@ def test_tiny_llama_end_to_end(capsys, tmp_path):
     assert len(shards) > 1
     with safe_open(shards[0], "pt") as f:
         recipe = json.loads(f.metadata()["modelsurgeon_recipe"])
-    assert recipe == {"version": 1, "sparsity": 0.6, "method": "magnitude", "scope": "global", "seed": 0}
+    assert recipe == {"version": 2, "sparsity": 0.6, "method": "magnitude", "scope": "global", "seed": 0}
 
 
 def test_tied_weights_stay_identical(capsys, tmp_path):
@@ -167,6 +167,7 @@ def test_recipe_overrides_dry_run_and_sidecar(capsys, tmp_path, minilm_dir):
     assert not out.exists() and r["dry_run"] is True
     t = {x["name"]: x for x in r["tensors"]}
     assert t["encoder.layer.0.intermediate.dense.weight"]["sparsity_target"] == 0
+    assert t["encoder.layer.0.attention.self.query.weight"]["sparsity_target"] == 0  # block 0 stays dense, as it says
     assert t["encoder.layer.3.attention.self.query.weight"]["sparsity_target"] == 0.3
     assert t["encoder.layer.3.attention.self.value.weight"]["sparsity_target"] == 0.5
     assert t["encoder.layer.3.attention.self.value.weight"]["pruned"] == 384 * 384 // 2
@@ -180,6 +181,7 @@ def test_recipe_overrides_dry_run_and_sidecar(capsys, tmp_path, minilm_dir):
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert all(torch.equal(wa[n], wb[n]) for n in wa)
     assert int((wa["encoder.layer.0.intermediate.dense.weight"] == 0).sum()) == 0
+    assert int((wa["encoder.layer.0.attention.self.query.weight"] == 0).sum()) == 0
 
 
 def test_table_output(capsys, tmp_path, small_ckpt):

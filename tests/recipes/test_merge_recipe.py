@@ -6,7 +6,7 @@ import pytest
 
 from modelsurgeon.ops.core.errors import PlanError, SurgeonError, UsageError
 from modelsurgeon.recipes.merge import Conditions, Gradient, ModelRef, evaluate
-from modelsurgeon.recipes.mergekit import parse_recipe
+from modelsurgeon.recipes.mergekit import parse_recipe, parse_stages
 
 TIES = """\
 merge_method: ties
@@ -109,10 +109,20 @@ def test_every_structural_problem_at_once():
     [
         ("merge_method: x\nmodels: [a]\nmodules: {}\n", "multi-module recipes (modules:) are not supported"),
         (
-            "merge_method: x\nmodels: [a]\ntokenizer_source: union\n",
-            "union (a vocabulary built from all models) is not supported",
+            "merge_method: x\nmodels: [a]\nchat_template: chatlm\n",
+            "unknown chat template 'chatlm'; use auto, Jinja text, or one of: alpaca, chatml, exaone, llama3, mistral (did you mean chatml?)",
         ),
-        ("merge_method: x\nmodels: [a]\nchat_template: chatml\n", "named templates ('chatml') are not bundled"),
+        ("merge_method: x\nmodels: [a]\nchat_template: '{% if %}'\n", "the Jinja template does not parse"),
+        (
+            "merge_method: x\nmodels: [a]\ntokenizer:\n  tokens:\n    <t>: {source: {kind: model_token, model: a}}\n",
+            "give exactly one of token or token_id",
+        ),
+        (
+            "merge_method: x\nmodels: [a]\ntokenizer:\n  tokens:\n    <t>: {source: {kind: nope}}\n",
+            "kind must be model_token or zero",
+        ),
+        ("merge_method: x\nmodels: [a]\ntokenizer:\n  tokens:\n    <t>: {force: true}\n", "force needs a source"),
+        ("merge_method: x\nmodels: [a]\ntokenizer:\n  pad_to_multiple_of: 0\n", "expected a whole number >= 1"),
         ("merge_method: x\nslices:\n  - sources:\n      - model: a\n", "a slice source needs layer_range"),
         (
             "merge_method: x\nslices:\n  - sources:\n      - {model: a, layer_range: [4, 2]}\n",
@@ -143,13 +153,18 @@ def test_empty_and_multi_document_files():
         parse_recipe("# nothing\n")
     with pytest.raises(SurgeonError, match="2 YAML documents"):
         parse_recipe("merge_method: a\nmodels: [x]\n---\nmerge_method: b\nmodels: [y]\n")
+    stages = parse_stages("name: one\nmerge_method: a\nmodels: [x]\n---\nmerge_method: b\nmodels: [one]\n")
+    assert [s.name for s in stages] == ["one", None] and stages[1].models[0].model.model == "one"
+    assert stages[0].text == "name: one\nmerge_method: a\nmodels: [x]\n"
 
 
 def test_tokenizer_block_and_chat_template():
     r = parse_recipe("merge_method: linear\nmodels: [a]\ntokenizer:\n  source: a\nchat_template: '{{ x }}'\n")
     assert r.tokenizer_source == "a" and r.chat_template == "{{ x }}"
     r = parse_recipe("merge_method: linear\nmodels: [a]\nchat_template: auto\n")
-    assert r.chat_template is None
+    assert r.chat_template == "auto"
+    r = parse_recipe("merge_method: linear\nmodels: [a]\ntokenizer:\n  tokens: {<t>: {source: a}}\n")
+    assert r.tokenizer_source == "union" and r.tokens["<t>"].source.model.model == "a"  # mergekit's default source
 
 
 # --- the configs

@@ -125,18 +125,36 @@ class TokenTask(LabelledTask):
         return "AutoModelForSequenceClassification", kw
 
 
-def problem_of(spec: str, y: torch.Tensor) -> tuple[str, int]:
-    """(problem, number of classes) of labels ``y``; refuses labels that are neither."""
+def problem_of(spec: str, y: torch.Tensor, examples: int | None = None) -> tuple[str, int]:
+    """(problem, number of classes) of labels ``y``; refuses labels that are neither, non-finite values, and
+    class labels beyond the number of ``examples`` (a head with a row per class would be allocated from it)."""
     if y.ndim != 1:
         raise SurgeonError(f"task {spec}: y must be 1-D (one label per example), got shape {list(y.shape)}")
     if y.is_floating_point():
+        check_finite(spec, "y", y)
         return "regression", 0
+    if y.numel() == 0:
+        raise SurgeonError(f"task {spec}: no labels")
     if int(y.min()) < 0:
         raise SurgeonError(f"task {spec}: class labels must be 0..K-1, found {int(y.min())}")
-    k = int(y.max()) + 1
+    top = int(y.max())
+    n = y.numel() if examples is None else examples
+    if top >= max(n, 2):
+        raise SurgeonError(
+            f"task {spec}: class label {top} but only {n} examples; labels must be 0..K-1 for K classes",
+            "renumber the classes from 0",
+        )
+    k = top + 1
     if k < 2:
         raise SurgeonError(f"task {spec}: y holds a single class", "classification needs at least 2 classes")
     return "classification", k
+
+
+def check_finite(spec: str, name: str, t: torch.Tensor) -> None:
+    """Refuse NaN or infinite training data: it would train silently to a meaningless metric."""
+    if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise SurgeonError(f"task {spec}: {name} holds {bad} NaN or infinite value(s)", "clean the data first")
 
 
 def examples_task(spec: str, X: torch.Tensor, y: torch.Tensor, Xt=None, yt=None, mask=None, mask_t=None) -> LabelledTask:
@@ -146,12 +164,19 @@ def examples_task(spec: str, X: torch.Tensor, y: torch.Tensor, Xt=None, yt=None,
         raise SurgeonError(f"task {spec}: X has {X.shape[0]} examples but y has {y.shape[0]}")
     if X.shape[0] == 0:
         raise SurgeonError(f"task {spec}: no examples")
-    problem, k = problem_of(spec, y)
+    n = X.shape[0] + (0 if Xt is None else Xt.shape[0])
+    problem, k = problem_of(spec, y, n)
+    check_finite(spec, "X", X)
     if Xt is not None:
-        if Xt.shape[0] != yt.shape[0] or (X.is_floating_point() and Xt.shape[1:] != X.shape[1:]):
+        if Xt.ndim == 0 or yt.ndim != 1 or Xt.shape[0] != yt.shape[0] or (X.is_floating_point() and Xt.shape[1:] != X.shape[1:]):
             raise SurgeonError(f"task {spec}: X_test/y_test do not match X/y in shape")
-        if problem == "classification":
-            k = max(k, int(yt.max()) + 1)
+        check_finite(spec, "X_test", Xt)
+        if yt.is_floating_point() != y.is_floating_point():
+            raise SurgeonError(f"task {spec}: y_test and y hold different kinds of labels (classes vs numbers)")
+        if problem == "classification" and yt.numel():
+            k = max(k, problem_of(spec, yt, n)[1])
+        elif problem == "regression":
+            check_finite(spec, "y_test", yt)
     ylab = (lambda t: t.float()) if problem == "regression" else (lambda t: t.long())  # noqa: E731
     if X.is_floating_point():
         data = {"x": X.float(), "y": ylab(y)}

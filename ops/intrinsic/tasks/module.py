@@ -17,7 +17,7 @@ import torch
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
 
 from .base import Batch, hold_out, logits
-from .labelled import LabelledTask
+from .labelled import LabelledTask, check_finite, problem_of
 
 
 @dataclass
@@ -82,8 +82,13 @@ def load(spec: str, arg: str | None) -> ModuleTask:
     X, y = train
     if X.shape[0] != y.shape[0] or X.shape[0] == 0:
         raise SurgeonError(f"task {spec}: X has {X.shape[0]} examples but y has {y.shape[0]}")
-    problem = "regression" if y.is_floating_point() else "classification"
-    task = ModuleTask(spec, problem, n_classes=int(y.max()) + 1 if problem == "classification" else 0, user_model=model)
+    check_finite(spec, "X", X)
+    if y.is_floating_point():  # regression targets may have any shape here
+        check_finite(spec, "y", y)
+        problem, k = "regression", 0
+    else:
+        problem, k = problem_of(spec, y, X.shape[0] + (0 if test is None else len(test[1])))
+    task = ModuleTask(spec, problem, n_classes=k, user_model=model)
     hold_out(task, {"x": X, "y": y}, {"x": test[0], "y": test[1]} if test is not None else None)
     loss, metric = result.get("loss"), result.get("metric")
     if loss is not None and not callable(loss):

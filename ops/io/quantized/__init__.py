@@ -14,14 +14,24 @@ from ..checkpoint import Checkpoint
 
 def dequantizing_view(ck: Checkpoint) -> Checkpoint:
     """``ck`` itself when it is not quantized, else a view that dequantizes each tensor on read."""
+    from modelsurgeon.ops.core.errors import CheckpointError
+
     from . import bitsandbytes, compressed_tensors, fp8_block
 
-    if compressed_tensors.is_compressed_tensors(ck):
-        return compressed_tensors.open_view(ck)
-    if fp8_block.is_fp8_block(ck):
-        return fp8_block.open_view(ck)
-    if bitsandbytes.is_bitsandbytes(ck):
-        return bitsandbytes.open_view(ck)
+    qc = (ck.config or {}).get("quantization_config")
+    if qc is not None and not isinstance(qc, dict):
+        raise CheckpointError(f"{ck.label}'s config.json has quantization_config {qc!r}, not an object", "fix config.json")
+    try:
+        if compressed_tensors.is_compressed_tensors(ck):
+            return compressed_tensors.open_view(ck)
+        if fp8_block.is_fp8_block(ck):
+            return fp8_block.open_view(ck)
+        if bitsandbytes.is_bitsandbytes(ck):
+            return bitsandbytes.open_view(ck)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:  # a field of the wrong type or shape
+        raise CheckpointError(
+            f"{ck.label}'s config.json quantization_config is malformed ({type(e).__name__}: {e})", "fix config.json"
+        ) from None
     return ck  # not quantized, or a method not read yet (gptq, awq ...): commands see the stored tensors
 
 

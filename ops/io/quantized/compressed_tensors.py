@@ -23,12 +23,14 @@ a format this reader does not know) is one ``CheckpointError`` naming the tensor
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 
 import torch
 
 from modelsurgeon.ops.core.errors import CheckpointError
+from modelsurgeon.ops.core.patterns import UserPattern
 
 from ..checkpoint import Checkpoint, TensorInfo
 from .codecs import e8m0_to_float, expand_blocks, expand_groups, unpack_fp4, unpack_int32
@@ -103,9 +105,14 @@ def _quantized_modules(infos: dict[str, TensorInfo]) -> list[str]:
     return list(out)
 
 
+@functools.lru_cache(maxsize=256)
+def _file_pattern(pattern: str) -> UserPattern:
+    return UserPattern(pattern, "quantization_config target", usage=False)  # from the file: bounded in time
+
+
 def _matches(target: str, module: str) -> bool:
     if target.startswith("re:"):
-        return re.match(target[3:], module) is not None
+        return _file_pattern(target[3:]).match(module) is not None
     return target == module or module.endswith("." + target)
 
 

@@ -72,6 +72,12 @@ class GGUFCheckpoint(Checkpoint):
         self._lock = threading.Lock()
         self._aux: Path | None = None
         self._meta, entries = read_gguf_header(path)
+        # our provenance (modelsurgeon.version, .command, .run), under the safetensors metadata names
+        self.metadata = {
+            "modelsurgeon_" + k.removeprefix("modelsurgeon."): str(v)
+            for k, v in self._meta.items()
+            if k.startswith("modelsurgeon.")
+        }
         self.arch = gguf_names.architecture(self._meta, self.label)
         self.config = gguf_names.hf_config(self._meta, self.arch, [t.name for t in entries])
         self.source_quantization = {"quant_method": "gguf", "file_type": self._meta.get("general.file_type")}

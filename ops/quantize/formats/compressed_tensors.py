@@ -91,18 +91,30 @@ _FLOAT_WEIGHTS = {
 }
 
 
-def quantization_config(spec: QuantSpec, ignore: list[str]) -> dict:
-    fmt = spec.scheme.ct_format
+def _group(spec: QuantSpec, targets: list[str]) -> dict:
     return {
-        "config_groups": {
-            "group_0": {
-                "format": fmt,
-                "input_activations": dict(spec.scheme.activations) if spec.scheme.activations else None,
-                "output_activations": None,
-                "targets": ["Linear"],
-                "weights": weight_args(spec),
-            }
-        },
+        "format": spec.scheme.ct_format,
+        "input_activations": dict(spec.scheme.activations) if spec.scheme.activations else None,
+        "output_activations": None,
+        "targets": targets,
+        "weights": weight_args(spec),
+    }
+
+
+def quantization_config(spec: QuantSpec, ignore: list[str], overridden: dict[str, QuantSpec] | None = None) -> dict:
+    """``config.json``'s quantization_config: one group targeting ``Linear`` with ``spec``, then, for the
+    weights that per-tensor overrides give another spec (``overridden``: weight name -> spec), one group per
+    spec naming its modules exactly. compressed-tensors matches an exact name before a class name, so those
+    modules take their own group; the format is ``mixed-precision`` when the groups' formats differ."""
+    groups = [_group(spec, ["Linear"])]
+    by_spec: dict[int, tuple[QuantSpec, list[str]]] = {}
+    for name, s in (overridden or {}).items():
+        by_spec.setdefault(id(s), (s, []))[1].append(module_name(name))
+    groups += [_group(s, mods) for s, mods in by_spec.values()]
+    formats = {g["format"] for g in groups}
+    fmt = formats.pop() if len(formats) == 1 else "mixed-precision"
+    return {
+        "config_groups": {f"group_{i}": g for i, g in enumerate(groups)},
         "format": fmt,
         "global_compression_ratio": None,
         "ignore": list(ignore),

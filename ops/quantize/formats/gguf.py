@@ -55,7 +55,52 @@ _ALWAYS_F32 = re.compile(r"(ffn_gate_inp(_shexp)?\.weight|_norm\.weight|^rope_\w
 
 
 def check_architecture(config: dict | None, label: str) -> tuple[str, Arch]:
-    return arch_of(config, label)
+    name, arch = arch_of(config, label)
+    check_config_numbers(config, label)
+    return name, arch
+
+
+_INT_FIELDS = {  # config.json fields the llama metadata is made of: required, then optional
+    "num_attention_heads": True,
+    "hidden_size": True,
+    "num_hidden_layers": True,
+    "intermediate_size": True,
+    "vocab_size": True,
+    "num_key_value_heads": False,
+    "head_dim": False,
+    "max_position_embeddings": False,
+}
+
+
+def check_config_numbers(config: dict, label: str) -> None:
+    """Every number the GGUF metadata takes from config.json is present (when required) and sane, so a null,
+    a string or an absurd value is one line here rather than a crash later (``text_config`` lifted, as the
+    converter reads it)."""
+    if isinstance(config.get("text_config"), dict):
+        config = {**config, **config["text_config"]}
+    for key, required in _INT_FIELDS.items():
+        v = config.get(key)
+        if v is None and not required:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**31:
+            raise SurgeonError(
+                f"{label}'s config.json has {key} = {v!r}; --format gguf needs a positive integer below 2**31", "fix config.json"
+            )
+    heads, kv = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    if heads % kv:
+        raise SurgeonError(f"{label}'s config.json has {heads} attention heads, not a multiple of {kv} key/value heads")
+    for key in ("rms_norm_eps", "rope_theta"):
+        v = config.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+            raise SurgeonError(f"{label}'s config.json has {key} = {v!r}; it must be a positive number", "fix config.json")
+    for key in ("rope_scaling", "rope_parameters"):
+        v = config.get(key)
+        if v is not None and not isinstance(v, dict):
+            raise SurgeonError(f"{label}'s config.json has {key} = {v!r}; it must be an object or null", "fix config.json")
+        for sub in ("factor", "rope_theta"):
+            x = (v or {}).get(sub)
+            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x < float("inf")):
+                raise SurgeonError(f"{label}'s config.json has {key}.{sub} = {x!r}", "fix config.json")
 
 
 def permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -248,7 +293,7 @@ def build_writer(
 ):
     """A gguf-py GGUFWriter holding the whole header (no file yet): tensor infos, then the metadata in the
     converter's order (general.*, hyperparameters, quantization version, tokenizer), then ``extra_metadata``
-    ((key, str or int) pairs: llama-quantize's ``quantize.imatrix.*``)."""
+    ((key, str or int) pairs: llama-quantize's ``quantize.imatrix.*``, our provenance), and ``modelsurgeon.version``."""
     import gguf
 
     from .gguf_tokenizer import _load_json, add_vocab, vocab_kind
@@ -284,9 +329,18 @@ def build_writer(
             w.add_add_space_prefix(False)
         if arch.no_bos_for_49152 and int(config.get("vocab_size", 32000)) == 49152:
             w.add_add_bos_token(False)
-        for key, value in extra_metadata:
-            (w.add_string if isinstance(value, str) else w.add_uint32)(key, value)  # llama-quantize: u32
+        from modelsurgeon import __version__
+
+        # provenance (--force replaces only files that carry modelsurgeon.version) after llama-quantize's keys
+        set_metadata(w, {**dict(extra_metadata), "modelsurgeon.version": __version__})
     return w, n_tokens
+
+
+def set_metadata(writer, meta: dict) -> None:
+    """Add or replace string and integer (u32, as llama-quantize writes them) keys of a GGUFWriter's header."""
+    for key, value in meta.items():
+        writer.kv_data[0].pop(key, None)
+        (writer.add_string if isinstance(value, str) else writer.add_uint32)(key, value)
 
 
 def metadata_of(writer) -> dict:

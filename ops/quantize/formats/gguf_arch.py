@@ -340,7 +340,8 @@ def arch_of(config: dict | None, label: str) -> tuple[str, Arch]:
     if not config:
         raise SurgeonError(f"{label} has no config.json, which --format gguf needs", f"supported architectures: {supported()}")
     names = config.get("architectures") or []
-    if not names and config.get("model_type") in MODEL_TYPES:
+    names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+    if not names and isinstance(config.get("model_type"), str) and config["model_type"] in MODEL_TYPES:
         names = [MODEL_TYPES[config["model_type"]]]
     for n in names:
         if n in ARCHS:

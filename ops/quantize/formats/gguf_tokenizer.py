@@ -79,9 +79,61 @@ PRE_TOKENIZER_NAMES = sorted({*PRE_TOKENIZER_HASHES.values(), "default", "mpt", 
 
 def _load_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise SurgeonError(f"cannot read {path}: {e}", "fix or remove the file") from None
+    if not isinstance(data, dict):
+        raise SurgeonError(f"{path} holds a JSON {type(data).__name__}, not an object", "fix or remove the file")
+    return data
+
+
+def _malformed(path: Path, what: str) -> SurgeonError:
+    return SurgeonError(f"{path} is malformed: {what}", "fix the file, or re-save the tokenizer with transformers")
+
+
+def _is_id(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_tokenizer_json(tok: dict, path: Path, rows: int) -> None:
+    """The parts of tokenizer.json the export reads, with their types, and every token id below ``rows`` (the
+    model's embedding rows): checked before anything is sized from them."""
+    for key in ("model", "pre_tokenizer", "post_processor", "decoder", "normalizer"):
+        if tok.get(key) is not None and not isinstance(tok[key], dict):
+            raise _malformed(path, f"{key} is a {type(tok[key]).__name__}, not an object")
+    model = tok.get("model") or {}
+    vocab = model.get("vocab")
+    if vocab is not None and not (isinstance(vocab, dict) and all(_is_id(i) for i in vocab.values())):
+        raise _malformed(path, "model.vocab must map tokens to non-negative integer ids")
+    merges = model.get("merges")
+    if merges is not None and not (
+        isinstance(merges, list)
+        and all(isinstance(m, str) or (isinstance(m, list) and all(isinstance(p, str) for p in m)) for m in merges)
+    ):
+        raise _malformed(path, "model.merges must be a list of strings or of string pairs")
+    added = tok.get("added_tokens")
+    if added is not None and not (
+        isinstance(added, list)
+        and all(isinstance(a, dict) and _is_id(a.get("id")) and isinstance(a.get("content"), str) for a in added)
+    ):
+        raise _malformed(path, "added_tokens must be a list of {id, content}")
+    ids = [*(vocab or {}).values(), *(a["id"] for a in added or [])]
+    top = max(ids, default=-1)
+    if top >= rows:
+        raise SurgeonError(
+            f"{path} has token id {top} but the model has {rows} embedding rows (config.json vocab_size)",
+            "the tokenizer does not belong to this model; fix tokenizer.json or vocab_size",
+        )
+    pre = tok.get("pre_tokenizer") or {}
+    if pre.get("type") == "Sequence" and not (
+        isinstance(pre.get("pretokenizers"), list) and all(isinstance(p, dict) for p in pre["pretokenizers"])
+    ):
+        raise _malformed(path, "pre_tokenizer.pretokenizers must be a list of objects")
+    post = tok.get("post_processor") or {}
+    if post.get("type") == "Sequence" and not (
+        isinstance(post.get("processors"), list) and all(isinstance(p, dict) for p in post["processors"])
+    ):
+        raise _malformed(path, "post_processor.processors must be a list of objects")
 
 
 def _looks_special(token: str) -> bool:
@@ -148,7 +200,14 @@ def add_vocab(writer, folder: Path, config: dict, kind: str, pre_override: str |
     """Write the tokenizer metadata into gguf-py ``writer``; returns the number of tokens."""
     tok_cfg_path = folder / "tokenizer_config.json"
     tok_cfg = _load_json(tok_cfg_path) if tok_cfg_path.is_file() else {}
-    vocab_size = int(config.get("vocab_size") or 0)
+    vocab_size = config.get("vocab_size") or 0  # absent: the tokenizer's own size (text_config models)
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 0 <= vocab_size < 2**31:
+        raise SurgeonError(f"config.json has vocab_size {vocab_size!r}; a GGUF vocabulary needs a positive integer")
+    tj = folder / "tokenizer.json"
+    tok = None
+    if tj.is_file():  # checked before anything is sized from it, whichever vocabulary is written
+        tok = _load_json(tj)
+        check_tokenizer_json(tok, tj, vocab_size or 2**31)
     if kind == "spm":
         tokens, scores, types = _spm_vocab(folder, vocab_size, tok_cfg)
         writer.add_tokenizer_model("llama")
@@ -158,7 +217,7 @@ def add_vocab(writer, folder: Path, config: dict, kind: str, pre_override: str |
         writer.add_token_types(types)
         special = special_vocab(folder, config, False, len(tokens))
     else:
-        tokens, types, pre = _bpe_vocab(folder, vocab_size, pre_override)
+        tokens, types, pre = _bpe_vocab(folder, tok, vocab_size, pre_override)
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre)
         writer.add_token_list(tokens)
@@ -170,9 +229,11 @@ def add_vocab(writer, folder: Path, config: dict, kind: str, pre_override: str |
     return len(tokens)
 
 
-def _bpe_vocab(folder: Path, vocab_size: int, pre_override: str | None) -> tuple[list[str], list[int], str]:
+def _bpe_vocab(folder: Path, tok: dict | None, vocab_size: int, pre_override: str | None) -> tuple[list[str], list[int], str]:
+    """``tok``: the parsed tokenizer.json, already through ``check_tokenizer_json`` (types, ids below the rows)."""
     tj = folder / "tokenizer.json"
-    tok = _load_json(tj)
+    if tok is None:
+        raise SurgeonError(f"{folder} has no tokenizer.json, which a BPE vocabulary is read from")
     model = tok.get("model") or {}
     if model.get("type") != "BPE":
         raise SurgeonError(

@@ -158,13 +158,16 @@ def _ffn_down_type(mixture: str, new: str, i: int, n: int, arch: str) -> str:
     return new
 
 
-def choose_types(tensors: list[GGUFTensor], targets: set[str], scheme, config: dict, cfg) -> tuple[dict, list, list]:
+def choose_types(
+    tensors: list[GGUFTensor], targets: set[str], scheme, config: dict, cfg, overrides: dict | None = None
+) -> tuple[dict, list, list]:
     """(GGUF name -> type, notes, errors) for ``scheme`` (a Scheme with ``gguf_type``).
 
     Float schemes (f32, f16, bf16) give every tensor the converter's type. A single block type quantizes the
     selected tensors (default: linear weights) and refuses a row that is not whole blocks. A mixture follows
     llama-quantize: every tensor it would quantize (embeddings and output included), unless --include or
-    --ignore narrows the selection."""
+    --ignore narrows the selection. ``overrides`` (HF name -> Scheme: a recipe's per-tensor scheme, or
+    --target-bpw's choice) replaces the choice for the GGUF tensor made of those targets."""
     from .gguf_arch import arch_of
 
     gtype = scheme.gguf_type
@@ -175,6 +178,7 @@ def choose_types(tensors: list[GGUFTensor], targets: set[str], scheme, config: d
     if gtype in FLOAT_TYPES:
         for t in tensors:
             types[t.name] = float_type(t.name, t.shape, src_dtype[t.name], gtype)
+        _override_types(tensors, overrides or {}, src_dtype, types, errors)
         return types, notes, errors
     selected = {t.name for t in tensors if t.quantizable and t.sources and all(s in targets for s in t.sources)}
     if gtype in MIXTURES:
@@ -190,6 +194,30 @@ def choose_types(tensors: list[GGUFTensor], targets: set[str], scheme, config: d
                         f"{BLOCK_SIZE[gtype]}; leave it out with --ignore"
                     )
                 types[t.name] = gtype
+    _override_types(tensors, overrides or {}, src_dtype, types, errors)
     for t in tensors:
         types.setdefault(t.name, float_type(t.name, t.shape, src_dtype[t.name], None))
     return types, notes, errors
+
+
+def _override_types(tensors: list[GGUFTensor], overrides: dict, src_dtype: dict, types: dict, errors: list) -> None:
+    """A target's own scheme replaces the type chosen for its GGUF tensor (a mixture name stands for its base
+    type); stacked experts take one scheme, and a block type must fit the rows."""
+    for t in tensors:
+        if not t.sources or not any(s in overrides for s in t.sources):
+            continue
+        got = {overrides[s].name if s in overrides else None for s in t.sources}
+        if len(got) != 1 or None in got:
+            errors.append(f"{t.name} stacks {len(t.sources)} tensors into one GGUF tensor; give them all one scheme")
+            continue
+        otype = overrides[t.sources[0]].gguf_type
+        otype = MIXTURES.get(otype, otype)
+        if otype in FLOAT_TYPES:
+            types[t.name] = float_type(t.name, t.shape, src_dtype[t.name], otype)
+        elif t.shape[-1] % BLOCK_SIZE[otype]:
+            errors.append(
+                f"{t.hf_name} has rows of {t.shape[-1]} values, not a multiple of the {otype} block size "
+                f"{BLOCK_SIZE[otype]}; give it another scheme"
+            )
+        else:
+            types[t.name] = otype

@@ -199,3 +199,90 @@ def test_extract_refuses_mismatched_models(capsys, lora_setup, tmp_path):
     )
     assert code == 1 and stdout == "" and "problems with the LoRA extraction" in err
     assert "model.layers.0.mlp.up_proj.weight: " in err and "[96, 64]" in err and not (tmp_path / "x").exists()
+
+
+def test_extract_adaptive_rank_per_module_with_errors(capsys, lora_setup, finetune, tmp_path):
+    """The fine-tune's deltas have rank 3: a relative threshold finds it in every module, under a cap of 8;
+    the error of each module is reported and the adapter loads in peft and reproduces the fine-tune."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "adaptive"
+    r = run_json(
+        capsys,
+        "merge",
+        "--extract-lora",
+        finetune,
+        "--base",
+        lora_setup["base"],
+        "--rank",
+        "8",
+        "--sv-threshold",
+        "0.01",
+        "-o",
+        out,
+        "-q",
+    )
+    assert r["sv_threshold"] == 0.01 and len(r["per_module"]) == 14
+    assert {m["rank"] for m in r["per_module"].values()} == {3}
+    assert max(m["rel_error"] for m in r["per_module"].values()) == r["max_rel_error"] < 1e-5
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 3 and cfg["rank_pattern"] == {}
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lora_setup["base"]), out)
+    ft = AutoModelForCausalLM.from_pretrained(finetune)
+    x = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, ft(x).logits, atol=1e-4)
+    # a coarse threshold keeps fewer values in some modules: rank_pattern carries them
+    r2 = run_json(
+        capsys,
+        "merge",
+        "--extract-lora",
+        finetune,
+        "--base",
+        lora_setup["base"],
+        "--rank",
+        "8",
+        "--sv-threshold",
+        "0.9",
+        "--exact-svd",
+        "-o",
+        tmp_path / "coarse",
+        "-q",
+    )
+    ranks = {m: v["rank"] for m, v in r2["per_module"].items()}
+    assert min(ranks.values()) >= 1 and max(ranks.values()) <= 3 and r2["max_rel_error"] > 0.01
+    cfg2 = json.loads((tmp_path / "coarse" / "adapter_config.json").read_text())
+    assert cfg2["r"] == max(ranks.values())
+    sd = load_file(str(tmp_path / "coarse" / "adapter_model.safetensors"))
+    for m, k in ranks.items():
+        assert sd[f"base_model.model.{m}.lora_A.weight"].shape[0] == k
+
+
+def test_extract_embeddings_as_lora(capsys, lora_setup, finetune, tmp_path):
+    """--embed-lora factors a changed embedding (PEFT's lora_embedding_A/B) instead of saving it whole."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ft2 = tmp_path / "ft-emb"
+    shutil.copytree(finetune, ft2)
+    sd = load_file(str(ft2 / "model.safetensors"))
+    g = torch.Generator().manual_seed(9)
+    e = sd["model.embed_tokens.weight"]
+    sd["model.embed_tokens.weight"] = e + 0.05 * (
+        torch.randn(e.shape[0], 2, generator=g) @ torch.randn(2, e.shape[1], generator=g)
+    )
+    save_file(sd, str(ft2 / "model.safetensors"), metadata={"format": "pt"})
+    out = tmp_path / "emb"
+    r = run_json(
+        capsys, "merge", "--extract-lora", ft2, "--base", lora_setup["base"], "--rank", "4", "--embed-lora", "-o", out, "-q"
+    )
+    assert "model.embed_tokens" in r["per_module"] and "model.embed_tokens.weight" not in r["full_tensors"]
+    ad = load_file(str(out / "adapter_model.safetensors"))
+    assert ad["base_model.model.model.embed_tokens.lora_embedding_A"].shape == (4, 256)
+    assert ad["base_model.model.model.embed_tokens.lora_embedding_B"].shape == (64, 4)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(lora_setup["base"]), out)
+    ft = AutoModelForCausalLM.from_pretrained(ft2)
+    x = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, ft(x).logits, atol=1e-4)

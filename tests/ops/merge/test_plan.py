@@ -152,6 +152,7 @@ def test_extract_lora_through_the_api(capsys, models, tmp_path):
         "finetune": str(models["a"]),
         "base": str(models["base"]),
         "rank": 2,
+        "sv_threshold": None,
         "modules": 14,
         "candidates_for_full_save": 7,
         "dry_run": True,

@@ -98,7 +98,7 @@ def test_api_result_is_the_cli_json(capsys, tmp_path, ckpt, flags):
 
 def test_api_takes_a_recipe_or_a_config(tmp_path, ckpt):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("sparsity: 0.5\noverrides:\n  - {pattern: '^b', sparsity: 0.25}\n")
+    recipe.write_text("sparsity: 0.5\noverrides:\n  - {match: '^b', sparsity: 0.25}\n")
     r = ms.prune(ckpt, recipe=recipe, dry_run=True).to_dict()
     assert [t["pruned"] for t in r["tensors"]] == [128, 32]
     cfg = PruneConfig(sparsity=0.3, exclude="bias")

@@ -249,8 +249,8 @@ def test_recipe_overrides_and_global_pool(tmp_path):
     folder = make_ckpt(tmp_path, xs)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
-        "version: 1\nsparsity: 0.5\nscope: global\noverrides:\n"
-        "  - {pattern: '^keep', sparsity: 0}\n  - {pattern: 'light|keep', sparsity: 0.25}\n"
+        "version: 2\nsparsity: 0.5\nscope: global\noverrides:\n"
+        "  - {match: 'light|keep', sparsity: 0.25}\n  - {match: '^keep', sparsity: 0}\n"
     )
     cfg = PruneConfig.build(recipe)
     assert cfg.sparsity_for("keep.weight") == 0 and cfg.sparsity_for("light.weight") == 0.25
