@@ -33,7 +33,9 @@ EPILOG = """Examples:
 
   surgeon quantize model/ -o model-w4a16/ --scheme w4a16                 # compressed-tensors, vLLM/transformers
 
-  surgeon quantize model/ -o model-q4_0.gguf --scheme q4_0               # GGUF for llama.cpp
+  surgeon quantize model/ -o model-q4_k_m.gguf --scheme q4_k_m           # GGUF for llama.cpp, llama-quantize's mix
+
+  surgeon quantize model/ -o model-q4_k_m.gguf --scheme q4_k_m --imatrix imatrix.gguf
 
   surgeon quantize model/ -o model-w4/ --scheme w4a16 --optimizer hqq    # HQQ-refined scales and zeros
 
@@ -79,6 +81,20 @@ def quantize(
     include: Annotated[
         str | None,
         typer.Option("--include", help="Regex of float tensors to quantize, replacing the default (2-D linear weights)."),
+    ] = None,
+    pre_tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--pre-tokenizer",
+            help="--format gguf: llama.cpp's pre-tokenizer name (llama-bpe, qwen2, smollm...) when it is not recognised.",
+        ),
+    ] = None,
+    imatrix: Annotated[
+        str | None,
+        typer.Option(
+            "--imatrix",
+            help="--format gguf: llama-imatrix's importance matrix (imatrix.gguf or legacy .dat) to weight the block search.",
+        ),
     ] = None,
     target_bpw: Annotated[
         float | None,
@@ -143,6 +159,8 @@ def quantize(
         include=include,
         ignore=ignore,
         device=None if device == "auto" else device,
+        pre_tokenizer=pre_tokenizer,
+        imatrix=imatrix,
         target_bpw=target_bpw,
         candidates=candidates,
         method=method,

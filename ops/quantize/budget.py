@@ -76,7 +76,9 @@ def allocate(options: dict[str, list[Option]], budget_bits: float, weights: int)
     choice = {n: hulls[i][level[i]].scheme for i, n in enumerate(names)}
     best = sum(hulls[i][level[i]].noise for i in range(len(names)))
     for scheme in sorted({o.scheme for opts in options.values() for o in opts}):  # never worse than uniform
-        pick = [next(o for o in options[n] if o.scheme == scheme) for n in names]
+        pick = [next((o for o in options[n] if o.scheme == scheme), None) for n in names]
+        if None in pick:
+            continue  # not a choice for every tensor
         if sum(o.bits for o in pick) <= budget_bits * (1 + 1e-12) and sum(o.noise for o in pick) < best:
             best = sum(o.noise for o in pick)
             choice = {n: scheme for n in names}
@@ -99,6 +101,8 @@ def choose_schemes(plan: QuantizePlan, progress: Progress = SILENT) -> list[dict
         numel[name] = w.numel()
         opts = []
         for c, spec in specs.items():
+            if spec.scheme.family == "gguf" and w.shape[-1] % spec.group_size:
+                continue  # a GGUF type whose blocks do not fit the rows (K-quants: 256) is no choice here
             qw = quantize_weight(wd, spec, cfg.use_triton, need_dequant=False)
             opts.append(Option(c, qw.bits_per_weight * w.numel(), float(qw.extra["noise"])))
             signal[name] = float(qw.extra["signal"])
@@ -107,10 +111,10 @@ def choose_schemes(plan: QuantizePlan, progress: Progress = SILENT) -> list[dict
     total = sum(numel.values())
     choice = allocate(options, cfg.target_bpw * total, total)
     plan.specs = {n: specs[choice[n]] for n in options if choice[n] != cfg.scheme}
-    if plan.gguf_tensors is not None:
-        from .formats.gguf import plan_tensors
+    if plan.gguf_tensors is not None:  # the chosen types replace the scheme's in the file's layout and header
+        from .plan import replan_gguf
 
-        plan.gguf_tensors = plan_tensors(plan.ck.infos(), {n: plan.spec_for(n).scheme.gguf_type for n in plan.targets})
+        replan_gguf(plan)
     rows = []
     for n, opts in options.items():
         rows.append(

@@ -15,6 +15,8 @@ fp16, as ``quantize_row_*_ref`` in ggml and ``gguf.quants`` do; every operation 
 operation in the same order, so the bytes are identical (a test checks it against ``gguf.quants.quantize``).
 
 ``quantize_blocks`` is the reference and the CPU path; ``kernels/gguf_blocks.py`` has Q8_0 and Q4_0 in Triton.
+It also hands the k-quant super-block types (Q2_K ... Q6_K, ``kquants.py``) and the importance-weighted
+variants of Q4_0 ... Q5_1 (``--imatrix``) to ``kquants.py``, so callers see one entry point for every type.
 """
 
 from __future__ import annotations
@@ -31,8 +33,26 @@ HAS_MIN = {"Q4_1", "Q5_1"}
 _CHUNK_BLOCKS = 1 << 13  # 1 MiB of fp32 per step: the temporaries stay in cache
 
 
+def block_size(qtype: str) -> int:
+    """Values per block: 32 for the legacy types, 256 for the k-quants."""
+    from .kquants import K_BLOCK_BYTES, QK_K
+
+    return QK_K if qtype in K_BLOCK_BYTES else BLOCK
+
+
+def type_bytes(qtype: str) -> int:
+    """Bytes per block."""
+    from .kquants import K_BLOCK_BYTES
+
+    return K_BLOCK_BYTES[qtype] if qtype in K_BLOCK_BYTES else BLOCK_BYTES[qtype]
+
+
+def bits_per_weight(qtype: str) -> float:
+    return type_bytes(qtype) * 8 / block_size(qtype)
+
+
 def row_bytes(cols: int, qtype: str) -> int:
-    return cols // BLOCK * BLOCK_BYTES[qtype]
+    return cols // block_size(qtype) * type_bytes(qtype)
 
 
 def _inv(d: torch.Tensor) -> torch.Tensor:
@@ -112,11 +132,28 @@ def pack_blocks(
     return out
 
 
-def quantize_blocks(x: torch.Tensor, qtype: str, use_triton: bool | None = None, error: list | None = None) -> torch.Tensor:
-    """A 2-D float tensor (row length a multiple of 32) -> uint8 (rows, row_bytes) in ggml's layout.
+def quantize_blocks(
+    x: torch.Tensor,
+    qtype: str,
+    use_triton: bool | None = None,
+    error: list | None = None,
+    imatrix: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A 2-D float tensor (row length a multiple of the block size) -> uint8 (rows, row_bytes) in ggml's layout.
 
     With ``error=[]``, appends (signal energy, noise energy) of the dequantized blocks against ``x``.
+    ``imatrix`` (one importance weight per column) weights the search of every type but Q8_0, as
+    ``llama-quantize --imatrix`` does.
     """
+    from . import kquants
+
+    if qtype in kquants.K_BLOCK_BYTES:
+        return kquants.quantize_kblocks(x, qtype, imatrix, use_triton, error)
+    if imatrix is not None and qtype != "Q8_0":
+        out = kquants.quantize_legacy_imatrix(x, qtype, imatrix)
+        if error is not None:
+            error.append(_error_of(x, out, qtype))
+        return out
     if qtype not in BLOCK_BYTES:
         raise ValueError(f"unsupported GGUF block type {qtype}")
     rows, cols = x.shape
@@ -141,6 +178,16 @@ def quantize_blocks(x: torch.Tensor, qtype: str, use_triton: bool | None = None,
     if error is not None:
         error.append((sig, noise))
     return out.reshape(rows, row_bytes(cols, qtype))
+
+
+def _error_of(x: torch.Tensor, blocks: torch.Tensor, qtype: str) -> tuple[float, float]:
+    sig = noise = 0.0
+    rows = max(1, _CHUNK_BLOCKS * BLOCK // x.shape[1])
+    for s in range(0, x.shape[0], rows):
+        c = x[s : s + rows].float()
+        sig += float(c.square().sum())
+        noise += float(dequantize_blocks(blocks[s : s + rows], qtype, tuple(c.shape)).sub_(c).square_().sum())
+    return sig, noise
 
 
 def _dequant_codes(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None, qtype: str) -> torch.Tensor:
@@ -172,7 +219,11 @@ def unpack_blocks(blocks: torch.Tensor, qtype: str) -> tuple[torch.Tensor, torch
 
 
 def dequantize_blocks(blocks: torch.Tensor, qtype: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """ggml's dequantization: ``d * (q - offset)`` (+ ``m``), in fp32."""
+    """ggml's dequantization: ``d * (q - offset)`` (+ ``m``), in fp32 (k-quants: ``kquants.py``)."""
+    from . import kquants
+
+    if qtype in kquants.K_BLOCK_BYTES:
+        return kquants.dequantize_kblocks(blocks, qtype, shape)
     q, d, m = unpack_blocks(blocks, qtype)
     off = CODE_RANGE[qtype][2]
     x = d * (q - off).float()

@@ -48,7 +48,9 @@ class QuantizePlan:
     device: torch.device
     notes: list[str] = field(default_factory=list)  # told to the user before the run, and kept in the result
     gguf_tensors: list[GGUFTensor] | None = None  # --format gguf: the file's tensors, in order
-    gguf_metadata: dict | None = None
+    gguf_writer: object | None = None  # --format gguf: gguf-py's GGUFWriter holding the whole header
+    imatrix: object | None = None  # --imatrix: formats.gguf_imatrix.ImportanceMatrix, checked against the tensors
+    gguf_extra: dict = field(default_factory=dict)  # --format gguf: metadata added after the plan (provenance)
     specs: dict[str, QuantSpec] = field(default_factory=dict)  # per target, where overrides change ``spec``
 
     def spec_for(self, name: str) -> QuantSpec:
@@ -56,9 +58,24 @@ class QuantizePlan:
         return self.specs.get(name, self.spec)
 
     @property
+    def gguf_metadata(self) -> dict | None:
+        from .formats.gguf import metadata_of
+
+        return None if self.gguf_writer is None else metadata_of(self.gguf_writer)
+
+    def add_gguf_metadata(self, meta: dict) -> None:
+        """Add (or replace) string or integer keys of the GGUF header, kept when the header is rebuilt."""
+        from .formats.gguf import set_metadata
+
+        self.gguf_extra.update(meta)
+        if self.gguf_writer is not None:
+            set_metadata(self.gguf_writer, meta)
+
+    @property
     def bytes_to_read(self) -> int:
-        names = self.ck.names() if self.gguf_tensors is None else [t.hf_name for t in self.gguf_tensors]
-        return sum(self.ck.info(n).nbytes for n in names)
+        if self.gguf_tensors is None:
+            return sum(self.ck.info(n).nbytes for n in self.ck.names())
+        return sum(self.ck.info(n).nbytes for t in self.gguf_tensors for n in dict.fromkeys(t.sources))
 
     def close(self) -> None:
         self.ck.close()
@@ -102,10 +119,12 @@ def _plan(cfg: QuantizeConfig, ck: Checkpoint, out: Output, device: torch.device
         )
     plan = QuantizePlan(cfg, ck, spec, cfg.output_format, targets, out, device, notes)
     problems = Problems(f"the quantization of {ck.label}")
-    for s, names in per_tensor_specs(plan):
-        check_shapes(ck, names, s, problems)
-    for c in cfg.candidates:  # --target-bpw: every candidate must fit every target
-        check_shapes(ck, targets, quant_spec(cfg.candidate(c), []), problems)
+    groups = per_tensor_specs(plan)
+    if plan.format != "gguf":  # GGUF checks its own shapes (3-D experts, 256-value super-blocks, fallbacks)
+        for s, names in groups:
+            check_shapes(ck, names, s, problems)
+        for c in cfg.candidates:  # --target-bpw: every candidate must fit every target
+            check_shapes(ck, targets, quant_spec(cfg.candidate(c), []), problems)
     if plan.format == "gguf":
         _plan_gguf(plan, problems)
     elif plan.format == "compressed-tensors":
@@ -231,42 +250,99 @@ def _plan_compressed_tensors(plan: QuantizePlan, problems: Problems) -> None:
 
 
 def _plan_gguf(plan: QuantizePlan, problems: Problems) -> None:
-    """The Llama layout, the q/k rows RoPE permutes, the tokenizer, and the file's metadata."""
-    from .formats.gguf import check_architecture, check_rows, file_metadata, plan_tensors
-    from .formats.gguf_tokenizer import read_vocab
+    """The architecture, the file's tensors and their types, the tokenizer, and the header."""
+    from .formats.gguf import check_architecture
+    from .formats.gguf_arch import HParams
 
     ck = plan.ck
     try:
-        check_architecture(ck.config, ck.label)
-        plan.gguf_tensors = plan_tensors(ck.infos(), {n: plan.spec_for(n).scheme.gguf_type for n in plan.targets})
-    except SurgeonError as e:  # not a Llama: nothing below applies
+        _, arch = check_architecture(ck.config, ck.label)
+    except SurgeonError as e:  # not a known architecture: nothing below applies
         problems.add(str(e))
         return
-    each_tensor(problems, [bad for n in plan.targets if (bad := check_rows(n, ck.info(n).shape, ck.config))])
     if not ck.resolved.path.is_dir() and ck.source_format != "gguf":  # a GGUF source brings its own config and tokenizer
         problems.add(
             "--format gguf needs the model folder (config.json and tokenizer beside the weights): "
             "give the folder, not the .safetensors file"
         )
         return
-    emb = "model.embed_tokens.weight"
-    if emb in ck and ck.info(emb).shape[:1] != (ck.config["vocab_size"],):
+    emb, rows = "model.embed_tokens.weight", HParams(ck.config).cfg.get("vocab_size")
+    if rows is not None and emb in ck and ck.info(emb).shape[:1] != (rows,):
         problems.add(
             f"{emb} has {ck.info(emb).shape[0] if ck.info(emb).shape else 0} rows but config.json says vocab_size "
-            f"{ck.config['vocab_size']}: fix config.json"
+            f"{rows}: fix config.json"
         )
         return
     try:
-        vocab = read_vocab(ck.folder, ck.config, warn=lambda m: plan.notes.append("warning: " + m))
+        _gguf_layout(plan, arch, problems)
     except SurgeonError as e:
         problems.add(str(e))
+
+
+def replan_gguf(plan: QuantizePlan) -> None:
+    """The GGUF layout and header again, after --target-bpw has chosen each target's scheme (``plan.specs``)."""
+    from .formats.gguf import check_architecture
+
+    problems = Problems(f"the quantization of {plan.ck.label}")
+    _gguf_layout(plan, check_architecture(plan.ck.config, plan.ck.label)[1], problems)
+    problems.raise_if_any()
+
+
+def reorder_gguf(plan: QuantizePlan, order: list[str]) -> None:
+    """List the GGUF tensors in ``order`` (a calibrated method's stream: one layer at a time) and rebuild the
+    header to match, so the writer streams; llama.cpp finds tensors by name, so any order loads."""
+    from .formats.gguf import build_writer, check_architecture
+
+    pos = {n: i for i, n in enumerate(order)}
+    plan.gguf_tensors = sorted(plan.gguf_tensors, key=lambda t: min((pos.get(s, len(pos)) for s in t.sources), default=-1))
+    arch = check_architecture(plan.ck.config, plan.ck.label)[1]
+    extra = [*(plan.imatrix.metadata() if plan.imatrix is not None else ()), *plan.gguf_extra.items()]
+    plan.gguf_writer, _ = build_writer(
+        plan.gguf_tensors, arch, plan.ck.config, plan.ck.folder, plan.spec.scheme.gguf_type, plan.config.pre_tokenizer, extra
+    )
+
+
+def _gguf_layout(plan: QuantizePlan, arch, problems: Problems) -> None:
+    """The file's tensors, their types (the scheme's, or llama-quantize's mixture; a target's own scheme from
+    an override or --target-bpw replaces the choice for it), the importance matrix check, and the header."""
+    from .formats.gguf import build_writer, plan_tensors, with_types
+    from .formats.gguf_types import choose_types
+
+    ck = plan.ck
+    n_vocab = _gemma3_vocab(ck.folder) if arch.trim_vocab else None
+    tensors = plan_tensors(ck, arch, ck.config, n_vocab)
+    overrides = {n: s.scheme for n, s in plan.specs.items()}
+    types, notes, errors = choose_types(tensors, set(plan.targets), plan.spec.scheme, ck.config, plan.config, overrides)
+    plan.notes.extend(n for n in notes if n not in plan.notes)
+    if errors:
+        each_tensor(problems, errors)
         return
-    n_tok, n_vocab = len(vocab["tokenizer.ggml.tokens"]), int(ck.config.get("vocab_size") or 0)
+    plan.gguf_tensors = with_types(tensors, types)
+    if plan.config.imatrix is not None:
+        from .formats.gguf_imatrix import check_against, load_imatrix
+
+        plan.imatrix = load_imatrix(plan.config.imatrix)
+        bad = check_against(plan.imatrix, plan.gguf_tensors, ck.label)
+        if bad:
+            each_tensor(problems, bad)
+            return
+    extra = [*(plan.imatrix.metadata() if plan.imatrix is not None else ()), *plan.gguf_extra.items()]
+    plan.gguf_writer, n_tok = build_writer(
+        plan.gguf_tensors, arch, ck.config, ck.folder, plan.spec.scheme.gguf_type, plan.config.pre_tokenizer, extra
+    )
+    n_vocab = int(ck.config.get("vocab_size") or n_tok)
     if n_tok != n_vocab:
         problems.add(
             f"the tokenizer of {ck.label} has {n_tok} tokens but config.json says vocab_size {n_vocab}: "
             "llama.cpp needs one token per embedding row; fix the tokenizer or the config"
         )
-        return
-    name = str(ck.config.get("_name_or_path") or ck.folder.name).rstrip("/").split("/")[-1] or ck.folder.name
-    plan.gguf_metadata = file_metadata(ck.config, plan.spec.scheme.gguf_type, name, vocab)
+
+
+def _gemma3_vocab(folder) -> int | None:
+    """The rows of token_embd Gemma 3's converter keeps: the tokenizer's real tokens."""
+    import json
+
+    if (folder / "tokenizer.model").is_file():
+        return None  # the SentencePiece vocabulary is padded to vocab_size: nothing is cut
+    tj = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    return len(tj["model"]["vocab"]) + len(tj.get("added_tokens") or [])

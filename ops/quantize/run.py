@@ -27,7 +27,7 @@ from modelsurgeon.ops.io.output import write_folder
 from modelsurgeon.ops.io.writer import TensorSpec
 
 from .plan import QuantizePlan
-from .schemes import QuantizedWeight, quantize_weight
+from .schemes import QuantizedWeight, QuantSpec, quantize_weight
 from .sqnr import sqnr_db
 
 # --------------------------------------------------------------------------------------------
@@ -233,7 +233,14 @@ def _premade(payload) -> QuantizedWeight | None:
     return payload if isinstance(payload, QuantizedWeight) else None
 
 
-def _quantize_one(plan: QuantizePlan, name: str, w: torch.Tensor, need_dequant: bool) -> QuantizedWeight:
+def _quantize_one(
+    plan: QuantizePlan,
+    name: str,
+    w: torch.Tensor,
+    need_dequant: bool,
+    spec: QuantSpec | None = None,
+    imatrix: torch.Tensor | None = None,
+) -> QuantizedWeight:
     dev = plan.device
     wd = w.to(dev, non_blocking=True) if dev.type != "cpu" else w
     lo, hi = (float(v) for v in torch.aminmax(wd)) if wd.numel() else (0.0, 0.0)  # aminmax propagates NaN
@@ -242,13 +249,14 @@ def _quantize_one(plan: QuantizePlan, name: str, w: torch.Tensor, need_dequant: 
             f"{name} holds NaN or infinite values; quantizing it would be meaningless",
             "fix the checkpoint, or leave the tensor out with --ignore",
         )
-    qw = quantize_weight(wd, plan.spec_for(name), plan.config.use_triton, need_dequant)
+    spec = spec or plan.spec_for(name)
+    qw = quantize_weight(wd, spec, plan.config.use_triton, need_dequant, imatrix)
     if not need_dequant:
         qw.dequantized = None
     sig, noise = qw.extra["signal"], qw.extra["noise"]
     if not (math.isfinite(sig) and math.isfinite(noise)):
         raise SurgeonError(
-            f"{name} holds values up to {max(abs(lo), abs(hi)):.3g}, more than {plan.spec.scheme.name} can represent "
+            f"{name} holds values up to {max(abs(lo), abs(hi)):.3g}, more than {spec.scheme.name} can represent "
             "(its scales overflow)",
             "leave the tensor out with --ignore, or pick another --scheme",
         )
@@ -312,59 +320,100 @@ def recipe(plan: QuantizePlan) -> dict:
     return d
 
 
+def _quantize_gguf_tensor(plan: QuantizePlan, t, w: torch.Tensor, spec: QuantSpec) -> tuple[QuantizedWeight, float, float]:
+    """One GGUF tensor into its block type: rows of ``t.shape[-1]`` values; under ``--imatrix`` each expert of a
+    3-D tensor with its own slice of the importance weights, as llama-quantize does."""
+    cols = t.shape[-1]
+    im = None if plan.imatrix is None else plan.imatrix.weights.get(t.name)
+    if im is not None and im.size != cols * (t.shape[0] if len(t.shape) == 3 else 1):
+        im = None  # token_embd of another size: llama-quantize quantizes it without weights too
+    if im is None or len(t.shape) != 3:
+        qw = _quantize_one(plan, t.hf_name, w.reshape(-1, cols), False, spec, None if im is None else torch.from_numpy(im))
+        return qw, qw.extra["signal"], qw.extra["noise"]
+    parts, sig, noise = [], 0.0, 0.0
+    for e in range(t.shape[0]):
+        q = _quantize_one(plan, t.hf_name, w[e].reshape(-1, cols), False, spec, torch.from_numpy(im[e * cols : (e + 1) * cols]))
+        parts.append(q.parts["blocks"])
+        sig += q.extra["signal"]
+        noise += q.extra["noise"]
+    return QuantizedWeight({"blocks": torch.cat(parts)}, None, q.bits_per_weight), sig, noise
+
+
 def _write_gguf(plan: QuantizePlan, progress: Progress, source=None) -> list[TensorRow]:
-    from .formats.gguf import StreamingGGUF, heads_for, permute_rows, stored_array
+    """Header first (from the plan), then each GGUF tensor: read its sources, apply the converter's changes,
+    quantize it to its type or store it as a float type. ``source``: a calibrated method's stream (GPTQ's
+    blocks are written as they are where the tensor's type is GPTQ's scheme)."""
+    from .formats.gguf import FLOAT_TYPES, StreamingGGUF, permute_rows, source_tensor, stored_array
+    from .schemes import QuantSpec, block_scheme
 
     ck = plan.ck
-    if source is not None:  # llama.cpp finds tensors by name: the file may list them in the stream's order
-        pos = {n: i for i, n in enumerate(source.order)}
-        plan.gguf_tensors = sorted(plan.gguf_tensors, key=lambda t: pos[t.hf_name])
-    by_name = {t.hf_name: t for t in plan.gguf_tensors}
+    if source is not None:  # llama.cpp finds tensors by name: list them in the stream's order, so it streams
+        from .plan import reorder_gguf
+
+        reorder_gguf(plan, source.order)
     targets = set(plan.targets)
+    payloads: dict = {}
     rows: list[TensorRow] = []
+    cache: dict[str, torch.Tensor] = {}  # a fused expert tensor feeds two GGUF tensors: keep the last read
+    wanted = [n for t in plan.gguf_tensors for n in t.sources]
+
+    def from_source():
+        for name, w, payload in _tensors(plan, source, list(dict.fromkeys(wanted))):
+            if _premade(payload) is not None:
+                payloads[name] = payload
+            yield name, w
+
+    stream = ck.iter_tensors(list(dict.fromkeys(wanted))) if source is None else from_source()
+
+    def read(name: str) -> torch.Tensor:
+        while name not in cache:
+            got, w = next(stream)
+            if len(cache) > 1 and got not in cache:
+                cache.pop(next(iter(cache)))
+            cache[got] = w
+        return cache[name]
+
     with plan.output.file(expected_bytes=sum(t.nbytes for t in plan.gguf_tensors)) as out:
-        writer = StreamingGGUF(out.path, plan.gguf_tensors, plan.gguf_metadata)
+        writer = StreamingGGUF(out.path, plan.gguf_writer)
         try:
-            for name, w, payload in _tensors(plan, source, list(by_name)):
-                t = by_name[name]
-                info = ck.info(name)
-                n_head = heads_for(name, ck.config)
-                if n_head:
-                    w = permute_rows(w, n_head)
-                qw = _premade(payload)
-                if name in targets and qw is not None:  # GPTQ's blocks, rows in HF order: permute them as the weight
-                    blocks = qw.parts["blocks"].cpu()
-                    writer.write((permute_rows(blocks, n_head) if n_head else blocks).numpy())
-                    rows.append(
-                        TensorRow.of(
-                            info,
-                            plan.spec_for(name).scheme.name,
-                            qw.bits_per_weight,
-                            t.nbytes,
-                            qw.extra["signal"],
-                            qw.extra["noise"],
-                        )
-                    )
-                elif name in targets:
-                    qw = _quantize_one(plan, name, w, need_dequant=False)
-                    writer.write(qw.parts["blocks"].cpu().numpy())
-                    rows.append(
-                        TensorRow.of(
-                            info,
-                            plan.spec_for(name).scheme.name,
-                            qw.bits_per_weight,
-                            t.nbytes,
-                            qw.extra["signal"],
-                            qw.extra["noise"],
-                        )
+            for t in plan.gguf_tensors:
+                w = source_tensor(t, read)
+                before = sum(ck.info(n).nbytes for n in dict.fromkeys(t.sources))
+                info = ck.info(t.sources[0]) if t.sources else None
+                premade = payloads.pop(t.sources[0], None) if len(t.sources) == 1 else None
+                if t.qtype in FLOAT_TYPES:
+                    writer.write(stored_array(t, w))
+                    row = TensorRow(
+                        t.name, list(t.shape), info.dtype if info else "F32", None, None, before, t.nbytes, None, None
                     )
                 else:
-                    writer.write(stored_array(t, w))
-                    rows.append(TensorRow.of(info, None, None, t.nbytes))
+                    spec = plan.spec_for(t.hf_name)  # an override's or --target-bpw's, where it chose this type
+                    if premade is not None and t.qtype == spec.scheme.gguf_type and t.rows is None and not t.shift:
+                        # GPTQ's blocks, rows in HF order: permuted as the converter permutes the weight
+                        blocks = premade.parts["blocks"].cpu()
+                        qw, sig, noise = premade, premade.extra["signal"], premade.extra["noise"]
+                        writer.write((permute_rows(blocks, t.heads) if t.heads else blocks).numpy().reshape(-1))
+                    else:
+                        tspec = spec if t.qtype == spec.scheme.gguf_type else QuantSpec(block_scheme(t.qtype), 32, True)
+                        qw, sig, noise = _quantize_gguf_tensor(plan, t, w, tspec)
+                        writer.write(qw.parts["blocks"].cpu().numpy().reshape(-1))
+                    row = TensorRow(
+                        t.name,
+                        list(t.shape),
+                        info.dtype if info else "F32",
+                        t.qtype.lower(),
+                        qw.bits_per_weight,
+                        before,
+                        t.nbytes,
+                        sqnr_db(sig, noise),
+                        math.sqrt(noise / sig) if sig > 0 else None,
+                        sig,
+                        noise,
+                    )
+                rows.append(row)
                 if source is None:
-                    progress.advance(1 if name in targets else 0)
+                    progress.advance(sum(1 for n in t.sources if n in targets))
         finally:
             writer.close()
         out.commit()
-    rows += [TensorRow.of(i, None, None, 0) for i in ck.infos() if i.name not in by_name]  # not carried by the file
     return rows

@@ -13,6 +13,7 @@ summary and its source. The math lives in a file per kind, imported only when a 
     nf4.py          the NormalFloat-4 code book, absmax per block
     binary.py       sign times the error-minimising scale per group
     gguf_blocks.py  ggml's Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 blocks, byte for byte
+    kquants.py      ggml's k-quant super-blocks Q2_K ... Q6_K (and the --imatrix searches), byte for byte
 
 so this module imports no torch: the CLI lists the schemes in its help without loading it.
 """
@@ -60,6 +61,14 @@ def schemes() -> list[Scheme]:
     return list(_REGISTRY.values())
 
 
+def block_scheme(qtype: str) -> Scheme:
+    """The scheme that writes GGUF block type ``qtype`` (Q6_K: the q6_k mixture, whose block type it is)."""
+    for s in _REGISTRY.values():
+        if s.gguf_type == qtype:
+            return s
+    raise KeyError(qtype)
+
+
 def _scheme(name: str, bits: int, summary: str, **implementation) -> Scheme:
     """The scheme ``name`` with its rules from ``SCHEME_RULES``, so each fact is written once."""
     rules = SCHEME_RULES[name]
@@ -101,6 +110,36 @@ for _name, _bits, _summary in (
     ("q5_1", 5, "GGUF Q5_1: 5 bits, fp16 scale and minimum per block of 32 (6.0 bpw)"),
 ):
     _scheme(_name, _bits, _summary, gguf_type=_name.upper(), url=_GGUF_URL)
+
+# --- GGUF (issue 12): unquantized GGUF files ------------------------------------------------------------------
+for _name, _bits, _summary in (
+    ("f32", 32, "GGUF with float32 weights (llama.cpp's converter --outtype f32)"),
+    ("f16", 16, "GGUF with float16 weights (llama.cpp's converter --outtype f16)"),
+    ("bf16", 16, "GGUF with bfloat16 weights (llama.cpp's converter --outtype bf16)"),
+):
+    _scheme(_name, _bits, _summary, gguf_type=_name.upper(), url=_GGUF_URL)
+
+# --- GGUF (issue 12): k-quants. A mixture picks each tensor's block type as llama-quantize does
+# (formats/gguf_types.py); q3_k, q4_k, q5_k put one block type on the selected weights, like q4_0 ---------
+_KQ_URL = "https://github.com/ggml-org/llama.cpp/pull/1684"
+for _name, _bits, _summary in (
+    ("q3_k", 3, "GGUF Q3_K on every selected weight: 3 bits, 6-bit scales per 16, super-blocks of 256 (3.44 bpw)"),
+    ("q4_k", 4, "GGUF Q4_K on every selected weight: 4 bits, 6-bit scale and min per 32, super-blocks of 256 (4.5 bpw)"),
+    ("q5_k", 5, "GGUF Q5_K on every selected weight: 5 bits, 6-bit scale and min per 32, super-blocks of 256 (5.5 bpw)"),
+):
+    _scheme(_name, _bits, _summary, gguf_type=_name.upper(), url=_KQ_URL)
+for _name, _bits, _summary in (
+    ("q2_k", 2, "llama-quantize's Q2_K mixture: Q2_K, attention V / FFN down / output in Q3_K-Q6_K"),
+    ("q3_k_s", 3, "llama-quantize's Q3_K_S mixture: Q3_K, output Q6_K"),
+    ("q3_k_m", 3, "llama-quantize's Q3_K_M mixture: Q3_K, attention V / output Q4_K-Q6_K, early FFN down Q5_K"),
+    ("q3_k_l", 3, "llama-quantize's Q3_K_L mixture: Q3_K, attention V / FFN down / attention output Q5_K"),
+    ("q4_k_s", 4, "llama-quantize's Q4_K_S mixture: Q4_K, early attention V / FFN down Q5_K, output Q6_K"),
+    ("q4_k_m", 4, "llama-quantize's Q4_K_M mixture (its default): Q4_K, half of attention V and FFN down Q6_K"),
+    ("q5_k_s", 5, "llama-quantize's Q5_K_S mixture: Q5_K, output Q6_K"),
+    ("q5_k_m", 5, "llama-quantize's Q5_K_M mixture: Q5_K, half of attention V and FFN down Q6_K"),
+    ("q6_k", 6, "llama-quantize's Q6_K: Q6_K everywhere, embeddings and output included (6.56 bpw)"),
+):
+    _scheme(_name, _bits, _summary, gguf_type=_name.upper(), url=_KQ_URL)
 
 # --- issue 13: FP8 blocks, FP4 (NVFP4, MXFP4) and 2/3-bit integers, as compressed-tensors writes them
 _FP8_GROUP_ACT = {"dynamic": True, "group_size": 128, "num_bits": 8, "strategy": "group", "symmetric": True, "type": "float"}
@@ -185,9 +224,9 @@ class QuantSpec:
         cols = shape[-1]
         g = self.group_for(cols)
         if s.family == "gguf":
-            from .gguf_blocks import BLOCK, BLOCK_BYTES
+            from .gguf_blocks import bits_per_weight
 
-            return BLOCK_BYTES[s.gguf_type] * 8 / BLOCK
+            return bits_per_weight(s.gguf_type)
         if s.family == "nf4":
             return s.bits + 32 / g  # fp32 absmax per block
         per_group = scale_bytes * 8 + (0 if self.symmetric else s.bits)
@@ -205,14 +244,24 @@ class QuantizedWeight:
 
 
 def quantize_weight(
-    w: torch.Tensor, spec: QuantSpec, use_triton: bool | None = None, need_dequant: bool = True
+    w: torch.Tensor,
+    spec: QuantSpec,
+    use_triton: bool | None = None,
+    need_dequant: bool = True,
+    imatrix: torch.Tensor | None = None,
 ) -> QuantizedWeight:
     """Quantize one 2-D float weight (on any device) and dequantize it back into its own dtype.
 
     Sets ``extra["signal"]``, ``extra["noise"]`` (energies of ``w`` and of the error). With
     ``need_dequant=False`` a scheme may skip materialising ``dequantized`` (GGUF measures its error per chunk).
+    ``imatrix`` (GGUF types only): one importance weight per column, as llama-quantize's ``--imatrix``.
     """
-    qw = _FAMILIES[spec.scheme.family](w, spec, use_triton, need_dequant)
+    if imatrix is not None:
+        if spec.scheme.family != "gguf":
+            raise ValueError("an importance matrix applies to the GGUF types only")
+        qw = _gguf_family(w, spec, use_triton, need_dequant, imatrix)
+    else:
+        qw = _FAMILIES[spec.scheme.family](w, spec, use_triton, need_dequant)
     import torch
 
     deq = qw.dequantized
@@ -274,7 +323,9 @@ def _binary_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, ne
     )
 
 
-def _gguf_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool) -> QuantizedWeight:
+def _gguf_family(
+    w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need_dequant: bool, imatrix: torch.Tensor | None = None
+) -> QuantizedWeight:
     from modelsurgeon.kernels import should_use_triton
 
     from .gguf_blocks import dequantize_blocks, quantize_blocks
@@ -283,14 +334,14 @@ def _gguf_family(w: torch.Tensor, spec: QuantSpec, use_triton: bool | None, need
     bpw = spec.bits_per_weight(tuple(w.shape), 2)
     if spec.hqq is None and not need_dequant and not should_use_triton(w.device, use_triton):
         err: list = []
-        blocks = quantize_blocks(w, qtype, use_triton=False, error=err)  # measures the error chunk by chunk
+        blocks = quantize_blocks(w, qtype, use_triton=False, error=err, imatrix=imatrix)  # error chunk by chunk
         return QuantizedWeight({"blocks": blocks}, None, bpw, {"signal": err[0][0], "noise": err[0][1]})
     if spec.hqq is not None:
         from .hqq import hqq_gguf_quantize
 
         blocks = hqq_gguf_quantize(w, qtype, spec.hqq)
     else:
-        blocks = quantize_blocks(w, qtype, use_triton)
+        blocks = quantize_blocks(w, qtype, use_triton, imatrix=imatrix)
     deq = dequantize_blocks(blocks, qtype, tuple(w.shape)).to(w.dtype)
     return QuantizedWeight({"blocks": blocks}, deq, bpw)
 

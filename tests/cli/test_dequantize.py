@@ -116,10 +116,23 @@ def test_fp8_block_input(capsys, tmp_path, block):
     # FP8-block -> GGUF Q8_0 in one command == dequantize, then quantize (same folder name: same general.name)
     (tmp_path / "two").mkdir()
     run_json(capsys, "dequantize", fp8, "-o", tmp_path / "two" / "model", "-q")
-    code, o, e = run(capsys, "quantize", fp8, "-o", tmp_path / "direct.gguf", "--scheme", "q8_0", "--json")
+    code, o, e = run(
+        capsys, "quantize", fp8, "-o", tmp_path / "direct.gguf", "--scheme", "q8_0", "--json", "--pre-tokenizer", "gpt-2"
+    )
     assert code == 0, e
     assert e.count("rounded twice") == 1
-    code, o, e = run(capsys, "quantize", tmp_path / "two" / "model", "-o", tmp_path / "via-dense.gguf", "--scheme", "q8_0", "-q")
+    code, o, e = run(
+        capsys,
+        "quantize",
+        tmp_path / "two" / "model",
+        "-o",
+        tmp_path / "via-dense.gguf",
+        "--scheme",
+        "q8_0",
+        "-q",
+        "--pre-tokenizer",
+        "gpt-2",
+    )
     assert code == 0, e
     assert (tmp_path / "direct.gguf").read_bytes() == (tmp_path / "via-dense.gguf").read_bytes()
 

@@ -189,7 +189,7 @@ def test_format_that_cannot_hold_the_scheme(capsys, tmp_path, llama, scheme, fmt
 def test_gguf_on_an_unsupported_architecture(capsys, tmp_path, minilm_dir):
     out = tmp_path / "m.gguf"
     code, o, e = run(capsys, "quantize", "minilm", "-o", out, "--scheme", "q8_0", "--format", "gguf")
-    assert_one_line_error(code, o, e, 1, "does not support", "model_type 'bert'", "llama (LlamaForCausalLM)")
+    assert_one_line_error(code, o, e, 1, "does not support", "BertModel", "LlamaForCausalLM")
     _nothing_written(out)
 
 

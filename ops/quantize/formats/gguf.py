@@ -1,18 +1,20 @@
-"""Write a Llama-family checkpoint as one GGUF file that llama.cpp loads, streaming tensor by tensor.
+"""Write a checkpoint as one GGUF file that llama.cpp loads, streaming tensor by tensor.
 
-What ``convert_hf_to_gguf.py`` does for ``LlamaForCausalLM``, without the script: the ``llama.*``
-hyperparameters, the tokenizer (``gguf_tokenizer.py``), HF -> GGUF tensor names, and the row permutation of
-``q_proj``/``k_proj`` that turns Hugging Face's rotate-half RoPE layout into ggml's interleaved one
-(``w.reshape(n_head, 2, rows // n_head // 2, cols).swapaxes(1, 2)``). Norms are written F32 (ggml needs it);
-other tensors that are not quantized keep their dtype (F32, F16 or BF16).
+What ``convert_hf_to_gguf.py`` does, without the script and without holding the model: the architecture's
+hyperparameters and tensor changes (``gguf_arch.py``), the tokenizer (``gguf_tokenizer.py``), gguf-py's general
+metadata (name, size label), HF -> GGUF tensor names, and the converter's types for what is not quantized
+(norms, 1-D tensors, biases and MoE routers F32; the rest F16/BF16/F32 as the scheme says, or the source's).
 
-The GGUF header (metadata and every tensor's name, type, shape and offset) is known from the plan, so
-gguf-py's ``GGUFWriter`` writes it first and then each tensor's bytes as the tensor is produced.
+The header (metadata and every tensor's name, type, shape and offset) is known from the plan, so gguf-py's
+``GGUFWriter`` writes it first and then each tensor's bytes as the tensor is produced. Experts of one layer are
+stacked into one 3-D tensor (memory: that tensor), as GGUF stores them.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,62 +22,42 @@ import numpy as np
 import torch
 
 from modelsurgeon.ops.core.errors import SurgeonError
-from modelsurgeon.ops.quantize.gguf_blocks import row_bytes
 
-SUPPORTED = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"}
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-_LAYER_MAP = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.bias": "attn_v.bias",
-    "self_attn.o_proj.bias": "attn_output.bias",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
+from .gguf_arch import EXPERT, FUSED_DOWN, FUSED_GATE_UP, Arch, HParams, arch_of, name_map, skipped
+
+FLOAT_TYPES = ("F32", "F16", "BF16")
+# gguf.LlamaFileType values of the schemes (general.file_type)
+FILE_TYPE = {
+    "F32": 0,
+    "F16": 1,
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "Q8_0": 7,
+    "Q5_0": 8,
+    "Q5_1": 9,
+    "Q2_K": 10,
+    "Q3_K_S": 11,
+    "Q3_K_M": 12,
+    "Q3_K_L": 13,
+    "Q4_K_S": 14,
+    "Q4_K_M": 15,
+    "Q5_K_S": 16,
+    "Q5_K_M": 17,
+    "Q6_K": 18,
+    "BF16": 32,
+    # a single k-quant type on the selected weights: the mixture closest to it
+    "Q3_K": 11,
+    "Q4_K": 14,
+    "Q5_K": 16,
 }
-_TOP_MAP = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-_SKIP = re.compile(r"rotary_emb\.inv_freq$")
-_FILE_TYPE = {"Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9}  # gguf.LlamaFileType.MOSTLY_*
+# GGUF names that stay F32 whatever the scheme (the converter's list for these architectures)
+_ALWAYS_F32 = re.compile(r"(ffn_gate_inp(_shexp)?\.weight|_norm\.weight|^rope_\w+\.weight)$")
 
 
-def gguf_name(hf_name: str) -> str | None:
-    """The GGUF tensor name of a Hugging Face Llama tensor; None for tensors the file does not carry."""
-    if _SKIP.search(hf_name):
-        return None
-    if hf_name in _TOP_MAP:
-        return _TOP_MAP[hf_name]
-    m = _LAYER.match(hf_name)
-    if m and m.group(2) in _LAYER_MAP:
-        return f"blk.{m.group(1)}.{_LAYER_MAP[m.group(2)]}"
-    raise SurgeonError(
-        f"{hf_name} has no GGUF name in the llama layout",
-        "this checkpoint is not a plain Llama; use --format dense or compressed-tensors",
-    )
-
-
-def check_architecture(config: dict | None, label: str) -> str:
-    supported = ", ".join(f"{k} ({v})" for k, v in SUPPORTED.items())
-    if not config:
-        raise SurgeonError(f"{label} has no config.json, which --format gguf needs", f"supported: {supported}")
-    mt = config.get("model_type")
-    if not isinstance(mt, str) or mt not in SUPPORTED:
-        archs = config.get("architectures")
-        arch = ", ".join(map(str, archs)) if isinstance(archs, list) and archs else "unknown"
-        raise SurgeonError(
-            f"--format gguf does not support {label} (model_type {mt!r}, {arch})", f"supported architectures: {supported}"
-        )
+def check_architecture(config: dict | None, label: str) -> tuple[str, Arch]:
+    name, arch = arch_of(config, label)
     check_config_numbers(config, label)
-    return mt
+    return name, arch
 
 
 _INT_FIELDS = {  # config.json fields the llama metadata is made of: required, then optional
@@ -92,7 +74,10 @@ _INT_FIELDS = {  # config.json fields the llama metadata is made of: required, t
 
 def check_config_numbers(config: dict, label: str) -> None:
     """Every number the GGUF metadata takes from config.json is present (when required) and sane, so a null,
-    a string or an absurd value is one line here rather than a crash later."""
+    a string or an absurd value is one line here rather than a crash later (``text_config`` lifted, as the
+    converter reads it)."""
+    if isinstance(config.get("text_config"), dict):
+        config = {**config, **config["text_config"]}
     for key, required in _INT_FIELDS.items():
         v = config.get(key)
         if v is None and not required:
@@ -118,88 +103,155 @@ def check_config_numbers(config: dict, label: str) -> None:
                 raise SurgeonError(f"{label}'s config.json has {key}.{sub} = {x!r}", "fix config.json")
 
 
-def _rope(config: dict) -> tuple[float, dict | None]:
-    params = config.get("rope_parameters") or {}
-    theta = config.get("rope_theta") or params.get("rope_theta") or 10000.0
-    scaling = config.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
-    return float(theta), scaling
-
-
-def hyperparameters(config: dict) -> dict:
-    """``llama.*`` metadata from config.json (the keys llama.cpp's ``load_hparams`` reads)."""
-    n_head = int(config["num_attention_heads"])
-    hidden = int(config["hidden_size"])
-    head_dim = int(config.get("head_dim") or hidden // n_head)
-    theta, scaling = _rope(config)
-    kv = {
-        "llama.context_length": int(config.get("max_position_embeddings") or 2048),
-        "llama.embedding_length": hidden,
-        "llama.block_count": int(config["num_hidden_layers"]),
-        "llama.feed_forward_length": int(config["intermediate_size"]),
-        "llama.attention.head_count": n_head,
-        "llama.attention.head_count_kv": int(config.get("num_key_value_heads") or n_head),
-        "llama.rope.dimension_count": head_dim,
-        "llama.rope.freq_base": theta,
-        "llama.attention.layer_norm_rms_epsilon": float(config.get("rms_norm_eps", 1e-6)),
-        "llama.vocab_size": int(config["vocab_size"]),
-    }
-    if head_dim != hidden // n_head:
-        kv["llama.attention.key_length"] = head_dim
-        kv["llama.attention.value_length"] = head_dim
-    if scaling:
-        kind = scaling.get("rope_type") or scaling.get("type")
-        if kind != "linear":
-            raise SurgeonError(f"--format gguf does not handle rope scaling {kind!r} yet", "only linear rope scaling is written")
-        kv["llama.rope.scaling.type"] = "linear"
-        kv["llama.rope.scaling.factor"] = float(scaling["factor"])
-    return kv
-
-
 def permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
     """HF rotate-half q/k rows -> ggml's interleaved RoPE order (convert_hf_to_gguf's LlamaModel.permute)."""
     rows = w.shape[0]
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def heads_for(hf_name: str, config: dict) -> int | None:
-    if hf_name.endswith(("self_attn.q_proj.weight", "self_attn.q_proj.bias")):
-        return int(config["num_attention_heads"])
-    if hf_name.endswith(("self_attn.k_proj.weight", "self_attn.k_proj.bias")):
-        return int(config.get("num_key_value_heads") or config["num_attention_heads"])
-    return None
-
-
 @dataclass(frozen=True)
 class GGUFTensor:
-    """One tensor of the output file: where it comes from and how it is stored."""
+    """One tensor of the output file: where it comes from, what is done to it, and how it is stored."""
 
-    hf_name: str
     name: str
-    shape: tuple[int, ...]
-    qtype: str  # Q4_0 ... for quantized; F32, F16, BF16 otherwise
+    shape: tuple[int, ...]  # torch order (ggml's reversed)
+    qtype: str  # F32, F16, BF16, or a block type
+    sources: tuple[str, ...] = ()  # HF tensors read (several: experts stacked in this order)
+    heads: int = 0  # permute rows for this many RoPE heads
+    shift: float = 0.0  # stored = shift + w (Gemma norms)
+    rows: tuple[int, int] | None = None  # keep rows [a, b) along dim -2 (fused gate_up halves, Gemma 3 vocab)
+    values: tuple[float, ...] | None = None  # made from the config (rope_freqs), no source
+
+    @property
+    def hf_name(self) -> str:
+        return self.sources[0] if self.sources else self.name
 
     @property
     def nbytes(self) -> int:
-        if self.qtype in ("F32", "F16", "BF16"):
+        from modelsurgeon.ops.quantize.gguf_blocks import row_bytes
+
+        if self.qtype in FLOAT_TYPES:
             return int(np.prod(self.shape)) * (4 if self.qtype == "F32" else 2)
-        rows = int(np.prod(self.shape[:-1]))
-        return rows * row_bytes(self.shape[-1], self.qtype)
+        return int(np.prod(self.shape[:-1])) * row_bytes(self.shape[-1], self.qtype)
+
+    @property
+    def quantizable(self) -> bool:
+        """What llama-quantize may quantize: 2-D+ weights other than norms, routers and config-made tensors."""
+        return self.values is None and len(self.shape) >= 2 and not _ALWAYS_F32.search(self.name)
 
 
-def plan_tensors(infos, targets: dict[str, str]) -> list[GGUFTensor]:
-    """The file's tensors in checkpoint order; ``targets`` maps each quantized tensor to its GGUF type."""
-    out = []
-    for info in infos:
-        name = gguf_name(info.name)
-        if name is None:
+def float_type(name: str, shape: tuple[int, ...], source_dtype: str | None, scheme_float: str | None) -> str:
+    """The converter's type for a tensor that is not quantized: F32 for 1-D, norms, routers and non-weights;
+    the scheme's float type (f32/f16/bf16 schemes) or else the source's (F16, BF16; F32 for F32/F64)."""
+    if len(shape) <= 1 or _ALWAYS_F32.search(name) or not name.endswith(".weight"):
+        return "F32"
+    if scheme_float is not None:
+        return scheme_float
+    return {"F16": "F16", "BF16": "BF16"}.get(source_dtype or "", "F32")
+
+
+def plan_tensors(ck, arch: Arch, config: dict, n_vocab: int | None = None) -> list[GGUFTensor]:
+    """The file's tensors in the converter's order (config-made first, then the checkpoint's), before the
+    type choice: qtype is the source's float type here (F32/F16/BF16); the caller assigns the scheme's."""
+    h = HParams(config)
+    tmap = name_map(arch, h)
+    n_head = int(h.find("num_attention_heads", "n_head", "n_heads") or 0)
+    n_kv = int(h.find("num_key_value_heads", "n_kv_heads") or n_head)
+    out: list[GGUFTensor] = []
+    for name, values in arch.extra_tensors(h).items():
+        out.append(GGUFTensor(name, (len(values),), "F32", values=tuple(float(v) for v in values)))
+    experts: dict[str, list[tuple[int, str]]] = {}
+    first_of: dict[str, int] = {}
+
+    def gguf_of(hf: str) -> str:
+        got = tmap.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if got is None:
+            raise SurgeonError(
+                f"{hf} has no GGUF name in the {arch.gguf} layout",
+                "the checkpoint does not match its config.json architecture; use --format dense or compressed-tensors",
+            )
+        return got
+
+    for info in ck.infos():
+        hf = info.name
+        if skipped(hf, arch):
             continue
-        if info.name in targets:
-            out.append(GGUFTensor(info.name, name, tuple(info.shape), targets[info.name]))
-        elif len(info.shape) <= 1 or info.dtype in ("F32", "F64") or not info.is_float:
-            out.append(GGUFTensor(info.name, name, tuple(info.shape), "F32"))
-        else:
-            out.append(GGUFTensor(info.name, name, tuple(info.shape), "F16" if info.dtype == "F16" else "BF16"))
+        shape = tuple(info.shape)
+        dtype = info.dtype
+        if m := EXPERT.match(hf):
+            key = f"{m['pre']}.{m['w']}.weight"
+            if key not in experts:
+                first_of[key] = len(out)
+                out.append(GGUFTensor(key, shape, dtype))  # placeholder, replaced below
+            experts.setdefault(key, []).append((int(m["x"]), hf))
+            continue
+        if m := FUSED_GATE_UP.match(hf):
+            if len(shape) != 3 or shape[-2] % 2:
+                raise SurgeonError(f"{hf} has shape {list(shape)}; a fused gate_up expert tensor is (experts, 2*ff, hidden)")
+            ff = shape[-2] // 2
+            for part, rows in (("gate_proj", (0, ff)), ("up_proj", (ff, 2 * ff))):
+                out.append(GGUFTensor(gguf_of(f"{m['pre']}.{part}.weight"), (shape[0], ff, shape[2]), dtype, (hf,), rows=rows))
+            continue
+        if FUSED_DOWN.match(hf):
+            out.append(GGUFTensor(gguf_of(hf + ".weight"), shape, dtype, (hf,)))
+            continue
+        name = gguf_of(hf)
+        heads = 0
+        if arch.permute_qk and hf.endswith(("q_proj.weight", "q_proj.bias")):
+            heads = n_head
+        elif arch.permute_qk and hf.endswith(("k_proj.weight", "k_proj.bias")):
+            heads = n_kv
+        shift = arch.norm_shift if hf.endswith("norm.weight") else 0.0
+        rows = None
+        if arch.trim_vocab and "embed_tokens.weight" in hf and n_vocab is not None and n_vocab < shape[0]:
+            rows = (0, n_vocab)
+            shape = (n_vocab, *shape[1:])
+        out.append(GGUFTensor(name, shape, dtype, (hf,), heads, shift, rows))
+    # experts: one 3-D tensor per (layer, projection) at the place of its first expert
+    n_expected = h.find("num_local_experts", "num_experts", "n_routed_experts")
+    for key, members in experts.items():
+        members.sort()
+        ids = [x for x, _ in members]
+        if ids != list(range(len(ids))) or (n_expected is not None and len(ids) != int(n_expected)):
+            raise SurgeonError(f"{key}: expert tensors {ids} do not run 0..{(n_expected or len(ids)) - 1}")
+        shapes = {tuple(ck.info(n).shape) for _, n in members}
+        if len(shapes) != 1:
+            raise SurgeonError(f"{key}: the experts have different shapes {sorted(shapes)}")
+        (shape,) = shapes
+        i = first_of[key]
+        out[i] = GGUFTensor(gguf_of(key), (len(ids), *shape), out[i].qtype, tuple(n for _, n in members))
     return out
+
+
+def with_types(plan: list[GGUFTensor], types: dict[str, str]) -> list[GGUFTensor]:
+    from dataclasses import replace
+
+    return [replace(t, qtype=types[t.name]) for t in plan]
+
+
+# --------------------------------------------------------------------------------------------
+# reading one output tensor
+
+
+def source_tensor(t: GGUFTensor, read) -> torch.Tensor:
+    """The tensor as the converter hands it to the writer: stacked, sliced, permuted, shifted; float16 or
+    float32 (other dtypes become float32 first, as in the converter)."""
+    if t.values is not None:
+        return torch.tensor(t.values, dtype=torch.float32)
+    parts = []
+    for n in t.sources:
+        w = read(n)
+        if w.dtype not in (torch.float16, torch.float32):
+            w = w.float()
+        parts.append(w)
+    w = torch.stack(parts) if len(parts) > 1 else parts[0]
+    if t.rows is not None:
+        w = w[..., t.rows[0] : t.rows[1], :] if w.dim() >= 2 else w[t.rows[0] : t.rows[1]]
+    if t.heads:
+        w = permute_rows(w, t.heads)
+    if t.shift:
+        w = w + t.shift
+    return w.contiguous()
 
 
 def stored_array(t: GGUFTensor, value: torch.Tensor) -> np.ndarray:
@@ -212,72 +264,102 @@ def stored_array(t: GGUFTensor, value: torch.Tensor) -> np.ndarray:
     return v.to(torch.bfloat16).contiguous().view(torch.uint8).numpy()  # raw bytes, declared BF16
 
 
-class StreamingGGUF:
-    """GGUFWriter driven in plan order: header first, then each tensor as it arrives."""
+# --------------------------------------------------------------------------------------------
+# the header
 
-    def __init__(self, path: Path, plan: list[GGUFTensor], metadata: dict):
-        import gguf
 
-        self._gguf = gguf
-        self.writer = gguf.GGUFWriter(str(path), "llama")
-        for key, value in metadata.items():
-            self._add(key, value)
+@contextmanager
+def _quiet_gguf():
+    """gguf-py logs each key it overwrites (the converter writes some twice, as we do) and every setting."""
+    loggers = [logging.getLogger(n) for n in ("gguf.gguf_writer", "gguf.vocab", "gguf.metadata", "gguf")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def build_writer(
+    plan: list[GGUFTensor],
+    arch: Arch,
+    config: dict,
+    folder: Path,
+    file_type: str,
+    pre_tokenizer: str | None = None,
+    extra_metadata=(),
+):
+    """A gguf-py GGUFWriter holding the whole header (no file yet): tensor infos, then the metadata in the
+    converter's order (general.*, hyperparameters, quantization version, tokenizer), then ``extra_metadata``
+    ((key, str or int) pairs: llama-quantize's ``quantize.imatrix.*``, our provenance), and ``modelsurgeon.version``."""
+    import gguf
+
+    from .gguf_tokenizer import _load_json, add_vocab, vocab_kind
+
+    h = HParams(config)
+    with _quiet_gguf():
+        w = gguf.GGUFWriter(None, arch.gguf)
         for t in plan:
             if t.qtype in ("F32", "F16"):
-                dt = np.float32 if t.qtype == "F32" else np.float16
-                self.writer.add_tensor_info(t.name, t.shape, np.dtype(dt), t.nbytes)
+                w.add_tensor_info(t.name, t.shape, np.dtype(np.float32 if t.qtype == "F32" else np.float16), t.nbytes)
             else:
-                byte_shape = (*t.shape[:-1], t.nbytes // max(1, int(np.prod(t.shape[:-1]))))
-                self.writer.add_tensor_info(
-                    t.name, byte_shape, np.dtype(np.uint8), t.nbytes, raw_dtype=gguf.GGMLQuantizationType[t.qtype]
-                )
-        self.writer.write_header_to_file()
-        self.writer.write_kv_data_to_file()
-        self.writer.write_ti_data_to_file()
+                rows = int(np.prod(t.shape[:-1]))
+                byte_shape = (*t.shape[:-1], t.nbytes // max(1, rows))
+                w.add_tensor_info(t.name, byte_shape, np.dtype(np.uint8), t.nbytes, raw_dtype=gguf.GGMLQuantizationType[t.qtype])
+        w.add_type(gguf.GGUFType.MODEL)
+        total, shared, expert, n_expert = w.get_total_parameter_count()
+        meta = gguf.Metadata.load(None, folder, None, total)
+        if meta.name is None:
+            meta.name = folder.name
+        if meta.size_label is None and total > 0:
+            meta.size_label = gguf.size_label(total, shared, expert, n_expert)
+        meta.set_gguf_meta_model(w)
+        for method, args in arch.entries(h):
+            getattr(w, method)(*args)
+        w.add_file_type(FILE_TYPE[file_type])
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        tok_cfg = _load_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
+        kind = vocab_kind(folder, arch.tokenizer, tok_cfg)
+        if arch.space_prefix == "config" and tok_cfg.get("add_prefix_space") is not None:
+            w.add_add_space_prefix(tok_cfg["add_prefix_space"])
+        n_tokens = add_vocab(w, folder, config, kind, pre_tokenizer)
+        if arch.space_prefix == "off-for-spm" and kind == "spm":
+            w.add_add_space_prefix(False)
+        if arch.no_bos_for_49152 and int(config.get("vocab_size", 32000)) == 49152:
+            w.add_add_bos_token(False)
+        from modelsurgeon import __version__
 
-    def _add(self, key: str, value) -> None:
-        w, T = self.writer, self._gguf.GGUFValueType
-        if isinstance(value, bool):
-            w.add_bool(key, value)
-        elif isinstance(value, int):
-            w.add_uint32(key, value)
-        elif isinstance(value, float):
-            w.add_float32(key, value)
-        elif isinstance(value, str):
-            w.add_string(key, value)
-        elif isinstance(value, list):
-            if value:  # GGUF has no empty arrays
-                sub = T.STRING if isinstance(value[0], str) else T.FLOAT32 if isinstance(value[0], float) else T.INT32
-                w.add_key_value(key, value, T.ARRAY, sub_type=sub)
-        else:
-            raise TypeError(f"cannot write {key}={value!r} to GGUF")
+        # provenance (--force replaces only files that carry modelsurgeon.version) after llama-quantize's keys
+        set_metadata(w, {**dict(extra_metadata), "modelsurgeon.version": __version__})
+    return w, n_tokens
+
+
+def set_metadata(writer, meta: dict) -> None:
+    """Add or replace string and integer (u32, as llama-quantize writes them) keys of a GGUFWriter's header."""
+    for key, value in meta.items():
+        writer.kv_data[0].pop(key, None)
+        (writer.add_string if isinstance(value, str) else writer.add_uint32)(key, value)
+
+
+def metadata_of(writer) -> dict:
+    """key -> value of a GGUFWriter's metadata (for tests and the plan's summary)."""
+    return {k: v.value for k, v in writer.kv_data[0].items()}
+
+
+class StreamingGGUF:
+    """A header-complete GGUFWriter, written to ``path``: header first, then each tensor as it arrives."""
+
+    def __init__(self, path: Path, writer):
+        self.writer = writer
+        with _quiet_gguf():
+            writer.write_header_to_file(path=Path(path))
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
 
     def write(self, array: np.ndarray) -> None:
         self.writer.write_tensor_data(np.ascontiguousarray(array))
 
     def close(self) -> None:
         self.writer.close()
-
-
-def file_metadata(config: dict, qtype: str, name: str, vocab: dict) -> dict:
-    import gguf
-
-    from modelsurgeon import __version__
-
-    meta = {
-        "general.name": name,
-        "general.file_type": _FILE_TYPE[qtype],
-        "general.quantization_version": int(gguf.GGML_QUANT_VERSION),
-        "modelsurgeon.version": __version__,  # provenance: --force replaces only files that carry it
-    }
-    meta.update(hyperparameters(config))
-    meta.update(vocab)
-    return meta
-
-
-def check_rows(hf_name: str, shape: tuple[int, ...], config: dict) -> str | None:
-    """A problem with a tensor's shape for this layout, or None."""
-    n = heads_for(hf_name, config)
-    if n and shape[0] % (2 * n):
-        return f"{hf_name}: {shape[0]} rows cannot be split into {n} RoPE heads"
-    return None

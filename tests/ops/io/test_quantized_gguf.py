@@ -22,7 +22,7 @@ def gguf_files(tmp_path_factory):
     files = {}
     for scheme in ("q4_0", "q8_0", "q5_1"):
         files[scheme] = root / f"m-{scheme}.gguf"
-        assert main(["quantize", str(src), "-o", str(files[scheme]), "--scheme", scheme, "-q"]) == 0
+        assert main(["quantize", str(src), "-o", str(files[scheme]), "--scheme", scheme, "-q", "--pre-tokenizer", "gpt-2"]) == 0
     return files
 
 
@@ -87,7 +87,9 @@ def test_k_quants_made_by_llama_cpp(tmp_path):
 
     src = make_tiny_llama(tmp_path / "src", hidden_size=256, intermediate_size=512, num_hidden_layers=1, vocab_size=300)
     add_byte_level_tokenizer(src, 300)  # K-quant rows are whole blocks of 256
-    assert main(["quantize", str(src), "-o", str(tmp_path / "q8.gguf"), "--scheme", "q8_0", "-q"]) == 0
+    assert (
+        main(["quantize", str(src), "-o", str(tmp_path / "q8.gguf"), "--scheme", "q8_0", "-q", "--pre-tokenizer", "gpt-2"]) == 0
+    )
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
     params.allow_requantize = True
