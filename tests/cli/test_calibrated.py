@@ -127,7 +127,7 @@ def test_gptq_gguf_blocks_equal_the_dense_run(capsys, tmp_path, llama):
     import gguf
 
     args = ("--scheme", "q4_0", "--method", "gptq", *CAL)
-    run_json(capsys, "quantize", llama, "-o", tmp_path / "m.gguf", *args, "-q")
+    run_json(capsys, "quantize", llama, "-o", tmp_path / "m.gguf", *args, "--pre-tokenizer", "gpt-2", "-q")  # a toy tokenizer
     run_json(capsys, "quantize", llama, "-o", tmp_path / "dense", *args, "--format", "dense", "-q")
     want = load_file(tmp_path / "dense" / "model.safetensors")
     tensors = {t.name: t for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors}
@@ -150,7 +150,7 @@ def test_llama_cpp_runs_the_calibrated_gguf_as_the_dense_run(capsys, tmp_path, l
     from transformers import AutoModelForCausalLM
 
     args = ("--scheme", "q8_0", "--method", method, *CAL)
-    run_json(capsys, "quantize", llama, "-o", tmp_path / "m.gguf", *args, "-q")
+    run_json(capsys, "quantize", llama, "-o", tmp_path / "m.gguf", *args, "--pre-tokenizer", "gpt-2", "-q")  # a toy tokenizer
     run_json(capsys, "quantize", llama, "-o", tmp_path / "dense", *args, "--format", "dense", "-q")
     llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
     ids = llm.tokenize(TEXT[:120].encode(), add_bos=False)[:48]
