@@ -35,7 +35,7 @@ EPILOG = """Examples:
 
   surgeon quantize model/ -o model-q4_k_m.gguf --scheme q4_k_m           # GGUF for llama.cpp, llama-quantize's mix
 
-  surgeon quantize model/ -o model-q4_k_m.gguf --scheme q4_k_m --imatrix imatrix.gguf
+  surgeon quantize model/ -o model-q4_k_m.gguf --scheme q4_k_m --imatrix imatrix.dat
 
   surgeon quantize model/ -o model-w4/ --scheme w4a16 --optimizer hqq    # HQQ-refined scales and zeros
 
