@@ -1,7 +1,7 @@
 """`surgeon merge` settings: the merge recipe (mergekit's schema in frozen dataclasses) and the configs.
 
-- ``MergeRecipe``: one merge as mergekit describes it (``merge_method``, ``base_model``, ``models`` or
-  ``slices``, ``parameters``, ``dtype``/``out_dtype``, ``tokenizer_source``, ...). A recipe file is read
+- ``MergeRecipe``: one merge as mergekit describes it (``merge_method``, ``base_model``, ``models``,
+  ``slices`` or ``modules``, ``parameters``, ``dtype``/``out_dtype``, ``tokenizer_source``, ...). A recipe file is read
   by ``recipes.mergekit`` (line and column in every complaint); the flag form builds the same object.
 - ``MergeConfig``: the command's config: a recipe plus the run options (seed, dtype overrides, tokenizer
   source, device). ``MergeConfig.build("recipe.yml", seed=3)`` reads a file and lays the flags over it.
@@ -168,6 +168,17 @@ class SliceDef:
 
 
 @dataclass(frozen=True)
+class ModuleDef:
+    """One module of a multi-module model (mergekit's ``modules.<name>``: a vision-language model's
+    ``text_decoder``, ``vision_tower`` and ``multi_modal_projector``): merged from its own ``models`` or
+    ``slices``, with its own parameters (between a slice's and the recipe's in precedence)."""
+
+    models: tuple[ModelInput, ...] | None = None
+    slices: tuple[SliceDef, ...] | None = None
+    parameters: Params = field(default_factory=lambda: NO_PARAMS)
+
+
+@dataclass(frozen=True)
 class TokenSource:
     """Where one output token's embedding row comes from (mergekit's ``tokenizer.tokens.<t>.source``):
     ``model`` (that model's row for the same token), ``model_token`` (that model's row for another token,
@@ -208,6 +219,7 @@ class MergeRecipe:
     base_model: ModelRef | None = None
     models: tuple[ModelInput, ...] | None = None
     slices: tuple[SliceDef, ...] | None = None
+    modules: Mapping[str, ModuleDef] | None = None  # a multi-module model: module name -> its models or slices
     parameters: Params = field(default_factory=lambda: NO_PARAMS)
     dtype: str | None = None  # inputs are cast to this before merging (mergekit's meaning)
     out_dtype: str | None = None  # the saved dtype; default: dtype, else each tensor's source dtype
@@ -232,12 +244,13 @@ class MergeRecipe:
                 out.append(ref)
 
         add(self.base_model)
-        for m in self.models or ():
-            add(m.model)
-        for s in self.slices or ():
-            add(s.base_model)
-            for src in s.sources:
-                add(src.model)
+        for models, slices in ((self.models, self.slices), *((d.models, d.slices) for d in (self.modules or {}).values())):
+            for m in models or ():
+                add(m.model)
+            for s in slices or ():
+                add(s.base_model)
+                for src in s.sources:
+                    add(src.model)
         return out
 
     def locate(self, path: str) -> str:
@@ -261,17 +274,15 @@ class MergeRecipe:
         doc: dict[str, Any] = {"merge_method": self.merge_method}
         if self.base_model is not None:
             doc["base_model"] = str(self.base_model)
-        if self.models is not None:
-            doc["models"] = [_input_plain(m) for m in self.models]
-        if self.slices is not None:
-            doc["slices"] = []
-            for s in self.slices:
-                d: dict[str, Any] = {"sources": [_input_plain(m) for m in s.sources]}
-                if s.base_model is not None:
-                    d["base_model"] = str(s.base_model)
-                if s.parameters:
-                    d["parameters"] = {k: setting_to_plain(v) for k, v in s.parameters.items()}
-                doc["slices"].append(d)
+        _inputs_plain(doc, self.models, self.slices)
+        if self.modules is not None:
+            doc["modules"] = {}
+            for name, mod in self.modules.items():
+                md: dict[str, Any] = {}
+                _inputs_plain(md, mod.models, mod.slices)
+                if mod.parameters:
+                    md["parameters"] = {k: setting_to_plain(v) for k, v in mod.parameters.items()}
+                doc["modules"][name] = md
         if self.parameters:
             doc["parameters"] = {k: setting_to_plain(v) for k, v in self.parameters.items()}
         for key in ("dtype", "out_dtype", "chat_template"):
@@ -289,6 +300,20 @@ class MergeRecipe:
         if self.name is not None:
             doc = {"name": self.name, **doc}
         return doc
+
+
+def _inputs_plain(doc: dict, models, slices) -> None:
+    if models is not None:
+        doc["models"] = [_input_plain(m) for m in models]
+    if slices is not None:
+        doc["slices"] = []
+        for s in slices:
+            d: dict[str, Any] = {"sources": [_input_plain(m) for m in s.sources]}
+            if s.base_model is not None:
+                d["base_model"] = str(s.base_model)
+            if s.parameters:
+                d["parameters"] = {k: setting_to_plain(v) for k, v in s.parameters.items()}
+            doc["slices"].append(d)
 
 
 def _token_plain(t: TokenSetting) -> dict:

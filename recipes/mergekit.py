@@ -1,7 +1,7 @@
 """Reading mergekit's YAML into a ``MergeRecipe``, with the line and column of every complaint.
 
-A recipe file is read exactly as mergekit writes it (``merge_method``, ``base_model``, ``models`` or
-``slices``, ``parameters``, ``dtype``/``out_dtype``, ``tokenizer_source``, ...), so a mergekit config
+A recipe file is read exactly as mergekit writes it (``merge_method``, ``base_model``, ``models``,
+``slices`` or ``modules``, ``parameters``, ``dtype``/``out_dtype``, ``tokenizer_source``, ...), so a mergekit config
 runs unchanged. Unlike mergekit we refuse what we do not understand: an unknown key, a typo in a
 structural key, a value of the wrong shape; every message carries the line and column of the offending
 node, and every problem of a file is reported at once (a ``PlanError``). Whether the method exists and
@@ -28,6 +28,7 @@ from .merge import (
     MergeRecipe,
     ModelInput,
     ModelRef,
+    ModuleDef,
     Params,
     SliceDef,
     TokenSetting,
@@ -40,6 +41,7 @@ TOP_KEYS = (
     "base_model",
     "models",
     "slices",
+    "modules",
     "parameters",
     "dtype",
     "out_dtype",
@@ -51,13 +53,12 @@ TOP_KEYS = (
 MODEL_KEYS = ("model", "parameters")
 SOURCE_KEYS = ("model", "layer_range", "parameters")
 SLICE_KEYS = ("sources", "base_model", "parameters", "residual_weight")
+MODULE_KEYS = ("models", "slices", "parameters")
 TOKENIZER_KEYS = ("source", "tokens", "pad_to_multiple_of")
 TOKEN_KEYS = ("source", "force")
 TOKEN_SOURCE_KEYS = ("kind", "model", "token", "token_id")
 # mergekit keys we know but do not implement: a clear error beats a silent difference
-UNSUPPORTED = {
-    "modules": "multi-module recipes (modules:) are not supported yet; merge each module's models with models: or slices:",
-}
+UNSUPPORTED: dict[str, str] = {}
 
 
 def load_recipe(path: str | Path) -> MergeRecipe:
@@ -334,43 +335,70 @@ class _Inputs(_Settings):
             return None
         return (a, b)
 
-    def models(self, node) -> tuple[ModelInput, ...] | None:
+    def models(self, node, path: str = "models") -> tuple[ModelInput, ...] | None:
         import yaml
 
         if not isinstance(node, yaml.SequenceNode) or not node.value:
-            self.bad(node, "models", "expected a non-empty list of models")
+            self.bad(node, path, "expected a non-empty list of models")
             return None
-        return tuple(x for i, e in enumerate(node.value) if (x := self.model_input(e, f"models[{i}]", False)))
+        return tuple(x for i, e in enumerate(node.value) if (x := self.model_input(e, f"{path}[{i}]", False)))
 
-    def slices(self, node) -> tuple[SliceDef, ...] | None:
+    def slices(self, node, path: str = "slices") -> tuple[SliceDef, ...] | None:
         import yaml
 
         if not isinstance(node, yaml.SequenceNode) or not node.value:
-            self.bad(node, "slices", "expected a non-empty list of slices")
+            self.bad(node, path, "expected a non-empty list of slices")
             return None
         out = []
         for i, e in enumerate(node.value):
-            sm = self.mapping(e, f"slices[{i}]", SLICE_KEYS)
+            sm = self.mapping(e, f"{path}[{i}]", SLICE_KEYS)
             if sm is None:
                 continue
             srcs_node = sm.get("sources")
             if srcs_node is None or not isinstance(srcs_node, yaml.SequenceNode) or not srcs_node.value:
-                self.bad(e, f"slices[{i}]", "needs sources: a non-empty list of {model, layer_range}")
+                self.bad(e, f"{path}[{i}]", "needs sources: a non-empty list of {model, layer_range}")
                 continue
             srcs = tuple(
-                x for j, s in enumerate(srcs_node.value) if (x := self.model_input(s, f"slices[{i}].sources[{j}]", True))
+                x for j, s in enumerate(srcs_node.value) if (x := self.model_input(s, f"{path}[{i}].sources[{j}]", True))
             )
             lengths = {s.layer_range[1] - s.layer_range[0] for s in srcs if s.layer_range}
             if len(lengths) > 1:
                 self.bad(
                     srcs_node,
-                    f"slices[{i}].sources",
+                    f"{path}[{i}].sources",
                     f"all sources of a slice need the same number of layers, got {sorted(lengths)}",
                 )
-            sb = self.model_ref(sm["base_model"], f"slices[{i}].base_model") if "base_model" in sm else None
-            sp = self.params(sm["parameters"], f"slices[{i}].parameters") if "parameters" in sm else NO_PARAMS
+            sb = self.model_ref(sm["base_model"], f"{path}[{i}].base_model") if "base_model" in sm else None
+            sp = self.params(sm["parameters"], f"{path}[{i}].parameters") if "parameters" in sm else NO_PARAMS
             out.append(SliceDef(srcs, sb, sp))
         return tuple(out)
+
+    def modules(self, node) -> dict[str, ModuleDef] | None:
+        """``modules:``: module name -> {models or slices, parameters} (which names exist is the model's
+        business: the planner checks them against the model type)."""
+        import yaml
+
+        if not isinstance(node, yaml.MappingNode) or not node.value:
+            self.bad(node, "modules", "expected a mapping of module name: {models or slices, parameters}")
+            return None
+        known = tuple(k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode))
+        m = self.mapping(node, "modules", known)
+        if m is None:
+            return None
+        out = {}
+        for name, v in m.items():
+            path = f"modules.{name}"
+            mm = self.mapping(v, path, MODULE_KEYS)
+            if mm is None:
+                continue
+            if ("models" in mm) == ("slices" in mm):
+                self.bad(v, path, "give models: or slices: (one of them) for each module")
+                continue
+            models = self.models(mm["models"], f"{path}.models") if "models" in mm else None
+            slices = self.slices(mm["slices"], f"{path}.slices") if "slices" in mm else None
+            params = self.params(mm["parameters"], f"{path}.parameters") if "parameters" in mm else NO_PARAMS
+            out[name] = ModuleDef(models, slices, params)
+        return out
 
 
 class _Reader(_Inputs):
@@ -506,15 +534,18 @@ class _Reader(_Inputs):
         else:
             method = self.string(top["merge_method"], "merge_method")
         base = self.model_ref(top["base_model"], "base_model") if "base_model" in top else None
-        models = slices = None
-        if "models" in top and "slices" in top:
-            self.bad(top["slices"], "slices", "give models: or slices:, not both")
-        elif "models" not in top and "slices" not in top:
-            self.problems.append(f"{self.source}: the recipe needs models: (a list of models) or slices:")
+        models = slices = modules = None
+        given = [k for k in ("models", "slices", "modules") if k in top]
+        if len(given) > 1:
+            self.bad(top[given[1]], given[1], "give only one of models:, slices: or modules:")
+        elif not given:
+            self.problems.append(f"{self.source}: the recipe needs models: (a list of models), slices: or modules:")
         if "models" in top:
             models = self.models(top["models"])
         elif "slices" in top:
             slices = self.slices(top["slices"])
+        elif "modules" in top:
+            modules = self.modules(top["modules"])
         tok, tokens, pad = self.tokenizer(top)
         name = self.string(top["name"], "name") if "name" in top else None
         return MergeRecipe(
@@ -522,6 +553,7 @@ class _Reader(_Inputs):
             base_model=base,
             models=models,
             slices=slices,
+            modules=None if modules is None else MappingProxyType(modules),
             parameters=self.params(top["parameters"], "parameters") if "parameters" in top else NO_PARAMS,
             dtype=self.dtype(top["dtype"], "dtype") if "dtype" in top else None,
             out_dtype=self.dtype(top["out_dtype"], "out_dtype") if "out_dtype" in top else None,

@@ -17,7 +17,7 @@ import torch
 
 from modelsurgeon.ops.core.names import LM_HEAD, NUM_LAYERS_KEYS, layer_span, tied_head_source
 from modelsurgeon.ops.core.problems import Problems
-from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef, SliceDef
+from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModelRef, ModuleDef, SliceDef
 
 from .methods import MergeMethod
 from .params import ParamEvaluator
@@ -128,13 +128,14 @@ class JobBuilder:
         t: float,
         inputs: list[ModelInput],
         slice_: SliceDef | None = None,
+        module: ModuleDef | None = None,
     ) -> None:
         """Append the job that writes ``out_name``.
 
         ``lead`` (model, tensor) decides whether the tensor is float; a non-float one is copied from it.
         ``members`` are (model, tensor wanted) for every participant, the base first when ``has_base``;
-        ``inputs`` the recipe entries of the non-base participants, in order, and ``slice_`` theirs, where
-        parameters are looked up; ``t`` the layer position gradients are evaluated at.
+        ``inputs`` the recipe entries of the non-base participants, in order, and ``slice_`` and ``module``
+        theirs, where parameters are looked up; ``t`` the layer position gradients are evaluated at.
         """
         m, name = lead
         info = self.models.ck(m).info(name)
@@ -153,7 +154,7 @@ class JobBuilder:
             srcs[1:] if has_base else srcs,
         )
         self._check_shapes(job)
-        self.params.fill(job, t, slice_, inputs)
+        self.params.fill(job, t, slice_, inputs, module)
         self.jobs.append(job)
 
     def out_dtype(self, src: torch.dtype) -> torch.dtype:

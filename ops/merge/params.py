@@ -5,7 +5,7 @@ method's parameters (and the closest one), a parameter the method ignores is a w
 parameter set per model (mergekit ignores it).
 
 ``ParamEvaluator`` evaluates every parameter of a job, mergekit's precedence: a model's own parameters,
-then its slice's, then the recipe's; a level whose conditions match nothing passes to the next. Each
+then its slice's, then its module's (``modules:``), then the recipe's; a level whose conditions match nothing passes to the next. Each
 value is coerced to its kind (bool, float) and range-checked; every failure is a problem naming where
 it was set (recipe line and column, or the flag).
 """
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelsurgeon.ops.core.problems import Problems
 from modelsurgeon.recipes.base import did_you_mean
-from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, SliceDef, evaluate
+from modelsurgeon.recipes.merge import MergeRecipe, ModelInput, ModuleDef, SliceDef, evaluate
 
 from .methods import MergeMethod, Param, all_param_names
 
@@ -52,12 +52,22 @@ def check_param_names(recipe: MergeRecipe, method: MergeMethod, problems: Proble
                 )
 
     check(recipe.parameters, "parameters", False)
-    for i, m in enumerate(recipe.models or ()):
-        check(m.parameters, f"models[{i}].parameters", True)
-    for i, s in enumerate(recipe.slices or ()):
-        check(s.parameters, f"slices[{i}].parameters", False)
-        for j, src in enumerate(s.sources):
-            check(src.parameters, f"slices[{i}].sources[{j}].parameters", True)
+    for prefix, models, slices in _input_groups(recipe):
+        for i, m in enumerate(models or ()):
+            check(m.parameters, f"{prefix}models[{i}].parameters", True)
+        for i, s in enumerate(slices or ()):
+            check(s.parameters, f"{prefix}slices[{i}].parameters", False)
+            for j, src in enumerate(s.sources):
+                check(src.parameters, f"{prefix}slices[{i}].sources[{j}].parameters", True)
+    for name, mod in (recipe.modules or {}).items():
+        check(mod.parameters, f"modules.{name}.parameters", False)
+
+
+def _input_groups(recipe: MergeRecipe):
+    """(path prefix, models, slices): the recipe's own, then each module's."""
+    yield "", recipe.models, recipe.slices
+    for name, mod in (recipe.modules or {}).items():
+        yield f"modules.{name}.", mod.models, mod.slices
 
 
 def coerce(p: Param, v) -> tuple[Any, str | None]:
@@ -87,13 +97,16 @@ class ParamEvaluator:
         self.recipe = recipe
         self.method = method
         self.problems = problems
-        self._paths: dict[int, str] = {}  # id(ModelInput or SliceDef) -> where it sits in the recipe
-        for i, m in enumerate(recipe.models or ()):
-            self._paths[id(m)] = f"models[{i}].parameters"
-        for i, sl in enumerate(recipe.slices or ()):
-            self._paths[id(sl)] = f"slices[{i}].parameters"
-            for j, src in enumerate(sl.sources):
-                self._paths[id(src)] = f"slices[{i}].sources[{j}].parameters"
+        self._paths: dict[int, str] = {}  # id(ModelInput, SliceDef or ModuleDef) -> where it sits in the recipe
+        for prefix, models, slices in _input_groups(recipe):
+            for i, m in enumerate(models or ()):
+                self._paths[id(m)] = f"{prefix}models[{i}].parameters"
+            for i, sl in enumerate(slices or ()):
+                self._paths[id(sl)] = f"{prefix}slices[{i}].parameters"
+                for j, src in enumerate(sl.sources):
+                    self._paths[id(src)] = f"{prefix}slices[{i}].sources[{j}].parameters"
+        for name, mod in (recipe.modules or {}).items():
+            self._paths[id(mod)] = f"modules.{name}.parameters"
 
     def _where(self, path: str, name: str) -> str:
         if self.recipe.source == "flags":
@@ -116,11 +129,15 @@ class ParamEvaluator:
             return None
         return p.default
 
-    def fill(self, job: Job, t: float, slice_: SliceDef | None, inputs: list[ModelInput]) -> None:
-        """Set ``job.params`` and ``job.model_params`` (one dict per input), then the method's own checks."""
+    def fill(
+        self, job: Job, t: float, slice_: SliceDef | None, inputs: list[ModelInput], module: ModuleDef | None = None
+    ) -> None:
+        """Set ``job.params`` and ``job.model_params`` (one dict per input), then the method's own checks.
+        Precedence (mergekit's): the model's, its slice's, its module's, the recipe's."""
         method = self.method
         top = [
             (slice_.parameters, self._paths.get(id(slice_), "slices")) if slice_ else (None, ""),
+            (module.parameters, self._paths.get(id(module), "modules")) if module else (None, ""),
             (self.recipe.parameters, "parameters"),
         ]
         job.params = {}

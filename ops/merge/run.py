@@ -34,6 +34,7 @@ from modelsurgeon.ops.io.output import write_folder
 from . import sparsify
 from .jobs import Job
 from .methods import MergeInputs
+from .modules import config_set
 from .plan import MergePlan, MergeResult
 
 
@@ -54,7 +55,8 @@ def _cast_changes_math(src: torch.dtype, to: torch.dtype) -> bool:
 def compute_job(plan: MergePlan, job: Job, tensors: list[torch.Tensor]) -> torch.Tensor:
     """Merge one tensor's versions (base first when the job has one) into the output dtype, on the CPU."""
     if job.copy:
-        return tensors[0]
+        x = tensors[0]
+        return x if x.dtype == job.dtype else x.to(job.dtype)
     dev = plan.device
     cd = plan.compute_dtype
     xs = []
@@ -158,7 +160,8 @@ def aux_files(plan: MergePlan) -> dict[str, str | bytes]:
                 files[rel] = f.read_bytes()
     if cfg_ck.config is not None:
         cfg = dict(cfg_ck.config)
-        cfg.update(plan.layout.config_updates)
+        for key, value in plan.layout.config_updates.items():
+            config_set(cfg, key, value)
         dts = {j.dtype for j in plan.jobs if j.dtype.is_floating_point}
         if len(dts) == 1 and (plan.recipe.out_dtype or plan.recipe.dtype):
             name = str(next(iter(dts))).removeprefix("torch.")

@@ -23,6 +23,7 @@ import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
+from types import MappingProxyType
 
 from modelsurgeon.ops.core.errors import PlanError, SurgeonError
 from modelsurgeon.ops.core.problems import Problems
@@ -207,14 +208,23 @@ def _patched(r: MergeRecipe, where: dict[str, str]) -> MergeRecipe:
     def inp(mi):
         return dataclasses.replace(mi, model=ref(mi.model))
 
+    def models(ms):
+        return None if ms is None else tuple(inp(m) for m in ms)
+
+    def slices(ss):
+        if ss is None:
+            return None
+        return tuple(dataclasses.replace(s, base_model=ref(s.base_model), sources=tuple(inp(x) for x in s.sources)) for s in ss)
+
     return dataclasses.replace(
         r,
         base_model=ref(r.base_model),
-        models=None if r.models is None else tuple(inp(m) for m in r.models),
-        slices=None
-        if r.slices is None
-        else tuple(
-            dataclasses.replace(s, base_model=ref(s.base_model), sources=tuple(inp(x) for x in s.sources)) for s in r.slices
+        models=models(r.models),
+        slices=slices(r.slices),
+        modules=None
+        if r.modules is None
+        else MappingProxyType(
+            {k: dataclasses.replace(m, models=models(m.models), slices=slices(m.slices)) for k, m in r.modules.items()}
         ),
         tokenizer_source=where.get(r.tokenizer_source, r.tokenizer_source) if r.tokenizer_source else None,
     )

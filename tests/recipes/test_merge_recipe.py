@@ -98,7 +98,7 @@ def test_every_structural_problem_at_once():
     assert "r.yml line 1, column 1: merge_methd: unknown key; known keys here: merge_method" in msg
     assert "did you mean merge_method?" in msg
     assert "merge_method is missing" in msg
-    assert "line 3, column 9: slices: give models: or slices:, not both" in msg
+    assert "line 3, column 9: slices: give only one of models:, slices: or modules:" in msg
     assert "line 4, column 8: dtype: unknown dtype 'f8'" in msg
     assert "line 5, column 17: parameters.t: is an empty list" in msg
     assert len(e.value.problems) == 5
@@ -107,7 +107,8 @@ def test_every_structural_problem_at_once():
 @pytest.mark.parametrize(
     "text,needle",
     [
-        ("merge_method: x\nmodels: [a]\nmodules: {}\n", "multi-module recipes (modules:) are not supported"),
+        ("merge_method: x\nmodels: [a]\nmodules: {}\n", "modules: give only one of models:, slices: or modules:"),
+        ("merge_method: x\nmodules: {}\n", "modules: expected a mapping of module name: {models or slices, parameters}"),
         (
             "merge_method: x\nmodels: [a]\nchat_template: chatlm\n",
             "unknown chat template 'chatlm'; use auto, Jinja text, or one of: alpaca, chatml, exaone, llama3, mistral (did you mean chatml?)",

@@ -9,7 +9,9 @@ The tests (tests/ops/merge/test_against_mergekit.py) rebuild the input folders f
 same recipes. union.json holds two tiny Llamas with their own byte-level BPE tokenizers (and the files those
 tokenizers are), a recipe with `tokenizer: {source: union, tokens: ...}` and `chat_template: chatml`, and
 mergekit's merged vocabulary, chat template and tensors. moe.json: mergekit-moe's Mixtral from that model a
-and three experts (their MLP tensors stored) with cheap_embed routers. Made with mergekit 0.1.5, transformers 5.24.0, torch 2.13.0 (CPU)."""
+and three experts (their MLP tensors stored) with cheap_embed routers. modules.json: a `modules:` recipe
+(MODULES_RECIPE) and a `models:` recipe with layer gradients (MODULES_MODELS_RECIPE) on a tiny Mistral3
+and a tiny Qwen2.5-VL (base and two fine-tunes each) and mergekit's outputs (`--modules-only` remakes just that file). Made with mergekit 0.1.5, transformers 5.24.0, torch 2.13.0 (CPU)."""
 
 from __future__ import annotations
 
@@ -221,11 +223,138 @@ def moe_case(tmp: Path) -> dict:
     }
 
 
+MODULES_RECIPE = """merge_method: ties
+base_model: '{base}'
+parameters: {density: 0.5, weight: 0.5}
+modules:
+  text_decoder:
+    slices:
+      - sources:
+          - {model: '{a}', layer_range: [0, 2], parameters: {weight: [0.2, 0.8]}}
+          - {model: '{b}', layer_range: [0, 2]}
+          - {model: '{base}', layer_range: [0, 2]}
+      - sources:
+          - {model: '{a}', layer_range: [1, 2]}
+          - {model: '{b}', layer_range: [1, 2], parameters: {density: 0.3}}
+          - {model: '{base}', layer_range: [1, 2]}
+  vision_tower:
+    parameters: {density: 0.8}
+    models:
+      - model: '{a}'
+        parameters: {weight: 0.9}
+      - model: '{b}'
+  multi_modal_projector:
+    parameters: {weight: 0.1}
+    models:
+      - model: '{b}'
+"""
+
+
+# models: on a multi-module model: gradients run over each module's own layers (vision 3, text 2)
+MODULES_MODELS_RECIPE = """merge_method: slerp
+base_model: '{a}'
+parameters:
+  t:
+    - {filter: merger, value: 0.5}
+    - {filter: multi_modal_projector, value: 0.5}
+    - {value: [0, 0.3, 1]}
+models:
+  - model: '{a}'
+  - model: '{b}'
+"""
+
+
+def tiny_vlm(kind: str, folder: Path) -> None:
+    """A tiny vision-language model as transformers saves it: Mistral3 (language_model., vision_tower.,
+    multi_modal_projector.) or Qwen2.5-VL (model., visual. with the projector under visual.merger.)."""
+    import transformers as T
+
+    torch.manual_seed(0)
+    text = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    if kind == "mistral3":
+        cfg = T.Mistral3Config(
+            text_config=dict(model_type="mistral", vocab_size=32, head_dim=8, **text),
+            vision_config=dict(
+                model_type="pixtral",
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=3,
+                num_attention_heads=2,
+                image_size=8,
+                patch_size=2,
+                head_dim=8,
+            ),
+            spatial_merge_size=2,
+        )
+        model = T.Mistral3ForConditionalGeneration(cfg)
+    else:
+        cfg = T.Qwen2_5_VLConfig(
+            text_config=dict(vocab_size=32, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}, **text),
+            vision_config=dict(
+                depth=3,
+                hidden_size=16,
+                intermediate_size=32,
+                num_heads=2,
+                out_hidden_size=16,
+                patch_size=2,
+                temporal_patch_size=1,
+                spatial_merge_size=2,
+                in_channels=3,
+                fullatt_block_indexes=[2],
+            ),
+        )
+        model = T.Qwen2_5_VLForConditionalGeneration(cfg)
+    model.save_pretrained(folder)
+
+
+def modules_case(tmp: Path, mergekit_yaml: Path) -> dict:
+    """MODULES_RECIPE (TIES with per-module models, slices and parameters; the text decoder restacked to
+    three layers) on two tiny VLMs, each a base and two dense fine-tunes of it."""
+    cases = {}
+    for kind in ("mistral3", "qwen2_5_vl"):
+        root = tmp / kind
+        tiny_vlm(kind, root / "base")
+        base = load_file(str(root / "base" / "model.safetensors"))
+        models = {"base": base}
+        for i, n in enumerate("ab", 1):
+            g = torch.Generator().manual_seed(i)
+            models[n] = {k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+            (root / n).mkdir()
+            save_file(models[n], str(root / n / "model.safetensors"), metadata={"format": "pt"})
+            (root / n / "config.json").write_text((root / "base" / "config.json").read_text())
+        outs = {}
+        for name, recipe in (("modules", MODULES_RECIPE), ("models", MODULES_MODELS_RECIPE)):
+            for n in models:
+                recipe = recipe.replace(f"'{{{n}}}'", str(root / n))
+            (root / f"{name}.yml").write_text(recipe)
+            out = root / f"out-{name}"
+            subprocess.run(
+                [str(mergekit_yaml), str(root / f"{name}.yml"), str(out), "--no-copy-tokenizer", "--no-write-model-card"],
+                check=True,
+            )
+            sd = {}
+            for f in sorted(out.glob("*.safetensors")):
+                sd |= load_file(str(f))
+            outs[name] = (json.loads((out / "config.json").read_text()), pack(sd))
+        cases[kind] = {
+            "config": json.loads((root / "base" / "config.json").read_text()),
+            "models": {n: pack(m) for n, m in models.items()},
+            "out_config": outs["modules"][0],
+            "tensors": outs["modules"][1],
+            "models_tensors": outs["models"][1],
+        }
+    return {"recipe": MODULES_RECIPE, "models_recipe": MODULES_MODELS_RECIPE, "cases": cases}
+
+
 def main() -> None:
     from builders import make_tiny_llama
 
     mergekit_yaml = Path(sys.executable).parent / "mergekit-yaml"
     tmp = Path(tempfile.mkdtemp())
+    meta = {"mergekit": md.version("mergekit"), "transformers": md.version("transformers"), "torch": torch.__version__}
+    (HERE / "modules.json").write_text(json.dumps({"versions": meta} | modules_case(tmp, mergekit_yaml)) + "\n")
+    if "--modules-only" in sys.argv:
+        return
     make_tiny_llama(tmp / "base", seed=0, **CONFIG)
     base = load_file(str(tmp / "base" / "model.safetensors"))
     config = json.loads((tmp / "base" / "config.json").read_text())
