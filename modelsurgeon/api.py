@@ -286,7 +286,7 @@ def merge(
             run = {k: given[k] for k in ("seed", "device", "allow_same") if k in given}
             cfg = MoEConfig.from_recipe(moe, str(recipe), **run)
             out = Output.of(output, force, max_shard_size) if output is not None else None
-            with plan_moe(cfg, out) as plan:
+            with plan_moe(cfg, out, layer_inputs=_layer_inputs) as plan:
                 for w in plan.warnings:
                     (progress or SILENT).note(f"warning: {w}")
                 if dry_run:
@@ -315,6 +315,20 @@ def merge(
         if dry_run:
             return plan.result(None if output is None else str(output))
         return run_merge(plan, progress, command)
+
+
+def _layer_inputs(ck, batches, device):
+    """(layer, its input for every batch) for each layer of ``ck``'s model, walked one layer at a time by the
+    calibration engine (what MoE ``hidden`` routers need; memory: the embeddings, the head, one layer)."""
+    from modelsurgeon.ops.calibrate.engine import LayerStream
+    from modelsurgeon.ops.calibrate.model import LayerwiseModel
+
+    lm = LayerwiseModel(ck, device)
+    try:
+        for ctx, _ in LayerStream(lm, batches, description="MoE routers").dense_layers():
+            yield ctx.index, ctx.xs
+    finally:
+        lm.close()
 
 
 def _moe_recipe(path) -> dict | None:

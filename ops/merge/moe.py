@@ -11,9 +11,11 @@ scales its down projection), and the router (``gate``) has one row per expert:
 
 - ``hidden`` / ``hidden_last`` (mergekit's default) and ``hidden_avg``: the base's hidden state entering
   each layer for every positive prompt (its last token, or the mean over its tokens), averaged over the
-  prompts, minus the same for the negative prompts, normalised. The base runs through transformers (one
-  prompt at a time, so no padding enters the average; mergekit pads the batch and takes the last position,
-  a pad token for shorter prompts), so this mode holds the base model in memory while it runs;
+  prompts, minus the same for the negative prompts, normalised. Each prompt is its own batch, so no
+  padding enters the average (mergekit pads the batch and takes the last position, a pad token for
+  shorter prompts). The hidden states come from ``plan.layer_inputs`` when the caller gives one (the API
+  and the CLI pass the calibration engine's layer-at-a-time walk, ``modelsurgeon.api``, so memory holds
+  the embeddings, the head and one layer); without it the base runs whole in transformers;
 - ``cheap_embed``: the normalised sum of the prompts' token embeddings (the same for every layer), one
   row of the embedding read at a time;
 - ``random`` / ``uniform_random``: Gaussian, or uniform in +/- 1/sqrt(hidden) (nn.Linear's init), from
@@ -31,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +100,10 @@ class MoEPlan:
     output: Output | None
     device: torch.device
     warnings: list[str] = field(default_factory=list)
+    # (base checkpoint, token-id batches, device) -> yields (layer, the layer's input for each batch): the
+    # hidden states entering each layer without holding the model (families do not import each other, so
+    # the API passes the calibration engine's walk in); None: the base runs whole in transformers
+    layer_inputs: Callable[[Any, list[torch.Tensor], torch.device], Iterator[tuple[int, list[torch.Tensor]]]] | None = None
 
     def result(self, output: str | None = None) -> MoEResult:
         c = self.config
@@ -137,8 +144,9 @@ def _open(spec: str):
     return open_model(ModelRef.parse(spec))
 
 
-def plan_moe(config: MoEConfig, output: Output | None = None) -> MoEPlan:
-    """Open the base and every expert (headers only) and check that their MLPs line up; PlanError lists all."""
+def plan_moe(config: MoEConfig, output: Output | None = None, *, layer_inputs=None) -> MoEPlan:
+    """Open the base and every expert (headers only) and check that their MLPs line up; PlanError lists all.
+    ``layer_inputs``: how ``hidden`` routers get the base's hidden states (``MoEPlan.layer_inputs``)."""
     device = resolve_device(config.device)
     if output is not None:
         output.check()
@@ -205,6 +213,7 @@ def plan_moe(config: MoEConfig, output: Output | None = None) -> MoEPlan:
             output,
             device,
             warnings,
+            layer_inputs,
         )
     except BaseException:
         for ck in opened.values():
@@ -357,6 +366,8 @@ def gate_vectors(plan: MoEPlan) -> torch.Tensor:
                 v = v - cheap_embed_vector(row, tok, ex.negative_prompts)
             rows.append((v / v.norm().clamp(min=1e-8)).expand(L, H))
         del emb
+    elif plan.layer_inputs is not None:
+        return layerwise_gate_vectors(plan, tok, everyone)
     else:
         try:
             from transformers import AutoModelForCausalLM
@@ -371,6 +382,34 @@ def gate_vectors(plan: MoEPlan) -> torch.Tensor:
             rows.append(v / v.norm(dim=-1, keepdim=True).clamp(min=1e-8))
         del model
     return torch.stack(rows, dim=1)
+
+
+def layerwise_gate_vectors(plan: MoEPlan, tok, everyone: list[MoEExpert]) -> torch.Tensor:
+    """``hidden`` router rows from ``plan.layer_inputs``: every prompt of every expert is one batch, walked
+    through the base one layer at a time; each layer's rows are made as soon as its inputs are known, with
+    the arithmetic (and order) of ``hidden_vectors``."""
+    last = plan.config.gate_mode != "hidden_avg"
+    groups = [ex.positive_prompts for ex in everyone] + [ex.negative_prompts for ex in everyone]
+    batches = [torch.tensor([_ids(tok, p)]) for g in groups for p in g]
+    out = torch.zeros(plan.layers, len(everyone), plan.hidden)
+    seen = 0
+    for i, xs in plan.layer_inputs(plan.base, batches, plan.device):
+        seen += 1
+        means, k = [], 0
+        for g in groups:
+            acc = None
+            for x in xs[k : k + len(g)]:
+                h = x[0].float().cpu()  # (seq, hidden)
+                v = h[-1] if last else h.mean(0)
+                acc = v if acc is None else acc + v
+            k += len(g)
+            means.append(None if acc is None else acc / len(g))
+        for e in range(len(everyone)):
+            v = means[e] if means[len(everyone) + e] is None else means[e] - means[len(everyone) + e]
+            out[i, e] = v / v.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+    if seen != plan.layers:
+        raise SurgeonError(f"{plan.config.base_model}: the layer walk gave {seen} layers of {plan.layers}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------

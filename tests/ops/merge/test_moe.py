@@ -133,6 +133,52 @@ def test_hidden_routers_are_the_bases_hidden_states(capsys, models, tmp_path, ga
     loads_and_generates(out)
 
 
+@pytest.mark.parametrize("gate", ["hidden", "hidden_avg"])
+def test_hidden_routers_walk_the_base_one_layer_at_a_time(capsys, models, tmp_path, monkeypatch, gate):
+    """The CLI's hidden routers come from the calibration engine's layer walk: the base is never loaded
+    whole (from_pretrained refuses here), at every layer the parameters resident are the embeddings, norm and
+    head plus that one layer, and the routers equal the whole-model path's (transformers' hidden states)."""
+    import transformers
+    import yaml
+
+    from modelsurgeon.ops.calibrate.model import LayerwiseModel
+    from modelsurgeon.ops.merge.moe import gate_vectors, plan_moe
+    from modelsurgeon.recipes.merge import MoEConfig
+
+    text = recipe(models, gate)
+    with plan_moe(MoEConfig.from_recipe(yaml.safe_load(text), "moe.yml", device="cpu")) as plan:
+        whole = gate_vectors(plan)  # no layer walk given: the base runs whole in transformers
+
+    resident: list[tuple[int, int, int]] = []  # (layer, bytes resident, that layer's bytes)
+    layer = LayerwiseModel.layer
+
+    def watched(self, i):
+        with layer(self, i) as mod:
+            params = [*self.model.parameters(), *(p for m in self._originals for p in m.parameters())]
+            on = sum(p.numel() * p.element_size() for p in params if p.device.type != "meta")
+            resident.append((i, on, sum(p.numel() * p.element_size() for p in mod.parameters())))
+            yield mod
+
+    import contextlib
+
+    monkeypatch.setattr(LayerwiseModel, "layer", contextlib.contextmanager(watched))
+
+    def refuse(*a, **k):
+        raise AssertionError("the base was loaded whole")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
+    out, _ = build(capsys, tmp_path, text)
+    got = load_file(str(out / "model.safetensors"))
+    for i in range(2):
+        assert torch.allclose(got[f"model.layers.{i}.block_sparse_moe.gate.weight"], whole[i], atol=1e-6, rtol=0)
+    sd = load_file(str(models["base"] / "model.safetensors"))
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    outside = sum(v.numel() * v.element_size() for k, v in sd.items() if ".layers." not in k)
+    assert [i for i, _, _ in resident] == [0, 1]
+    for _, on, this_layer in resident:
+        assert on == outside + this_layer < total
+
+
 def test_qwen_moe_with_a_shared_expert_and_random_gates(capsys, models, tmp_path):
     out, r = build(capsys, tmp_path, recipe(models, "random", arch="Qwen MoE", shared=True), "--seed", "3")
     assert r["architecture"] == "qwen" and r["shared_experts"] == [str(models["chat"])]
