@@ -204,3 +204,14 @@ def test_modules_recipe_round_trips_and_names_its_models():
     assert again.modules == r.modules and again.parameters == r.parameters
     assert set(r.modules) == {"text_decoder", "vision_tower", "multi_modal_projector"}
     assert len(r.modules["text_decoder"].slices) == 2 and r.modules["vision_tower"].parameters["density"] == 0.8
+
+
+def test_a_misspelt_module_parameter_is_refused_with_its_line(vlm):
+    _, f = vlm
+    text = (
+        f"merge_method: ties\nbase_model: {f['base']}\nmodules:\n  vision_tower:\n    parameters: {{desnity: 0.5}}\n"
+        f"    models: [{{model: {f['a']}}}]\n  text_decoder:\n    models: [{{model: {f['a']}, parameters: {{weight: 2, densty: 1}}}}]\n"
+    )
+    probs = _plan_problems(text)
+    assert any("line 5" in p and "unknown parameter 'desnity'" in p and "did you mean density" in p for p in probs), probs
+    assert any("line 8" in p and "unknown parameter 'densty'" in p for p in probs), probs
