@@ -69,6 +69,9 @@ AUX_FILES = (
     "generation_config.json",
     *TOKENIZER_FILES,
     "preprocessor_config.json",
+    # a vision-language model's processor (mergekit carries these along for its VLM architectures)
+    "processor_config.json",
+    "video_preprocessor_config.json",
     # sentence-transformers wrappers (MiniLM ships them); their module folders hold a config.json
     "modules.json",
     "sentence_bert_config.json",

@@ -52,6 +52,7 @@ def test_modules_recipe_equals_mergekit_and_loads(capsys, tmp_path, vlm):
 
     kind, folders = vlm
     case = DATA["cases"][kind]
+    (folders["base"] / "processor_config.json").write_text('{"processor_class": "test"}')
     (tmp_path / "r.yml").write_text(recipe_for(folders))
     out = tmp_path / "out"
     res = run_json(capsys, "merge", str(tmp_path / "r.yml"), "-o", str(out), "-q", "--device", "cpu")
@@ -65,6 +66,7 @@ def test_modules_recipe_equals_mergekit_and_loads(capsys, tmp_path, vlm):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["text_config"]["num_hidden_layers"] == case["out_config"]["text_config"]["num_hidden_layers"] == 3
     assert cfg["vision_config"] == case["config"]["vision_config"]
+    assert (out / "processor_config.json").read_text() == '{"processor_class": "test"}'  # the processor comes along
     # modules really differ: the vision tower is not the text decoder's merge (density 0.8 vs 0.5), and the
     # projector took its module's weight (0.1): base + 0.1 * trimmed task vector of b, not 0.5
     cls = {
