@@ -13,7 +13,7 @@ computes on the same bits as after a round trip through a file. It can be read o
 any tensor but the last one read, or a second ``iter_tensors``, is an error, and ``fusable_*`` below say
 from the plans whether a step reads its input that way.
 
-This module is on the api layer with ``pipeline.py``: it composes the families, which never import each other.
+This module sits with ``pipeline.py`` above the api layer: it composes the families, which never import each other.
 """
 
 from __future__ import annotations
