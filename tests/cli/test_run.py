@@ -281,6 +281,15 @@ def test_shipped_2of4_w4a16_loads_in_transformers(capsys, here):
     _ok(capsys, "run", SHIPPED / "run_2of4_w4a16_vllm.yaml", "--model", "base", "-o", "out")
     qc = json.loads((here / "out/config.json").read_text())["quantization_config"]
     assert qc["config_groups"]["group_0"]["weights"]["num_bits"] == 4
+    # the 2:4 structure is recorded as llm-compressor records it (stored dense, inside the int4 codes)
+    sc = qc["sparsity_config"]
+    assert sc["format"] == "dense" and sc["sparsity_structure"] == "2:4" and len(sc["targets"]) == 14
+    assert 0.3 < sc["global_sparsity"] < 0.5  # half of the linears' weights, of all the model's
+    from compressed_tensors.config import SparsityCompressionConfig
+
+    assert SparsityCompressionConfig.load_from_registry("dense", **sc).sparsity_structure == "2:4"
+    _ok(capsys, "quantize", "base", "-o", "dense", "--scheme", "w4a16")  # a dense input: no sparsity_config
+    assert json.loads((here / "dense/config.json").read_text())["quantization_config"]["sparsity_config"] == {}
     model = AutoModelForCausalLM.from_pretrained(here / "out")
     ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
