@@ -28,7 +28,7 @@ def run(
     model: Annotated[str | None, typer.Option("--model", "-m", help="The input model; replaces the recipe's model:.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check every step and print the plan; write nothing.")] = False,
     keep_intermediate: Annotated[
-        bool, typer.Option("--keep-intermediate", help="Keep each step's output in OUT.steps/ (removed otherwise).")
+        bool, typer.Option("--keep-intermediate", help="Write every step's output (no fused passes) and keep them in OUT.steps/.")
     ] = False,
     max_shard_size: MaxShardOpt = DEFAULT_MAX_SHARD,
     force: ForceOpt = False,

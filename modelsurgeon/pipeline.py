@@ -1,15 +1,21 @@
-"""`surgeon run`: the steps of a run recipe, each through its family's public plan/run, then one rename.
+"""`surgeon run`: the steps of a run recipe, each through its family's public plan/run, in passes, then one rename.
 
     cfg = RunConfig.read("recipe.yaml")                 # recipes/run.py: every problem, with line and column
-    with plan_run(cfg, "out/") as plan:                 # every step checked before any work
+    with plan_run(cfg, "out/") as plan:                 # every step checked before any work; plan.passes()
         result = run_run(plan, progress)                # the passes, the gates, the rename into place
 
-Each writing step is one pass that reads the previous output and writes the next, in a hidden work folder
-beside OUT that is removed afterwards (``keep_intermediate`` moves it to ``OUT.steps/``); the last writing
-step's output is renamed to OUT only after every step, the ``report`` gates included, succeeded. Every step's
-output carries the same provenance as its command would write, except that the command is
-``surgeon run (step N of M: KIND)`` and the run recipe (``RunConfig.to_dict()``, the tool version) is added:
-no output path, no time, so two runs of one recipe write the same bytes into any two folders.
+The plan groups the steps into passes. Consecutive steps that work tensor by tensor are one pass: a merge or
+a data-free prune hands each tensor it produces to the next step (``fused.StreamedCheckpoint``), which was
+planned against exactly the headers and config the step would have written, and the last step of the pass
+writes with its own run function; each input tensor is read once, each output tensor written once, and the
+bytes are those of the steps run one after another. A step that must see its whole input first (a global
+prune's statistics, --target-bpw, the calibrated methods) or a report starts a new pass, reading the last
+pass's output from a hidden work folder beside OUT that is removed afterwards (``keep_intermediate`` runs
+every step as a pass of its own and moves the folder to ``OUT.steps/``). The last writing step's output is
+renamed to OUT only after every step, the ``report`` gates included, succeeded. Every output carries the
+same provenance as its command would write, except that the command is ``surgeon run (step N of M: KIND)``
+and the run recipe (``RunConfig.to_dict()``, the tool version) is added: no output path, no time, so two
+runs of one recipe write the same bytes into any two folders.
 
 This module sits beside ``api.py``: it composes the families, which never import each other.
 """
@@ -20,6 +26,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +44,17 @@ STEPS_SUFFIX = ".steps"  # --keep-intermediate: OUT.steps/ holds each step's out
 
 
 @dataclass
+class Pass:
+    """Steps run as one pass: writing steps fused into one stream (each tensor read once, written once), or
+    one report step. ``alone`` says why a writing step could not take the stream of the step before."""
+
+    steps: list[int]  # 0-based step indices
+    alone: str | None = None
+
+
+@dataclass
 class RunPlan:
-    """The checked recipe, where it writes, and what each step was checked against."""
+    """The checked recipe, where it writes, its passes, and what each step was checked against."""
 
     config: RunConfig
     output: Path
@@ -47,6 +63,7 @@ class RunPlan:
     keep_intermediate: bool
     checked: list[dict] = field(default_factory=list)  # per step: what the dry run found
     notes: list[str] = field(default_factory=list)
+    plan_passes: list[Pass] = field(default_factory=list)
 
     @property
     def output_kind(self) -> str:
@@ -59,15 +76,31 @@ class RunPlan:
     def passes(self) -> list[str]:
         """One line per pass, as the dry run prints it."""
         out = []
-        n = len(self.config.steps)
-        last_writer = max(i for i, s in enumerate(self.config.steps) if s.writes)
-        for i, s in enumerate(self.config.steps):
+        steps = self.config.steps
+        last_writer = max(i for i, s in enumerate(steps) if s.writes)
+        total = len(self.plan_passes)
+        for k, p in enumerate(self.plan_passes):
+            first, last = p.steps[0], p.steps[-1]
+            nums = f"step {first + 1}" if first == last else f"steps {first + 1}-{last + 1}"
+            kinds = " -> ".join(steps[i].kind for i in p.steps)
+            head = f"pass {k + 1} of {total} ({nums}): {kinds}"
+            s = steps[first]
             if s.kind == "report":
-                what = "reads the model so far" + (f"; requires {', '.join(s.config.require)}" if s.config.require else "")
+                out.append(
+                    head + ": reads the model so far" + (f"; requires {', '.join(s.config.require)}" if s.config.require else "")
+                )
+                continue
+            src = (
+                "the merged models"
+                if s.kind == "merge"
+                else ("the model" if first == 0 or not _writer_before(steps, first) else "the temporary folder")
+            )
+            dest = str(self.output) if last == last_writer else "a temporary folder"
+            if len(p.steps) > 1:
+                what = f"one streaming pass, each tensor read once from {src} and written once into {dest}"
             else:
-                dest = str(self.output) if i == last_writer else "a temporary folder"
-                what = f"one streaming pass into {dest}"
-            out.append(f"step {i + 1} of {n}: {s.kind}: {what}")
+                what = f"one streaming pass from {src} into {dest}"
+            out.append(head + f": {what}" + (f" (a pass of its own: {p.alone})" if p.alone else ""))
         return out
 
     def result(self) -> RunResult:
@@ -78,6 +111,7 @@ class RunPlan:
             passes=self.passes(),
             steps=self.checked,
             notes=list(self.notes),
+            pass_steps=[[i + 1 for i in p.steps] for p in self.plan_passes],
         )
 
     def close(self) -> None:
@@ -88,6 +122,10 @@ class RunPlan:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _writer_before(steps, i: int) -> bool:
+    return any(s.writes for s in steps[:i])
 
 
 @dataclass
@@ -102,6 +140,7 @@ class RunResult(Result):
     notes: list[str] = field(default_factory=list)
     intermediate: str | None = None  # OUT.steps/ with --keep-intermediate
     seconds: float = 0.0
+    pass_steps: list[list[int]] = field(default_factory=list)  # the step numbers of each pass
 
     @property
     def ok(self) -> bool:
@@ -178,37 +217,74 @@ def plan_run(
     if keep_intermediate and plan.steps_folder.exists():
         problems.append(f"{plan.steps_folder} (for --keep-intermediate) already exists: remove it or pick another -o")
     probe = out.parent / f".{out.name}.check-{secrets.token_hex(3)}"  # never created: only names a free output
-    stand_in = None
-    n = len(cfg.steps)
-    for i, s in enumerate(cfg.steps):
-        label = f"step {i + 1} of {n} ({s.kind})"
-        try:
-            plan.checked.append({"step": i + 1, "kind": s.kind, **_check_step(s, stand_in or _stand_in(cfg), probe, plan)})
-        except PlanError as e:
-            problems.extend(f"{label}: {p}" for p in e.problems)
-        except SurgeonError as e:
-            problems.append(f"{label}: {e}")
-        stand_in = stand_in or _stand_in(cfg)
+    with tempfile.TemporaryDirectory(prefix="surgeon-run-plan-") as tmp:  # the streamed steps' config files
+        _plan_steps(plan, probe, Path(tmp), problems)
     if problems:
         raise PlanError(problems, "the run")
     return plan
 
 
-def _check_step(s: Step, model: str, probe: Path, plan: RunPlan) -> dict:
-    """Plan one step against ``model``'s headers; what its dry run would say, in brief."""
+def _plan_steps(plan: RunPlan, probe: Path, tmp: Path, problems: list[str]) -> None:
+    """Plan every step against the headers of its input exactly as the step before would write it (a
+    ``StreamedCheckpoint``: nothing is read but headers and config files), and group the steps into passes:
+    a writing step joins the pass of the writing step before when that one hands its tensors on in order
+    (merge, a data-free prune) and this one reads its input once, tensor by tensor (``fused.*_reads_once``)."""
+    cfg = plan.config
+    n = len(cfg.steps)
+    current: Any = cfg.model if cfg.model is not None else None
+    gives = False  # whether the step before is a writing step that can hand its tensors on
+    for i, s in enumerate(cfg.steps):
+        label = f"step {i + 1} of {n} ({s.kind})"
+        reason, nxt, hands_on = None, current, False
+        try:
+            checked, reason, nxt, hands_on = _check_step(s, current, probe, tmp / f"{i + 1:02d}-{s.kind}", plan)
+            plan.checked.append({"step": i + 1, "kind": s.kind, **checked})
+        except PlanError as e:
+            problems.extend(f"{label}: {p}" for p in e.problems)
+        except SurgeonError as e:
+            problems.append(f"{label}: {e}")
+        if nxt is None:  # a merge that failed: the later steps are checked against its base
+            nxt = _stand_in(cfg)
+        last = plan.plan_passes[-1] if plan.plan_passes else None
+        if s.kind == "report":
+            plan.plan_passes.append(Pass([i]))
+        elif gives and last is not None and reason is None and not plan.keep_intermediate:
+            last.steps.append(i)
+        else:
+            alone = None
+            if gives and plan.keep_intermediate:
+                alone = "--keep-intermediate writes every step's output"
+            elif gives:
+                alone = reason
+            plan.plan_passes.append(Pass([i], alone))
+        gives = s.writes and hands_on
+        current = nxt
+
+
+def _check_step(s: Step, model: Any, probe: Path, folder: Path, plan: RunPlan) -> tuple[dict, str | None, Any, bool]:
+    """Plan one step against ``model`` (a path, or the streamed output of the step before): what its dry run
+    says in brief, why it cannot read a stream (None: it can), what the next step reads, and whether this step
+    can hand its tensors on as a stream."""
+    from .fused import StreamedCheckpoint, prune_reads_once, quantize_reads_once
+
     if s.kind == "merge":
         from modelsurgeon.ops.merge.plan import plan_merge
 
         with plan_merge(s.config, Output(probe)) as p:
             plan.notes.extend(f"warning: {w}" for w in p.warnings)
             r = p.result(None).to_dict()
-        return {"models": [str(m) for m in s.config.recipe.referenced_models()], "merge_method": r.get("merge_method")}
+            nxt = StreamedCheckpoint.after_merge(p, folder)
+        checked = {"models": [str(m) for m in s.config.recipe.referenced_models()], "merge_method": r.get("merge_method")}
+        return checked, None, nxt, True
     if s.kind == "prune":
         from modelsurgeon.ops.prune.plan import plan_prune
 
         with plan_prune(s.config, model, None) as p:
             r = p.result().to_dict()
-        return {"targets": r.get("num_targets"), "planned_sparsity": r.get("sparsity"), "pattern": r.get("pattern")}
+            reason = prune_reads_once(p)
+            nxt = StreamedCheckpoint.after(p.ck, folder)
+        checked = {"targets": r.get("num_targets"), "planned_sparsity": r.get("sparsity"), "pattern": r.get("pattern")}
+        return checked, reason, nxt, not s.config.calibrated
     if s.kind == "quantize":
         from modelsurgeon.ops.quantize.plan import plan_quantize
 
@@ -216,11 +292,13 @@ def _check_step(s: Step, model: str, probe: Path, plan: RunPlan) -> dict:
         with plan_quantize(s.config, model, str(target)) as p:
             plan.notes.extend(x for x in p.notes if x not in plan.notes)
             schemes = sorted({p.spec_for(t).scheme.name for t in p.targets})
-            return {"targets": len(p.targets), "format": p.format, "schemes": schemes}
+            checked = {"targets": len(p.targets), "format": p.format, "schemes": schemes}
+            reason = quantize_reads_once(p)
+        return checked, reason, model, False  # a report after it reads the dequantized view: the same names
     from modelsurgeon.ops.report.run import plan_report
 
     with plan_report(s.config, model):
-        return {"require": list(s.config.require)}
+        return {"require": list(s.config.require)}, None, model, False
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,11 +322,13 @@ def run_run(plan: RunPlan, progress: Progress = SILENT) -> RunResult:
     meta = provenance_of(cfg)
     try:
         with run_provenance(meta):
-            for i, s in enumerate(cfg.steps):
-                progress.note(f"step {i + 1} of {n}: {s.kind}")
-                command = step_command(i + 1, n, s.kind)
-                if s.kind == "report":
-                    r = _report(s, current)
+            for k, p in enumerate(plan.plan_passes):
+                first = cfg.steps[p.steps[0]]
+                kinds = " -> ".join(cfg.steps[i].kind for i in p.steps)
+                progress.note(f"pass {k + 1} of {len(plan.plan_passes)}: {kinds}")
+                if first.kind == "report":
+                    i = p.steps[0]
+                    r = _report(first, current)
                     results.append({"step": i + 1, "kind": "report", **r.to_dict(), "ok": r.ok})
                     if not r.ok:
                         raise SurgeonError(
@@ -257,9 +337,8 @@ def run_run(plan: RunPlan, progress: Progress = SILENT) -> RunResult:
                             + (f"; the steps so far are in {plan.steps_folder}" if plan.keep_intermediate else ""),
                         )
                     continue
-                dest = work / (f"{i + 1:02d}-{s.kind}" + (".gguf" if s.gguf else ""))
-                r = _write_step(s, current, dest, command, plan, meta, progress)
-                results.append({"step": i + 1, "kind": s.kind, **r.to_dict()})
+                rows, dest = _run_pass(p, current, work, plan, meta, progress)
+                results.extend(rows)
                 current, last = str(dest), dest
         assert last is not None
         if last.is_dir():
@@ -284,6 +363,7 @@ def run_run(plan: RunPlan, progress: Progress = SILENT) -> RunResult:
         notes=list(plan.notes),
         intermediate=str(plan.steps_folder) if plan.keep_intermediate else None,
         seconds=round(time.perf_counter() - t0, 3),
+        pass_steps=[[i + 1 for i in p.steps] for p in plan.plan_passes],
     )
 
 
@@ -325,37 +405,110 @@ def _report(s: Step, model: str) -> Any:
         return run_report(p, SILENT)
 
 
-def _write_step(s: Step, model: str | None, dest: Path, command: str, plan: RunPlan, meta: dict, progress: Progress) -> Any:
+def _run_pass(p: Pass, model: str | None, work: Path, plan: RunPlan, meta: dict, progress: Progress) -> tuple[list[dict], Path]:
+    """The steps of one pass: every step but the last hands its tensors to the next as a stream (each planned
+    against a ``StreamedCheckpoint``: the headers and config files the step would write, its tensors when they
+    come); the last one writes into the work folder with its own run function. Returns each step's result and
+    where the pass wrote."""
+    import dataclasses
+    from contextlib import ExitStack
+
+    from modelsurgeon.ops.core.streaming import prefetched
+
+    from .fused import StreamedCheckpoint
+
+    cfg = plan.config
+    n = len(cfg.steps)
     shard = plan.max_shard_size
+    with ExitStack() as stack:
+        plans: list[Any] = []
+        src: Any = model
+        for i in p.steps:
+            s = cfg.steps[i]
+            dest = work / (f"{i + 1:02d}-{s.kind}" + (".gguf" if s.gguf else ""))
+            final = i == p.steps[-1]
+            out = Output(dest, False, shard) if final else None
+            if s.kind == "merge":
+                from modelsurgeon.ops.merge.plan import plan_merge
+
+                q = stack.enter_context(plan_merge(s.config, out))
+                for w in q.warnings:
+                    progress.note(f"warning: {w}")
+                nxt = None if final else StreamedCheckpoint.after_merge(q, dest)
+            elif s.kind == "prune":
+                from modelsurgeon.ops.prune.plan import plan_prune
+
+                q = stack.enter_context(plan_prune(s.config, src, out))
+                nxt = None if final else StreamedCheckpoint.after(q.ck, dest)
+            else:
+                from modelsurgeon.ops.quantize.plan import plan_quantize
+
+                q = stack.enter_context(plan_quantize(s.config, src, str(dest), max_shard_size=shard))
+                if q.gguf_writer is not None:  # a GGUF file holds the run's provenance in its own metadata
+                    from modelsurgeon import __version__
+
+                    q.add_gguf_metadata(
+                        {
+                            "modelsurgeon.version": __version__,
+                            "modelsurgeon.command": step_command(i + 1, n, s.kind),
+                            "modelsurgeon.run": meta["modelsurgeon_run"],
+                        }
+                    )
+                nxt = None
+            plans.append(q)
+            src = nxt
+        # the streams, first to last: each step's tensors become the next step's input
+        handed: list[tuple[int, Any, Any]] = []  # (step, plan, PruneStream or None) of the steps that stream
+        for (i, q), nxt_plan in zip(zip(p.steps[:-1], plans[:-1], strict=True), plans[1:], strict=True):
+            if cfg.steps[i].kind == "merge":
+                from modelsurgeon.ops.merge.run import merged_tensors
+
+                nxt_plan.ck.attach(merged_tensors(q))
+                handed.append((i, q, None))
+            else:
+                from modelsurgeon.ops.prune.run import PruneStream
+
+                ps = PruneStream(q, SILENT)
+                ps.select()
+                nxt_plan.ck.attach(prefetched(ps.tensors(), depth=1))
+                handed.append((i, q, ps))
+        i, q = p.steps[-1], plans[-1]
+        s = cfg.steps[i]
+        r = _write_last(s, q, step_command(i + 1, n, s.kind), progress)
+        rows = []
+        for j, q2, ps in handed:
+            if ps is None:
+                done = dataclasses.replace(q2.result(), dry_run=False, output=None, files=None, bytes_written=0, seconds=0.0)
+            else:
+                from modelsurgeon.ops.prune.result import PruneResult
+
+                t = ps.selection.threshold if ps.selection is not None else None
+                done = PruneResult(q2.ck.label, q2.config, q2.total_params, ps.results, dry_run=False, output=None, threshold=t)
+            rows.append({"step": j + 1, "kind": cfg.steps[j].kind, **done.to_dict()})
+        rows.append({"step": i + 1, "kind": s.kind, **r.to_dict()})
+        return rows, dest
+
+
+def _write_last(s: Step, q: Any, command: str, progress: Progress) -> Any:
     if s.kind == "merge":
-        from modelsurgeon.ops.merge.plan import plan_merge
         from modelsurgeon.ops.merge.run import run_merge
 
-        with plan_merge(s.config, Output(dest, False, shard)) as p:
-            for w in p.warnings:
-                progress.note(f"warning: {w}")
-            return run_merge(p, progress, command)
+        return run_merge(q, progress, command)
     if s.kind == "prune":
-        from modelsurgeon.ops.prune.plan import plan_prune
+        if q.config.calibrated:  # wanda, sparsegpt: the calibration engine, as `surgeon prune` runs it
+            from .api import _calibrated_prune
+
+            return _calibrated_prune(q, q.config, False, progress, command)
         from modelsurgeon.ops.prune.run import run_prune
 
-        with plan_prune(s.config, model, Output(dest, False, shard)) as p:
-            return run_prune(p, progress, command)
-    from modelsurgeon.ops.quantize.plan import plan_quantize
+        return run_prune(q, progress, command)
+    if q.config.calibrated:  # gptq, awq
+        from .api import _calibrated_quantize
+
+        return _calibrated_quantize(q, q.config, False, progress, command)
     from modelsurgeon.ops.quantize.run import run_quantize
 
-    with plan_quantize(s.config, model, str(dest), max_shard_size=shard) as p:
-        if p.gguf_writer is not None:  # a GGUF file holds the run's provenance in its own metadata
-            from modelsurgeon import __version__
-
-            p.add_gguf_metadata(
-                {
-                    "modelsurgeon.version": __version__,
-                    "modelsurgeon.command": command,
-                    "modelsurgeon.run": meta["modelsurgeon_run"],
-                }
-            )
-        return run_quantize(p, progress, command)
+    return run_quantize(q, progress, command)
 
 
 def run(

@@ -1,4 +1,4 @@
-"""The import layers hold: core <- io <- families <- api <- cli; recipes import only core (and each other);
+"""The import layers hold: core <- io <- families <- api <- run (surgeon run) <- cli; recipes import only core (and each other);
 kernels import only public names of their references; families never import each other. A new cycle
 fails here, function-local imports included. And nothing points at files outside the repository."""
 
@@ -49,8 +49,8 @@ def _layer(mod: str) -> tuple[str, str | None]:
     parts = mod.split(".")
     if parts[:2] == ["modelsurgeon", "ops"] and len(parts) > 2:
         return ("family", parts[2]) if parts[2] in FAMILIES else (parts[2], None)
-    if len(parts) > 1 and parts[1] == "pipeline":  # surgeon run: composes the families, as api.py does
-        return "api", None
+    if len(parts) > 1 and parts[1] in ("pipeline", "fused"):  # surgeon run: composes the families and api's runners
+        return "run", None
     if len(parts) > 1 and parts[1] in ("cli", "recipes", "kernels", "api"):
         return parts[1], None
     return "top", None
@@ -63,7 +63,8 @@ ALLOWED = {
     "family": {"core", "io", "recipes", "kernels", "family", "top"},
     "kernels": {"kernels", "family", "core"},
     "api": {"core", "io", "recipes", "family", "top"},
-    "cli": {"core", "io", "recipes", "family", "api", "cli", "top", "kernels"},
+    "run": {"core", "io", "recipes", "family", "top", "api", "run"},
+    "cli": {"core", "io", "recipes", "family", "api", "run", "cli", "top", "kernels"},
     "top": {"top", "api", "core", "cli"},
 }
 

@@ -528,12 +528,15 @@ def quantized_reason(ck) -> str | None:
 # open
 
 
-def open_checkpoint(spec: str | Path, revision: str | None = None, dequantize: bool = True) -> Checkpoint:
+def open_checkpoint(spec: str | Path | Checkpoint, revision: str | None = None, dequantize: bool = True) -> Checkpoint:
     """Resolve ``spec`` and open it lazily, validating every header and index first.
 
     A quantized checkpoint (compressed-tensors, FP8 block scales, bitsandbytes, a GGUF file) comes back as a
     view whose tensors are the dequantized weights (``ops/io/quantized``); ``dequantize=False`` gives the
-    stored tensors as they are (not for GGUF, which has no safetensors form)."""
+    stored tensors as they are (not for GGUF, which has no safetensors form). A ``Checkpoint`` already open
+    (``surgeon run`` hands a step the stream of the step before) comes back as it is."""
+    if isinstance(spec, Checkpoint):
+        return spec
     resolved = resolve(str(spec), revision)
     path = resolved.path
     from .quantized.gguf import GGUFCheckpoint, is_gguf

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -212,3 +213,10 @@ def model_card(plan: MergePlan, recipe_text: str) -> str:
     lines += ["", "Models:", ""] + [f"- {m.label}" for m in plan.models]
     lines += ["", "Recipe (also in mergekit_config.yml):", "", "```yaml", recipe_text.rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def merged_tensors(plan: MergePlan) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, merged tensor) in the order of ``plan.specs()``, exactly what ``run_merge`` writes, for a caller
+    that hands them on instead of writing them (``surgeon run`` fuses tensor-wise steps into one pass). Run it
+    under ``cpu_threads()``; the inputs are read ahead and the merging runs on a thread, as in ``run_merge``."""
+    yield from prefetched(_merged(plan, SILENT, torch.get_num_threads()), depth=1)

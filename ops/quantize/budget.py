@@ -5,7 +5,11 @@ with the least total error.
     plan.spec_for(name)                        # now the chosen scheme of each target
 
 The error of a tensor under a scheme is its noise energy ``||w - w'||^2``, the number the run reports as
-SQNR (data-free: without calibration statistics every weight counts the same). ``allocate`` solves the
+SQNR (data-free: without calibration statistics every weight counts the same). With ``--imatrix`` (GGUF:
+llama-imatrix's mean squared activation per input column) it is activation-weighted,
+``sum_j im_j sum_i (w_ij - w'_ij)^2`` (the expected squared output error of the layer when its inputs are
+uncorrelated), and each candidate is quantized as the run will quantize it, its block search steered by the
+same matrix. ``allocate`` solves the
 multiple-choice knapsack the way rate-distortion allocation does: every tensor starts at its cheapest
 candidate, then the upgrade with the most error removed per added bit is taken while the budget allows,
 along each tensor's lower convex hull of (bits, error); ties go to the earlier tensor, so the choice is
@@ -85,6 +89,30 @@ def allocate(options: dict[str, list[Option]], budget_bits: float, weights: int)
     return choice
 
 
+def column_importance(plan: QuantizePlan) -> dict:
+    """Per target (HF name), one weight per input column from ``--imatrix`` (llama-imatrix's mean squared
+    activations), for the 2-D GGUF tensors it covers; empty without an importance matrix."""
+    import torch
+
+    if plan.imatrix is None or plan.gguf_tensors is None:
+        return {}
+    out = {}
+    for t in plan.gguf_tensors:
+        im = plan.imatrix.weights.get(t.name)
+        if im is not None and len(t.shape) == 2 and im.size == t.shape[-1] and t.hf_name in plan.targets:
+            out[t.hf_name] = torch.from_numpy(im).float()
+    return out
+
+
+def weighted_energies(w, deq, im) -> tuple[float, float]:
+    """(sum_j im_j sum_i w_ij^2, sum_j im_j sum_i (w_ij - deq_ij)^2): the output error a column's mean squared
+    activation ``im_j`` makes of a weight error, summed over the tensor."""
+    wf = w.float()
+    sig = float((wf.square().sum(0) * im).sum())
+    noise = float(((wf - deq.float()).square().sum(0) * im).sum())
+    return sig, noise
+
+
 def choose_schemes(plan: QuantizePlan, progress: Progress = SILENT) -> list[dict]:
     """Measure every target under every candidate (one read of each), choose, and set ``plan.specs``.
     Returns one row per target: the chosen scheme and each candidate's bits per weight and SQNR."""
@@ -95,17 +123,24 @@ def choose_schemes(plan: QuantizePlan, progress: Progress = SILENT) -> list[dict
     numel: dict[str, int] = {}
     signal: dict[str, float] = {}
     targets = set(plan.targets)
+    importance = column_importance(plan)
     progress.start("measure candidates", sum(plan.ck.info(n).nbytes for n in plan.targets), "bytes")
     for name, w in plan.ck.iter_tensors([n for n in plan.ck.names() if n in targets]):
         wd = w.to(plan.device) if plan.device.type != "cpu" else w
         numel[name] = w.numel()
+        im = importance.get(name)
         opts = []
         for c, spec in specs.items():
             if spec.scheme.family == "gguf" and w.shape[-1] % spec.group_size:
                 continue  # a GGUF type whose blocks do not fit the rows (K-quants: 256) is no choice here
-            qw = quantize_weight(wd, spec, cfg.use_triton, need_dequant=False)
-            opts.append(Option(c, qw.bits_per_weight * w.numel(), float(qw.extra["noise"])))
-            signal[name] = float(qw.extra["signal"])
+            if im is None:
+                qw = quantize_weight(wd, spec, cfg.use_triton, need_dequant=False)
+                sig, noise = float(qw.extra["signal"]), float(qw.extra["noise"])
+            else:  # as the run quantizes it (the importance matrix steers the block search), error weighted alike
+                qw = quantize_weight(wd.reshape(-1, w.shape[-1]), spec, cfg.use_triton, need_dequant=True, imatrix=im)
+                sig, noise = weighted_energies(wd.reshape(-1, w.shape[-1]), qw.dequantized, im.to(wd.device))
+            opts.append(Option(c, qw.bits_per_weight * w.numel(), noise))
+            signal[name] = sig
         options[name] = opts
         progress.advance(plan.ck.info(name).nbytes)
     total = sum(numel.values())

@@ -277,10 +277,13 @@ def _write_folder(plan: QuantizePlan, progress: Progress, command: str, source=N
         else:
             specs.append(TensorSpec(info.name, tuple(info.shape), info.torch_dtype))
     rows: list[TensorRow] = []
+    nm: dict[str, tuple[int, bool]] = {}  # per target: zeros, and whether its input is 2:4 sparse
 
     def produce():
         for name, w, payload in _tensors(plan, source):
             info = ck.info(name)
+            if name in targets and not dense:
+                nm[name] = _two_of_four(w)
             if name not in targets:
                 rows.append(TensorRow.of(info, None, None, info.nbytes))
                 yield name, w
@@ -304,10 +307,38 @@ def _write_folder(plan: QuantizePlan, progress: Progress, command: str, source=N
         qcfg = ct.quantization_config(
             plan.spec, ct.ignore_list(ck.infos(), targets, ck.config), {n: plan.specs[n] for n in plan.targets if n in plan.specs}
         )
-        update = lambda cfg: {**cfg, "quantization_config": qcfg}  # noqa: E731
+        total = sum(i.numel for i in ck.infos())
+        update = lambda cfg: {**cfg, "quantization_config": {**qcfg, **sparsity_config(nm, total)}}  # noqa: E731
     meta = {"modelsurgeon_recipe": json.dumps(recipe(plan), sort_keys=True)}
     write_folder(plan.output, specs, produce(), source=ck, command=command, metadata=meta, update_config=update)
     return rows
+
+
+def _two_of_four(w: torch.Tensor) -> tuple[int, bool]:
+    from modelsurgeon.ops.core.sparsity import nm_compliant
+
+    zeros = w.numel() - int(torch.count_nonzero(w))
+    return zeros, bool(w.numel()) and w.shape[-1] % 4 == 0 and 2 * zeros >= w.numel() and nm_compliant(w, 2, 4)
+
+
+def sparsity_config(nm: dict[str, tuple[int, bool]], total_params: int) -> dict:
+    """compressed-tensors' ``sparsity_config`` when every quantized weight came in 2:4 sparse (``surgeon prune
+    --pattern 2:4`` before): kept inside the quantized codes (format ``dense``), the structure and the modules
+    named, as llm-compressor records a 2:4 model it quantized, so a loader knows; nothing otherwise."""
+    from .formats.compressed_tensors import module_name
+
+    if not nm or not all(ok for _, ok in nm.values()):
+        return {}
+    return {
+        "sparsity_config": {
+            "format": "dense",
+            "global_sparsity": sum(z for z, _ in nm.values()) / max(total_params, 1),
+            "ignore": [],
+            "registry_requires_subclass": False,
+            "sparsity_structure": "2:4",
+            "targets": [module_name(n) for n in nm],
+        }
+    }
 
 
 def recipe(plan: QuantizePlan) -> dict:

@@ -4,6 +4,7 @@ consumers; every problem of a recipe is reported, with its line and column, befo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -96,7 +97,10 @@ def test_merge_prune_quantize_equals_the_three_commands(capsys, here):
     (here / "run.yaml").write_text(
         f"version: 1\nsteps:\n  - merge:\n{steps}\n  - prune: {{pattern: '2:4'}}\n  - quantize: {{scheme: w4a16}}\n"
     )
-    _ok(capsys, "run", "run.yaml", "-o", "by-run")
+    with _reads() as reads:
+        r = json.loads(_ok(capsys, "run", "run.yaml", "-o", "by-run", "--json"))
+    assert r["pass_steps"] == [[1, 2, 3]]  # one streaming pass
+    _each_input_byte_once(reads, [here / m for m in ("base", "a", "b")])
     t_hand, h_hand, m_hand = _tensors(here / "by-hand")
     t_run, h_run, m_run = _tensors(here / "by-run")
     assert h_run == h_hand  # the same tensors, dtypes, shapes and offsets
@@ -108,6 +112,115 @@ def test_merge_prune_quantize_equals_the_three_commands(capsys, here):
     assert m_run == m_hand
     assert json.loads((here / "by-run/config.json").read_text()) == json.loads((here / "by-hand/config.json").read_text())
     assert _leftovers(here) == []  # the work folder is gone
+
+
+@contextlib.contextmanager
+def _reads():
+    """Every read of tensor data through the lazy reader (``Checkpoint._read``): (file, offset, bytes)."""
+    from modelsurgeon.ops.io.checkpoint import Checkpoint
+
+    seen: list[tuple[Path, int, int]] = []
+    real = Checkpoint._read
+
+    def counted(self, path, offset, count):
+        seen.append((Path(path).resolve(), offset, count))
+        return real(self, path, offset, count)
+
+    Checkpoint._read = counted
+    try:
+        yield seen
+    finally:
+        Checkpoint._read = real
+
+
+def _each_input_byte_once(reads: list, inputs: list[Path]) -> None:
+    """Every byte of every input's tensor data read exactly once, and nothing else read (no intermediate)."""
+    from modelsurgeon.ops.io.checkpoint import open_checkpoint
+
+    by_file: dict[Path, list[tuple[int, int]]] = {}
+    for path, offset, count in reads:
+        by_file.setdefault(path, []).append((offset, offset + count))
+    expected = {}
+    for folder in inputs:
+        with open_checkpoint(folder) as ck:
+            for info in ck.infos():
+                expected.setdefault(info.file.resolve(), []).append((info.start, info.end))
+    assert set(by_file) == set(expected), sorted(map(str, set(by_file) ^ set(expected)))
+    for path, spans in by_file.items():
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"{path}: a byte read twice"
+        want = sorted(expected[path])
+        assert sum(e - b for b, e in spans) == sum(e - b for b, e in want) == want[-1][1] - want[0][0], path
+
+
+def test_unfused_runs_read_their_intermediates(capsys, here):
+    """The counting above can fail: with --keep-intermediate every step writes its output and the next reads it."""
+    steps = "\n".join("      " + line for line in MERGE.splitlines())
+    (here / "run.yaml").write_text(
+        f"version: 1\nsteps:\n  - merge:\n{steps}\n  - prune: {{pattern: '2:4'}}\n  - quantize: {{scheme: w4a16}}\n"
+    )
+    with _reads() as reads:
+        r = json.loads(_ok(capsys, "run", "run.yaml", "-o", "out", "--keep-intermediate", "--json"))
+    assert r["pass_steps"] == [[1], [2], [3]]
+    with pytest.raises(AssertionError):
+        _each_input_byte_once(reads, [here / m for m in ("base", "a", "b")])
+    assert any(".run-" in str(p) for p, _, _ in reads)  # the intermediates, read back from the work folder
+
+
+FUSED = {
+    # global magnitude: its statistics passes read the input; its pruned tensors stream into quantize
+    "global-w8a16": ("  - prune: {sparsity: 0.5, scope: global}\n  - quantize: {scheme: w8a16}\n", [[1, 2]], "out"),
+    "overrides": (
+        "  - prune: {sparsity: 0.3, overrides: [{match: 'mlp', sparsity: 0.6}]}\n"
+        "  - quantize: {scheme: w4a16, overrides: [{match: 'down_proj', scheme: w8a16}]}\n",
+        [[1, 2]],
+        "out",
+    ),
+    "2of4-gguf": (
+        "  - prune: {pattern: '2:4'}\n  - quantize: {scheme: q4_0, format: gguf, pre_tokenizer: gpt-2}\n",
+        [[1, 2]],
+        "out.gguf",
+    ),
+    # --target-bpw measures every target before it chooses: a pass of its own, through a temporary folder
+    "target-bpw": ("  - prune: {pattern: '2:4'}\n  - quantize: {scheme: w4a16, target_bpw: 6}\n", [[1], [2]], "out"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(FUSED))
+def test_fused_passes_equal_the_steps_written_one_by_one(capsys, here, case):
+    """Each recipe run fused against the same recipe with every step written (--keep-intermediate runs the
+    steps one pass each, as the three commands above): the same bytes."""
+    body, passes, out = FUSED[case]
+    (here / "r.yaml").write_text("model: base\nsteps:\n" + body)
+    r = json.loads(_ok(capsys, "run", "r.yaml", "-o", out, "--json"))
+    assert r["pass_steps"] == passes, r["passes"]
+    if len(passes) > 1:
+        assert "a pass of its own: --target-bpw measures every target" in r["passes"][1]
+    ref = "ref" + Path(out).suffix
+    r2 = json.loads(_ok(capsys, "run", "r.yaml", "-o", ref, "--json", "--keep-intermediate"))
+    assert r2["pass_steps"] == [[1], [2]]
+    if out.endswith(".gguf"):
+        assert (here / out).read_bytes() == (here / ref).read_bytes()
+    else:
+        got, want = _tensors(here / out), _tensors(here / ref)
+        assert got[0] == want[0] and got[1] == want[1]
+    assert r["steps"][0]["tensors"] == r2["steps"][0]["tensors"]  # prune's own result, row by row
+
+
+@pytest.mark.slow
+def test_a_calibrated_step_runs_as_its_command_in_a_pass_of_its_own(capsys, here):
+    wanda = ("--method", "wanda", "--sparsity", "0.5", "--calib-samples", "4", "--calib-seqlen", "32")
+    _ok(capsys, "prune", "base", "-o", "by-hand", *wanda)
+    (here / "r.yaml").write_text(
+        "model: base\nsteps:\n  - prune: {method: wanda, sparsity: 0.5, calib: {samples: 4, seqlen: 32}}\n"
+        "  - quantize: {scheme: w8a16}\n"
+    )
+    r = json.loads(_ok(capsys, "run", "r.yaml", "-o", "out", "--json", "--keep-intermediate"))
+    assert r["pass_steps"] == [[1], [2]] and r["steps"][0]["calibration"]["method"] == "wanda"
+    assert _tensors(here / "out.steps/01-prune")[0] == _tensors(here / "by-hand")[0]
+    r = json.loads(_ok(capsys, "run", "r.yaml", "-o", "fused", "--json", "--dry-run"))
+    assert r["pass_steps"] == [[1], [2]]  # wanda runs the model layer by layer: its output is written
 
 
 def test_two_runs_and_the_recorded_recipe_give_the_same_bytes(capsys, here):
@@ -150,7 +263,12 @@ def test_dry_run_writes_nothing(capsys, here):
     assert r["dry_run"] is True and not (here / "out").exists() and _leftovers(here) == []
     assert [s["kind"] for s in r["steps"]] == ["prune", "quantize", "report"]
     assert r["steps"][1] == {"step": 2, "kind": "quantize", "targets": 14, "format": "compressed-tensors", "schemes": ["w4a16"]}
-    assert r["passes"][1] == "step 2 of 3: quantize: one streaming pass into out"
+    assert r["pass_steps"] == [[1, 2], [3]]  # prune 2:4 and w4a16 fused into one pass; the report reads its output
+    assert r["passes"] == [
+        "pass 1 of 2 (steps 1-2): prune -> quantize: one streaming pass, each tensor read once from the model "
+        "and written once into out",
+        "pass 2 of 2 (step 3): report: reads the model so far; requires nm_2_4_fraction==1",
+    ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,6 +281,15 @@ def test_shipped_2of4_w4a16_loads_in_transformers(capsys, here):
     _ok(capsys, "run", SHIPPED / "run_2of4_w4a16_vllm.yaml", "--model", "base", "-o", "out")
     qc = json.loads((here / "out/config.json").read_text())["quantization_config"]
     assert qc["config_groups"]["group_0"]["weights"]["num_bits"] == 4
+    # the 2:4 structure is recorded as llm-compressor records it (stored dense, inside the int4 codes)
+    sc = qc["sparsity_config"]
+    assert sc["format"] == "dense" and sc["sparsity_structure"] == "2:4" and len(sc["targets"]) == 14
+    assert 0.3 < sc["global_sparsity"] < 0.5  # half of the linears' weights, of all the model's
+    from compressed_tensors.config import SparsityCompressionConfig
+
+    assert SparsityCompressionConfig.load_from_registry("dense", **sc).sparsity_structure == "2:4"
+    _ok(capsys, "quantize", "base", "-o", "dense", "--scheme", "w4a16")  # a dense input: no sparsity_config
+    assert json.loads((here / "dense/config.json").read_text())["quantization_config"]["sparsity_config"] == {}
     model = AutoModelForCausalLM.from_pretrained(here / "out")
     ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -102,3 +102,42 @@ def test_target_bpw_in_compressed_tensors_loads_in_transformers(capsys, tmp_path
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "ct")
     with torch.no_grad():
         assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_weighted_energies_weight_each_column():
+    from modelsurgeon.ops.quantize.budget import weighted_energies
+
+    w = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    deq = torch.tensor([[1.0, 1.0], [2.0, 4.0]])  # errors: column 0 -> 1 (row 1), column 1 -> 1 (row 0)
+    assert weighted_energies(w, deq, torch.tensor([1.0, 1.0])) == (30.0, 2.0)
+    assert weighted_energies(w, deq, torch.tensor([10.0, 0.0])) == (100.0, 10.0)
+
+
+def test_target_bpw_weighs_the_error_by_the_importance_matrix(capsys, tmp_path, llama):
+    """down_proj is 20x larger, so by weight error alone it gets the bits; an importance matrix that says the
+    MLP's inputs (gate/up) carry 10^4 x the activation energy of everything else moves the bits there."""
+    pytest.importorskip("gguf")
+    from builders import write_legacy_imatrix
+
+    pre = ("--pre-tokenizer", "gpt-2")
+    entries = {}
+    for i in range(2):
+        for name, cols in (("attn_q", 128), ("attn_k", 128), ("attn_v", 128), ("attn_output", 128), ("ffn_down", 256)):
+            entries[f"blk.{i}.{name}.weight"] = torch.ones(cols)
+        for name in ("ffn_gate", "ffn_up"):
+            entries[f"blk.{i}.{name}.weight"] = torch.full((128,), 1e4)
+    im = write_legacy_imatrix(tmp_path / "imatrix.dat", entries, ncalls=4, dataset="test")
+    flags = ("--scheme", "q4_0", "--target-bpw", "5.5", "--candidates", "q4_0,q5_0,q8_0", *pre)
+    plain = _q(capsys, llama, "-o", tmp_path / "p.gguf", *flags)
+    weighted = _q(capsys, llama, "-o", tmp_path / "w.gguf", *flags, "--imatrix", im)
+    bits = {"q4_0": 4.5, "q5_0": 5.5, "q8_0": 8.5}
+
+    def mean_bits(r, part):
+        return sum(bits[c["scheme"]] for c in r["choices"] if part in c["name"]) / 2
+
+    assert mean_bits(plain, "down_proj") > mean_bits(plain, "up_proj")  # weight error alone: the big tensors
+    for part in ("up_proj", "gate_proj"):  # the important inputs get the bits
+        assert mean_bits(weighted, part) > mean_bits(plain, part) and mean_bits(weighted, part) > 5
+    assert mean_bits(weighted, "down_proj") < mean_bits(plain, "down_proj")
+    assert weighted["bits_per_weight"] <= 5.5 + 1e-9
+    assert {c["name"]: c["scheme"] for c in plain["choices"]} != {c["name"]: c["scheme"] for c in weighted["choices"]}
