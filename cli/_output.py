@@ -14,8 +14,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 
 class Settings:
@@ -134,35 +133,6 @@ def _bars_off(quiet: bool) -> bool:
     return quiet or not err_console().is_terminal
 
 
-@contextmanager
-def progress(total: float, description: str, quiet: bool = False, unit: str = "bytes") -> Iterator:
-    """A Rich progress bar on stderr; yields ``advance(n)``. Silent with --quiet or when stderr is not a terminal."""
-    if _bars_off(quiet):
-        yield lambda n=1, description=None: None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    cols = [TextColumn("{task.description}"), BarColumn()]
-    cols += [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
-    cols += [TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*cols, console=err_console(), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-
-        def advance(n: float = 1, description: str | None = None) -> None:
-            bar.update(task, advance=n, **({"description": description} if description else {}))
-
-        yield advance
-
-
 def _scaled(n: int | float, units: tuple[str, ...], sep: str) -> str:
     """n in steps of 1000 with the first unit that keeps it under 1000 (whole numbers unscaled)."""
     n = float(n)
@@ -256,6 +226,12 @@ class RichProgress:
     def advance(self, n: float = 1) -> None:
         if self._bar is not None:
             self._bar.update(self._task, advance=n)
+
+    def update(self, description: str | None = None, total: float | None = None) -> None:
+        """The running phase with a new label or total; what is done (and so the speed) stays."""
+        if self._bar is not None:
+            changes = {k: v for k, v in (("description", description), ("total", total)) if v is not None}
+            self._bar.update(self._task, **changes)
 
     def note(self, message: str) -> None:
         if self.quiet and not message.startswith("warning"):
