@@ -4,7 +4,8 @@
   ``--json`` (``render``);
 - stderr carries progress (``RichProgress``, the CLI's side of ``ops.core.progress``), notes and
   warnings (``note``, ``warn``);
-- numbers are formatted the same way in every command (``fmt_*``).
+- numbers are formatted the same way in every command (``fmt_*``, from ``ops/core/units.py``, which the
+  ops' own messages use too).
 
 Nothing here imports torch, so ``surgeon --help`` stays fast.
 """
@@ -15,6 +16,17 @@ import json
 import math
 import sys
 from collections.abc import Callable
+
+from modelsurgeon.ops.core.units import (  # noqa: F401 (re-exported: one format per quantity, ops/core/units.py)
+    REL_L2,
+    fmt_bytes,
+    fmt_count,
+    fmt_float,
+    fmt_pct,
+    fmt_rel_l2,
+    fmt_seconds,
+    fmt_sqnr,
+)
 
 
 class Settings:
@@ -131,48 +143,6 @@ def _jsonable(obj):
 def _bars_off(quiet: bool) -> bool:
     """No bar with --quiet, nor when stderr is not a terminal (a log file gets no bar and no blank line)."""
     return quiet or not err_console().is_terminal
-
-
-def _scaled(n: int | float, units: tuple[str, ...], sep: str) -> str:
-    """n in steps of 1000 with the first unit that keeps it under 1000 (whole numbers unscaled)."""
-    n = float(n)
-    for i, unit in enumerate(units):
-        if abs(n) < 1000 or i == len(units) - 1:
-            return f"{n:.0f}{sep}{unit}" if i == 0 else f"{n:.2f}{sep}{unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
-def fmt_count(n: int | float) -> str:
-    return _scaled(n, ("", "K", "M", "B", "T", "P"), "")
-
-
-def fmt_bytes(n: int | float) -> str:
-    return _scaled(n, ("B", "KB", "MB", "GB", "TB", "PB"), " ")
-
-
-def fmt_pct(v) -> str:
-    """A fraction as a percentage with 2 decimals, everywhere; a value that is not exactly 0 or 1 never
-    prints as 0.00% or 100.00% (it prints <0.01% or >99.99%)."""
-    if v is None:
-        return "-"
-    if 0 < v < 0.00005:
-        return "<0.01%"
-    if 0.99995 <= v < 1:
-        return ">99.99%"
-    return f"{v:.2%}"
-
-
-def fmt_float(v, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, str):
-        return v
-    if v == 0:
-        return "0"
-    if abs(v) >= 1e4 or abs(v) < 1e-3:
-        return f"{v:.{digits - 1}e}"
-    return f"{v:.{digits}g}"
 
 
 class RichProgress:
@@ -391,5 +361,5 @@ def calibration_lines(c: dict) -> list[str]:
     ]
     if c.get("owl"):
         ls = c["owl"]["layer_sparsity"]
-        lines.append(f"owl: layer sparsities {min(ls):.3f} .. {max(ls):.3f}")
+        lines.append(f"owl: layer sparsities {fmt_pct(min(ls))} .. {fmt_pct(max(ls))}")
     return lines + [f"note: {n}" for n in c.get("notes", [])]

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ._options import DeviceOpt, JsonOpt, QuietOpt, RevisionOpt
-from ._output import RichProgress, fmt_float, render
+from ._output import RichProgress, fmt_float, fmt_pct, render
 
 EPILOG = """Examples:
 
@@ -100,7 +100,7 @@ def _print(r: dict) -> None:
     ]
     for m in rows:
         gates = "" if not m.get("gates") else " ".join(("ok" if g["ok"] else "FAIL") + f" {g['require']}" for g in m["gates"])
-        t.add_row(m["model"], *[fmt_float(m.get(c), 4) for c in cols], gates)
+        t.add_row(m["model"], *[(fmt_pct if c == "top1" else fmt_float)(m.get(c)) for c in cols], gates)
     console.print(t)
     if not r["ok"]:
         console.print("a --require gate failed", highlight=False)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
-from modelsurgeon.ops.core.memory import available_bytes, fmt_bytes
+from modelsurgeon.ops.core.memory import available_bytes
 from modelsurgeon.ops.core.progress import SILENT, Progress, update
+from modelsurgeon.ops.core.units import fmt_bytes
 
 from .problem import Problem
 from .projections import estimate_bytes, resolve_kind
