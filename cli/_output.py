@@ -279,6 +279,25 @@ def shorten_middle(name: str, width: int) -> str:
     return name[:head] + "…" + name[len(name) - tail :]
 
 
+def shorten_path(name: str, width: int) -> str:
+    """A model path or Hub id in at most ``width`` characters: the leading folders go first
+    (``…/models/llama-3-8b``), so the last part, the model's own name, stays whole as long as it fits (and is
+    cut in its middle when it does not)."""
+    if len(name) <= width:
+        return name
+    parts = name.split("/")
+    kept = parts[-1]
+    if len(parts) == 1 or width < 8:
+        return shorten_middle(name, width)
+    if len(kept) + 2 > width:
+        return "…/" + shorten_middle(kept, width - 2)
+    for p in reversed(parts[1:-1]):
+        if len(p) + 1 + len(kept) + 2 > width:
+            break
+        kept = f"{p}/{kept}"
+    return "…/" + kept
+
+
 def _table_width(cols: list[Col], widths: list[int]) -> int:
     """What Rich's SIMPLE_HEAD table with pad_edge=False needs: the cells, one space of padding either side
     between columns, a divider between columns and an edge on either side."""
@@ -286,7 +305,9 @@ def _table_width(cols: list[Col], widths: list[int]) -> int:
     return sum(widths) + 2 * (n - 1) + (n - 1) + 2 if n else 0
 
 
-def fit_columns(cols: list[Col], rows: list[list[str]], width: int | None) -> tuple[list[int], list[list[str]]]:
+def fit_columns(
+    cols: list[Col], rows: list[list[str]], width: int | None, shorten: Callable[[str, int], str] = shorten_middle
+) -> tuple[list[int], list[list[str]]]:
     """Which columns to show (their indices) and the rows with names shortened, so the table fits in ``width``
     (None: everything, whole). The name is column 0."""
     shown = list(range(len(cols)))
@@ -302,7 +323,7 @@ def fit_columns(cols: list[Col], rows: list[list[str]], width: int | None) -> tu
     while True:
         others = [natural(i) for i in shown[1:]]
         room = max(width - _table_width(cols, [0, *others]), len(cols[0].header), 8)
-        short = names if room >= longest else [shorten_middle(n, room) for n in names]
+        short = names if room >= longest else [shorten(n, room) for n in names]
         # enough room, and no two names shortened alike (else the rows could not be told apart)
         if (room >= min(longest, MIN_NAME) and len(set(short)) == len(set(names))) or not drop_order:
             break
@@ -310,16 +331,23 @@ def fit_columns(cols: list[Col], rows: list[list[str]], width: int | None) -> tu
     return shown, [[n, *r[1:]] for n, r in zip(short, rows)]
 
 
-def print_table(cols: list[Col], rows: list[list], title: str | None = None, console=None, legend: str | None = None) -> None:
-    """A table of one row per tensor (the name first) that fits the terminal: see ``fit_columns``. Cells are
-    strings or Rich Text (coloured status)."""
+def print_table(
+    cols: list[Col],
+    rows: list[list],
+    title: str | None = None,
+    console=None,
+    legend: str | None = None,
+    shorten: Callable[[str, int], str] = shorten_middle,
+) -> None:
+    """A table of one row per tensor (the name first; ``shorten=shorten_path`` for model paths) that fits the
+    terminal: see ``fit_columns``. Cells are strings or Rich Text (coloured status)."""
     from rich import box
     from rich.table import Table
 
     console = console or out_console()
     width = _fit_width(console)
     plain = [[c.plain if hasattr(c, "plain") else str(c) for c in r] for r in rows]
-    shown, fitted = fit_columns(cols, plain, width)
+    shown, fitted = fit_columns(cols, plain, width, shorten)
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, title_style="")
     for i in shown:
         t.add_column(cols[i].header, justify=cols[i].justify, no_wrap=True, overflow="ellipsis")

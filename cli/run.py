@@ -68,7 +68,19 @@ def _summary(s: dict) -> str:
         return f"{s.get('merge_method')}, {s.get('num_tensors', '')} tensors".rstrip(", ")
     if kind == "report" and "requirements" in s:
         return "; ".join(f"{r['require']}: {'ok' if r['ok'] else 'FAILED'} ({fmt_float(r['value'])})" for r in s["requirements"])
-    return ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("step", "kind") and not isinstance(v, (list, dict)))
+    shown = {k: v for k, v in s.items() if k not in ("step", "kind") and v is not None and not isinstance(v, (list, dict))}
+    return ", ".join(f"{k.replace('_', ' ')} {_value(k, v)}" for k, v in shown.items())
+
+
+def _value(key: str, v) -> str:
+    """A plan's value in the format its quantity has everywhere (sparsities as percentages, sizes in bytes)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if "sparsity" in key:
+        return fmt_pct(v)
+    if "bytes" in key:
+        return fmt_bytes(v)
+    return fmt_float(v) if isinstance(v, float) else str(v)
 
 
 def _print_table(r: dict) -> None:
