@@ -78,6 +78,15 @@ def evaluate(
     return 0 if result.ok else 1
 
 
+LEGEND = {  # what the headers that are not plain words mean (recipes/eval.py's GATE_KEYS, shorter)
+    "ppl_ratio": "perplexity / the reference's",
+    "kld": "mean KL(reference || model) per token (nats)",
+    "kld_p99": "its 99th percentile",
+    "top1": "tokens whose most likely next token is the reference's",
+    "cosine_min": "the lowest sentence cosine similarity",
+}
+
+
 def _print(r: dict) -> None:
     """One row per model, its path shortened from the left to fit (never wrapped); at a narrow width the
     columns go in a stated order: kld_p99, ppl_ratio, the minimum cosine, then the gates (ok, or FAILED and
@@ -93,7 +102,10 @@ def _print(r: dict) -> None:
     if r["reference"] is None:
         keys = [c for c in keys if c == "perplexity"]
     drop = {"kld_p99": 4, "ppl_ratio": 3, "cosine_min": 2, "gates": 1}
-    cols = [Col("model", "left"), *(Col(k, drop=drop.get(k, 0)) for k in keys), Col("gates", "left", drop=1)]
+    gated = any(m.get("gates") for m in r["models"])
+    cols = [Col("model", "left"), *(Col(k, drop=drop.get(k, 0)) for k in keys)] + (
+        [Col("gates", "left", drop=1)] if gated else []
+    )
     models = (
         [dict(r["reference"], model=r["reference"]["model"] + " (reference)", reference=True)] if r["reference"] else []
     ) + r["models"]
@@ -104,7 +116,8 @@ def _print(r: dict) -> None:
             gates = Text("")
         else:
             gates = Text.assemble(status(not failed, no="FAILED"), f" {' '.join(failed)}" if failed else "")
-        rows.append([m["model"], *[(fmt_pct if c == "top1" else fmt_float)(m.get(c)) for c in keys], gates])
-    print_table(cols, rows, title=f"eval on {r['text']} ({what})", console=console, shorten=shorten_path)
+        rows.append([m["model"], *[(fmt_pct if c == "top1" else fmt_float)(m.get(c)) for c in keys]] + ([gates] if gated else []))
+    legend = "; ".join(f"{k}: {LEGEND[k]}" for k in keys if k in LEGEND) or None
+    print_table(cols, rows, title=f"eval on {r['text']} ({what})", console=console, legend=legend, shorten=shorten_path)
     if not r["ok"]:
         console.print("a --require gate failed", highlight=False)
