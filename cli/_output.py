@@ -4,7 +4,8 @@
   ``--json`` (``render``);
 - stderr carries progress (``RichProgress``, the CLI's side of ``ops.core.progress``), notes and
   warnings (``note``, ``warn``);
-- numbers are formatted the same way in every command (``fmt_*``).
+- numbers are formatted the same way in every command (``fmt_*``, from ``ops/core/units.py``, which the
+  ops' own messages use too).
 
 Nothing here imports torch, so ``surgeon --help`` stays fast.
 """
@@ -14,8 +15,18 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+
+from modelsurgeon.ops.core.units import (  # noqa: F401 (re-exported: one format per quantity, ops/core/units.py)
+    REL_L2,
+    fmt_bytes,
+    fmt_count,
+    fmt_float,
+    fmt_pct,
+    fmt_rel_l2,
+    fmt_seconds,
+    fmt_sqnr,
+)
 
 
 class Settings:
@@ -134,77 +145,6 @@ def _bars_off(quiet: bool) -> bool:
     return quiet or not err_console().is_terminal
 
 
-@contextmanager
-def progress(total: float, description: str, quiet: bool = False, unit: str = "bytes") -> Iterator:
-    """A Rich progress bar on stderr; yields ``advance(n)``. Silent with --quiet or when stderr is not a terminal."""
-    if _bars_off(quiet):
-        yield lambda n=1, description=None: None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    cols = [TextColumn("{task.description}"), BarColumn()]
-    cols += [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
-    cols += [TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*cols, console=err_console(), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-
-        def advance(n: float = 1, description: str | None = None) -> None:
-            bar.update(task, advance=n, **({"description": description} if description else {}))
-
-        yield advance
-
-
-def _scaled(n: int | float, units: tuple[str, ...], sep: str) -> str:
-    """n in steps of 1000 with the first unit that keeps it under 1000 (whole numbers unscaled)."""
-    n = float(n)
-    for i, unit in enumerate(units):
-        if abs(n) < 1000 or i == len(units) - 1:
-            return f"{n:.0f}{sep}{unit}" if i == 0 else f"{n:.2f}{sep}{unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
-def fmt_count(n: int | float) -> str:
-    return _scaled(n, ("", "K", "M", "B", "T", "P"), "")
-
-
-def fmt_bytes(n: int | float) -> str:
-    return _scaled(n, ("B", "KB", "MB", "GB", "TB", "PB"), " ")
-
-
-def fmt_pct(v) -> str:
-    """A fraction as a percentage with 2 decimals, everywhere; a value that is not exactly 0 or 1 never
-    prints as 0.00% or 100.00% (it prints <0.01% or >99.99%)."""
-    if v is None:
-        return "-"
-    if 0 < v < 0.00005:
-        return "<0.01%"
-    if 0.99995 <= v < 1:
-        return ">99.99%"
-    return f"{v:.2%}"
-
-
-def fmt_float(v, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, str):
-        return v
-    if v == 0:
-        return "0"
-    if abs(v) >= 1e4 or abs(v) < 1e-3:
-        return f"{v:.{digits - 1}e}"
-    return f"{v:.{digits}g}"
-
-
 class RichProgress:
     """``ops.core.progress.Progress`` as a Rich bar on stderr; notes print above it. Silent with --quiet
     (warnings still print: they start with "warning")."""
@@ -256,6 +196,12 @@ class RichProgress:
     def advance(self, n: float = 1) -> None:
         if self._bar is not None:
             self._bar.update(self._task, advance=n)
+
+    def update(self, description: str | None = None, total: float | None = None) -> None:
+        """The running phase with a new label or total; what is done (and so the speed) stays."""
+        if self._bar is not None:
+            changes = {k: v for k, v in (("description", description), ("total", total)) if v is not None}
+            self._bar.update(self._task, **changes)
 
     def note(self, message: str) -> None:
         if self.quiet and not message.startswith("warning"):
@@ -333,6 +279,25 @@ def shorten_middle(name: str, width: int) -> str:
     return name[:head] + "…" + name[len(name) - tail :]
 
 
+def shorten_path(name: str, width: int) -> str:
+    """A model path or Hub id in at most ``width`` characters: the leading folders go first
+    (``…/models/llama-3-8b``), so the last part, the model's own name, stays whole as long as it fits (and is
+    cut in its middle when it does not)."""
+    if len(name) <= width:
+        return name
+    parts = name.split("/")
+    kept = parts[-1]
+    if len(parts) == 1 or width < 8:
+        return shorten_middle(name, width)
+    if len(kept) + 2 > width:
+        return "…/" + shorten_middle(kept, width - 2)
+    for p in reversed(parts[1:-1]):
+        if len(p) + 1 + len(kept) + 2 > width:
+            break
+        kept = f"{p}/{kept}"
+    return "…/" + kept
+
+
 def _table_width(cols: list[Col], widths: list[int]) -> int:
     """What Rich's SIMPLE_HEAD table with pad_edge=False needs: the cells, one space of padding either side
     between columns, a divider between columns and an edge on either side."""
@@ -340,7 +305,9 @@ def _table_width(cols: list[Col], widths: list[int]) -> int:
     return sum(widths) + 2 * (n - 1) + (n - 1) + 2 if n else 0
 
 
-def fit_columns(cols: list[Col], rows: list[list[str]], width: int | None) -> tuple[list[int], list[list[str]]]:
+def fit_columns(
+    cols: list[Col], rows: list[list[str]], width: int | None, shorten: Callable[[str, int], str] = shorten_middle
+) -> tuple[list[int], list[list[str]]]:
     """Which columns to show (their indices) and the rows with names shortened, so the table fits in ``width``
     (None: everything, whole). The name is column 0."""
     shown = list(range(len(cols)))
@@ -356,7 +323,7 @@ def fit_columns(cols: list[Col], rows: list[list[str]], width: int | None) -> tu
     while True:
         others = [natural(i) for i in shown[1:]]
         room = max(width - _table_width(cols, [0, *others]), len(cols[0].header), 8)
-        short = names if room >= longest else [shorten_middle(n, room) for n in names]
+        short = names if room >= longest else [shorten(n, room) for n in names]
         # enough room, and no two names shortened alike (else the rows could not be told apart)
         if (room >= min(longest, MIN_NAME) and len(set(short)) == len(set(names))) or not drop_order:
             break
@@ -364,16 +331,23 @@ def fit_columns(cols: list[Col], rows: list[list[str]], width: int | None) -> tu
     return shown, [[n, *r[1:]] for n, r in zip(short, rows)]
 
 
-def print_table(cols: list[Col], rows: list[list], title: str | None = None, console=None, legend: str | None = None) -> None:
-    """A table of one row per tensor (the name first) that fits the terminal: see ``fit_columns``. Cells are
-    strings or Rich Text (coloured status)."""
+def print_table(
+    cols: list[Col],
+    rows: list[list],
+    title: str | None = None,
+    console=None,
+    legend: str | None = None,
+    shorten: Callable[[str, int], str] = shorten_middle,
+) -> None:
+    """A table of one row per tensor (the name first; ``shorten=shorten_path`` for model paths) that fits the
+    terminal: see ``fit_columns``. Cells are strings or Rich Text (coloured status)."""
     from rich import box
     from rich.table import Table
 
     console = console or out_console()
     width = _fit_width(console)
     plain = [[c.plain if hasattr(c, "plain") else str(c) for c in r] for r in rows]
-    shown, fitted = fit_columns(cols, plain, width)
+    shown, fitted = fit_columns(cols, plain, width, shorten)
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, title_style="")
     for i in shown:
         t.add_column(cols[i].header, justify=cols[i].justify, no_wrap=True, overflow="ellipsis")
@@ -415,5 +389,5 @@ def calibration_lines(c: dict) -> list[str]:
     ]
     if c.get("owl"):
         ls = c["owl"]["layer_sparsity"]
-        lines.append(f"owl: layer sparsities {min(ls):.3f} .. {max(ls):.3f}")
+        lines.append(f"owl: layer sparsities {fmt_pct(min(ls))} .. {fmt_pct(max(ls))}")
     return lines + [f"note: {n}" for n in c.get("notes", [])]

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._options import DEFAULT_MAX_SHARD, ForceOpt, JsonOpt, MaxShardOpt, OutputOpt, QuietOpt, RevisionOpt, command_line
-from ._output import RichProgress, fmt_bytes, render
+from ._output import RichProgress, fmt_bytes, fmt_seconds, render
 
 EPILOG = """Examples:
 
@@ -66,7 +66,7 @@ def _print_summary(r: dict) -> None:
         console.print(f"  {n:5d} x {stored}", highlight=False, soft_wrap=True)
     console.print(
         f"dequantized {r['dequantized_tensors']} of {r['num_tensors']} tensors, dtype {r['dtype']}: "
-        f"{fmt_bytes(r['bytes_read'])} read, {fmt_bytes(r['bytes_written'])} written in {r['seconds']:.1f} s",
+        f"{fmt_bytes(r['bytes_read'])} read, {fmt_bytes(r['bytes_written'])} written in {fmt_seconds(r['seconds'])}",
         highlight=False,
         soft_wrap=True,
     )

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ._options import DeviceOpt, JsonOpt, QuietOpt, RevisionOpt
-from ._output import RichProgress, fmt_float, render
+from ._output import RichProgress, fmt_float, fmt_pct, render
 
 EPILOG = """Examples:
 
@@ -78,29 +78,46 @@ def evaluate(
     return 0 if result.ok else 1
 
 
-def _print(r: dict) -> None:
-    from rich import box
-    from rich.table import Table
+LEGEND = {  # what the headers that are not plain words mean (recipes/eval.py's GATE_KEYS, shorter)
+    "ppl_ratio": "perplexity / the reference's",
+    "kld": "mean KL(reference || model) per token (nats)",
+    "kld_p99": "its 99th percentile",
+    "top1": "tokens whose most likely next token is the reference's",
+    "cosine_min": "the lowest sentence cosine similarity",
+}
 
-    from ._output import out_console
+
+def _print(r: dict) -> None:
+    """One row per model, its path shortened from the left to fit (never wrapped); at a narrow width the
+    columns go in a stated order: kld_p99, ppl_ratio, the minimum cosine, then the gates (ok, or FAILED and
+    the requirements that failed)."""
+    from rich.text import Text
+
+    from ._output import Col, out_console, print_table, shorten_path, status
 
     console = out_console()
     encoder = all(m["kind"] != "causal" for m in r["models"])
     what = f"{r['tokens']} sentences" if encoder else f"{r['tokens']} tokens, context {r['context']}, stride {r['stride']}"
-    t = Table(title=f"eval on {r['text']} ({what})", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    cols = ["cosine", "cosine_min"] if encoder else ["perplexity", "ppl_ratio", "kld", "kld_p99", "top1"]
+    keys = ["cosine", "cosine_min"] if encoder else ["perplexity", "ppl_ratio", "kld", "kld_p99", "top1"]
     if r["reference"] is None:
-        cols = [c for c in cols if c == "perplexity"]
-    t.add_column("model", overflow="fold", ratio=1, min_width=16)
-    for c in cols:
-        t.add_column(c, justify="right", no_wrap=True)
-    t.add_column("gates", no_wrap=True)
-    rows = ([dict(r["reference"], gates=None, model=r["reference"]["model"] + " (reference)")] if r["reference"] else []) + r[
-        "models"
-    ]
-    for m in rows:
-        gates = "" if not m.get("gates") else " ".join(("ok" if g["ok"] else "FAIL") + f" {g['require']}" for g in m["gates"])
-        t.add_row(m["model"], *[fmt_float(m.get(c), 4) for c in cols], gates)
-    console.print(t)
+        keys = [c for c in keys if c == "perplexity"]
+    drop = {"kld_p99": 4, "ppl_ratio": 3, "cosine_min": 2, "gates": 1}
+    gated = any(m.get("gates") for m in r["models"])
+    cols = [Col("model", "left"), *(Col(k, drop=drop.get(k, 0)) for k in keys)] + (
+        [Col("gates", "left", drop=1)] if gated else []
+    )
+    models = (
+        [dict(r["reference"], model=r["reference"]["model"] + " (reference)", reference=True)] if r["reference"] else []
+    ) + r["models"]
+    rows = []
+    for m in models:
+        failed = [g["require"] for g in m.get("gates") or [] if not g["ok"]]
+        if m.get("reference") or not m.get("gates"):
+            gates = Text("")
+        else:
+            gates = Text.assemble(status(not failed, no="FAILED"), f" {' '.join(failed)}" if failed else "")
+        rows.append([m["model"], *[(fmt_pct if c == "top1" else fmt_float)(m.get(c)) for c in keys]] + ([gates] if gated else []))
+    legend = "; ".join(f"{k}: {LEGEND[k]}" for k in keys if k in LEGEND) or None
+    print_table(cols, rows, title=f"eval on {r['text']} ({what})", console=console, legend=legend, shorten=shorten_path)
     if not r["ok"]:
         console.print("a --require gate failed", highlight=False)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._options import DeviceOpt, ForceOpt, JsonOpt, QuietOpt, RevisionOpt, command_line
-from ._output import RichProgress, fmt_float, render
+from ._output import RichProgress, fmt_float, fmt_seconds, render
 
 EPILOG = """Examples:
 
@@ -204,7 +204,7 @@ def _print_summary(out: dict) -> None:
         (metric, "right"),
         ("eval loss", "right"),
         ("train loss", "right"),
-        ("seconds", "right"),
+        ("time", "right"),
         ("pass", "center"),
     ):
         t.add_column(col, justify=j, no_wrap=True)
@@ -217,7 +217,7 @@ def _print_summary(out: dict) -> None:
             f"{r['metric']:.4f}",
             fmt_float(r["loss"]),
             fmt_float(r["train_loss"]),
-            f"{r['seconds']:.2f}",
+            fmt_seconds(r["seconds"]),
             passed,
         )
     console.print(t)
@@ -243,7 +243,7 @@ def _print_summary(out: dict) -> None:
         )
         + f" on {out['task']['eval_split']}; theta_0 (d = 0) scores {out['theta0_metric']:.4f}",
         f"projection {p['kind']}{extra}, seeds {p['seeds']}{', SAID (' + str(p['said_scales']) + ' scales)' if p['said'] else ''}; "
-        f"{out['search']['runs']} runs in {out['seconds']:.1f} s on {out['device']}",
+        f"{out['search']['runs']} runs in {fmt_seconds(out['seconds'])} on {out['device']}",
     ]
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)

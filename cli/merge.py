@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ._options import DEFAULT_MAX_SHARD, DeviceOpt, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt, command_line
-from ._output import RichProgress, emit_json, fmt_bytes, fmt_count, render, warn
+from ._output import REL_L2, RichProgress, emit_json, fmt_bytes, fmt_count, fmt_rel_l2, fmt_seconds, render, warn
 
 EPILOG = """Examples:
 
@@ -361,8 +361,8 @@ def _extract(finetune: str, base: str, settings: dict, write: _Write) -> int:
     render(result, write.as_json, _print_plan)
     if not write.dry_run and result.modules and result.mean_rel_error > LORA_POOR_ERROR:
         warn(
-            f"the rank-{result.rank} adapter reproduces the fine-tune poorly: mean relative error "
-            f"{result.mean_rel_error:.2f} (above {LORA_POOR_ERROR}); a higher --rank keeps more of the change"
+            f"the rank-{result.rank} adapter reproduces the fine-tune poorly: mean {REL_L2} "
+            f"{fmt_rel_l2(result.mean_rel_error)} (above {LORA_POOR_ERROR}); a higher --rank keeps more of the change"
         )
     return 0
 
@@ -389,11 +389,11 @@ def _list_methods(as_json: bool) -> int:
     return 0
 
 
-LORA_POOR_ERROR = 0.5  # an extracted adapter's mean relative error above this gets a warning
+LORA_POOR_ERROR = 0.5  # an extracted adapter's mean rel L2 error above this gets a warning
 
 
 def _label(key: str, s: dict) -> str:
-    return {"mean_rel_error": "mean rel error", "max_rel_error": "max rel error"}.get(key, key.replace("_", " "))
+    return {"mean_rel_error": f"mean {REL_L2}", "max_rel_error": f"max {REL_L2}"}.get(key, key.replace("_", " "))
 
 
 def _print_plan(s: dict) -> None:
@@ -415,7 +415,11 @@ def _print_plan(s: dict) -> None:
             worst = max(value.items(), key=lambda kv: kv[1]["rel_error"], default=None)
             value = f"{len(value)} modules, ranks {ranks[0]}-{ranks[-1]}" if ranks else "-"
             if worst is not None:
-                value += f", worst error {worst[1]['rel_error']:.3g} ({worst[0]})"
+                value += f", worst {REL_L2} {fmt_rel_l2(worst[1]['rel_error'])} ({worst[0]})"
+        elif key in ("mean_rel_error", "max_rel_error"):
+            value = fmt_rel_l2(value)
+        elif key == "seconds":
+            value = fmt_seconds(value)
         elif key in ("output_bytes", "bytes_written", "peak_memory_estimate"):
             value = fmt_bytes(value)
         elif key == "dtypes":
@@ -430,4 +434,4 @@ def _print_plan(s: dict) -> None:
     t.title = "plan (dry run: nothing was written)" if s.get("dry_run") else None
     console.print(t)
     if s.get("mean_rel_error") is not None and "rank" in s:
-        print_lines(["rel error = |delta - B A| / |delta| per weight, delta = fine-tune - base"], console)
+        print_lines([f"{REL_L2} = |delta - B A| / |delta| per weight, delta = fine-tune - base"], console)

@@ -144,7 +144,7 @@ def _print(r: dict) -> None:
 
     console = out_console()
     what = f"{r['method']} {r['pattern'] or r['scope']}"
-    title = f"{'plan: ' if r['dry_run'] else ''}prune {r['model']} ({what}, sparsity {r['sparsity']:.4g})"
+    title = f"{'plan: ' if r['dry_run'] else ''}prune {r['model']} ({what}, sparsity {fmt_pct(r['sparsity'])})"
     cols = [Col("tensor", "left"), Col("shape", "left", drop=2), Col("params", drop=3), Col("target"), Col("pruned", drop=1)]
     if not r["dry_run"]:
         cols += [Col("zeros before", drop=4), Col("sparsity")]

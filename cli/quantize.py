@@ -25,7 +25,20 @@ from ._options import (
     calib_flags,
     command_line,
 )
-from ._output import RichProgress, calibration_lines, fmt_bytes, fmt_count, fmt_float, print_lines, render, settings
+from ._output import (
+    REL_L2,
+    RichProgress,
+    calibration_lines,
+    fmt_bytes,
+    fmt_count,
+    fmt_float,
+    fmt_rel_l2,
+    fmt_seconds,
+    fmt_sqnr,
+    print_lines,
+    render,
+    settings,
+)
 
 SCHEME_NAMES = ", ".join(SCHEME_RULES)  # from the torch-free rules, so --help stays light
 
@@ -209,7 +222,7 @@ def _print_table(r: dict) -> None:
     console = out_console()
     title = f"{r['model']} -> {r['output']}  ({r['scheme']}, {r['format']})"
     cols = [Col("tensor", "left"), Col("shape", "left", drop=2), Col("bits/w", drop=1)]
-    cols += [Col("before", drop=3), Col("after", drop=4), Col("SQNR dB"), Col("rel L2")]
+    cols += [Col("before", drop=3), Col("after", drop=4), Col("SQNR dB"), Col(REL_L2)]
     quantized = [row for row in r["tensors"] if row["scheme"]]
     kept = len(r["tensors"]) - len(quantized)
     rows = [
@@ -219,8 +232,8 @@ def _print_table(r: dict) -> None:
             f"{row['bits_per_weight']:.3f}",
             fmt_bytes(row["bytes_before"]),
             fmt_bytes(row["bytes_after"]),
-            fmt_float(row["sqnr_db"], 4),
-            fmt_float(row["rel_l2"], 3),
+            fmt_sqnr(row["sqnr_db"]),
+            fmt_rel_l2(row["rel_l2"]),
         ]
         for row in top_rows(quantized)
     ]
@@ -230,9 +243,9 @@ def _print_table(r: dict) -> None:
     lines = [
         f"quantized {r['quantized_tensors']} of {r['num_tensors']} tensors ({r['quantized_params']:,} weights), {kept} kept as they are; "
         f"{'symmetric' if r['symmetric'] else 'asymmetric'}, {group}, optimizer {r['optimizer']}",
-        f"bits per weight {fmt_float(r['bits_per_weight'], 4)}   SQNR {fmt_float(r['sqnr_db'], 4)} dB   rel L2 {fmt_float(r['rel_l2'], 3)}",
+        f"bits per weight {fmt_float(r['bits_per_weight'], 4)}   SQNR {fmt_sqnr(r['sqnr_db'])} dB   {REL_L2} {fmt_rel_l2(r['rel_l2'])}",
         f"size {fmt_bytes(r['bytes_before'])} -> {fmt_bytes(r['bytes_after'])} "
-        f"({fmt_float(r['compression'], 3)}x compression{_why_dense(r)}) in {r['seconds']:.1f} s",
+        f"({fmt_float(r['compression'], 3)}x compression{_why_dense(r)}) in {fmt_seconds(r['seconds'])}",
     ]
     if r.get("calibration"):
         lines += calibration_lines(r["calibration"])

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ._options import JsonOpt, QuietOpt, RevisionOpt, WideOpt
-from ._output import RichProgress, fmt_bytes, fmt_count, fmt_float, fmt_pct, print_lines, render, settings
+from ._output import REL_L2, RichProgress, fmt_bytes, fmt_count, fmt_float, fmt_pct, fmt_rel_l2, print_lines, render, settings
 
 EPILOG = """Examples:
 
@@ -63,7 +63,7 @@ def _print_table(r: dict) -> None:
     # would get narrower than MIN_NAME (--wide shows all)
     cols = [Col("tensor", "left"), Col("shape", "left"), Col("dtype", "left", drop=3), Col("params"), Col("nonzero")]
     if cmp:
-        cols += [Col("rel L2"), Col("cosine", drop=2), Col("changed", drop=4), Col("same sign", drop=5)]
+        cols += [Col(REL_L2), Col("cosine", drop=2), Col("changed", drop=4), Col("same sign", drop=5)]
     else:
         cols += [Col("2:4", "center", drop=4), Col("mean|w|", drop=1), Col("std", drop=2), Col("min", drop=6), Col("max", drop=5)]
     rows = []
@@ -77,7 +77,7 @@ def _print_table(r: dict) -> None:
         ]
         if cmp:
             cells += [
-                fmt_float(row["rel_l2"], 3),
+                fmt_rel_l2(row["rel_l2"]),
                 fmt_float(row["cosine"], 5),
                 fmt_pct(row["changed_fraction"]),
                 fmt_pct(row["sign_agreement"]),
@@ -127,7 +127,7 @@ def _print_table(r: dict) -> None:
     if cmp:
         c = r["compare"]
         lines.append(
-            f"compared {c['compared_tensors']} tensors: max rel L2 {fmt_float(c['max_rel_l2'])}, mean {fmt_float(c['mean_rel_l2'])}, "
+            f"compared {c['compared_tensors']} tensors: max {REL_L2} {fmt_rel_l2(c['max_rel_l2'])}, mean {fmt_rel_l2(c['mean_rel_l2'])}, "
             f"min cosine {fmt_float(c['min_cosine'])}, changed {fmt_pct(c['changed_fraction'])}"
         )
         for key, label in (("missing_tensors", "missing from other"), ("extra_tensors", "only in other")):

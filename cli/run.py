@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ._options import DEFAULT_MAX_SHARD, ForceOpt, JsonOpt, MaxShardOpt, QuietOpt
-from ._output import RichProgress, fmt_bytes, fmt_float, render
+from ._output import RichProgress, fmt_bytes, fmt_float, fmt_pct, fmt_seconds, fmt_sqnr, render
 
 EPILOG = """Examples:
 
@@ -56,19 +56,31 @@ def run(
 def _summary(s: dict) -> str:
     kind = s.get("kind")
     if kind == "prune" and "zeros" in s:
-        return f"sparsity {fmt_float(s.get('target_sparsity'))} of {s.get('num_targets')} tensors" + (
+        return f"sparsity {fmt_pct(s.get('target_sparsity'))} of {s.get('num_targets')} tensors" + (
             f", {s['pattern']}" if s.get("pattern") else ""
         )
     if kind == "quantize" and "bits_per_weight" in s:
         return (
             f"{s.get('scheme')} ({s.get('format')}), {fmt_float(s.get('bits_per_weight'))} bits/weight, "
-            f"SQNR {fmt_float(s.get('sqnr_db'))} dB, {fmt_bytes(s.get('bytes_after') or 0)}"
+            f"SQNR {fmt_sqnr(s.get('sqnr_db'))} dB, {fmt_bytes(s.get('bytes_after'))}"
         )
     if kind == "merge" and "merge_method" in s:
         return f"{s.get('merge_method')}, {s.get('num_tensors', '')} tensors".rstrip(", ")
     if kind == "report" and "requirements" in s:
         return "; ".join(f"{r['require']}: {'ok' if r['ok'] else 'FAILED'} ({fmt_float(r['value'])})" for r in s["requirements"])
-    return ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("step", "kind") and not isinstance(v, (list, dict)))
+    shown = {k: v for k, v in s.items() if k not in ("step", "kind") and v is not None and not isinstance(v, (list, dict))}
+    return ", ".join(f"{k.replace('_', ' ')} {_value(k, v)}" for k, v in shown.items())
+
+
+def _value(key: str, v) -> str:
+    """A plan's value in the format its quantity has everywhere (sparsities as percentages, sizes in bytes)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if "sparsity" in key:
+        return fmt_pct(v)
+    if "bytes" in key:
+        return fmt_bytes(v)
+    return fmt_float(v) if isinstance(v, float) else str(v)
 
 
 def _print_table(r: dict) -> None:
@@ -88,6 +100,6 @@ def _print_table(r: dict) -> None:
     for line in r["passes"]:
         con.print(line, highlight=False, markup=False)
     if not r["dry_run"]:
-        con.print(f"output: {r['output']}  ({r['seconds']} s)", highlight=False, markup=False)
+        con.print(f"output: {r['output']}  ({fmt_seconds(r['seconds'])})", highlight=False, markup=False)
     if r.get("intermediate"):
         con.print(f"intermediate outputs kept in {r['intermediate']}", highlight=False, markup=False)

@@ -11,7 +11,8 @@ Each function takes the command's settings as keyword arguments (or a ready conf
 config -> plan -> run, closes what it opened, and returns the command's result object: ``to_dict()``
 is exactly the JSON that ``surgeon COMMAND --json`` prints. Errors are ``modelsurgeon.SurgeonError``
 (one line that says what to do); ``progress`` takes any object with ``start``, ``advance`` and
-``note`` (``modelsurgeon.ops.core.progress.Progress``); without one the functions are silent.
+``note`` (``modelsurgeon.ops.core.progress.Progress``; an ``update`` method, if it has one, gets a
+phase's new label or total); without one the functions are silent.
 """
 
 from __future__ import annotations

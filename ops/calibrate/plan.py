@@ -18,6 +18,7 @@ from torch import nn
 
 from modelsurgeon.ops.core.errors import SurgeonError
 from modelsurgeon.ops.core.progress import SILENT, Progress
+from modelsurgeon.ops.core.units import fmt_bytes
 from modelsurgeon.ops.io.checkpoint import Checkpoint
 from modelsurgeon.recipes.calibrate import CalibrationConfig
 
@@ -160,6 +161,6 @@ def _store_for(plan: CalibrationPlan) -> torch.device:
     free, _ = torch.cuda.mem_get_info(dev)
     need = plan.memory_estimate()["activations"]
     if need > free // 2:
-        plan.notes.append(f"activations ({need / 1e9:.1f} GB) kept on the CPU: they do not fit beside the layer on {dev}")
+        plan.notes.append(f"activations ({fmt_bytes(need)}) kept on the CPU: they do not fit beside the layer on {dev}")
         return torch.device("cpu")
     return dev

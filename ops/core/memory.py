@@ -57,11 +57,3 @@ def available_bytes() -> int | None:
     """Bytes this process can still allocate, as far as can be told; None when nothing is known."""
     known = [v for v in (_meminfo("MemAvailable"), _cgroup_room(), _address_space_room()) if v is not None]
     return min(known) if known else None
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.0f} B"

@@ -8,8 +8,14 @@ object with these methods (a logger, a notebook widget)::
     progress.advance(nbytes)                                # work done in that phase
     progress.note("warning: ...")                           # a line for the user (warnings start so)
 
-``unit`` names what ``total`` counts (``bytes``, ``tensors``, ``layers``, ``epochs``, ``runs``): the
-ETA is only as honest as the unit is even, so ops count the unit that dominates their time.
+``unit`` names what ``total`` counts (``bytes``, ``tensors``, ``layers``, ``runs``): the ETA is only as
+honest as the unit is even, so ops count the unit that dominates their time (tensors for quantize, whose
+per-tensor work dwarfs copying bytes; decoder layers for the calibrated methods and ``eval``; training
+runs for intrinsic-dim). ``advance`` may take fractions of a unit (an epoch of a run).
+
+An object may also have ``update(description=None, total=None)``: the phase goes on with a new label or a
+new total (a search that learns how many runs it needs). It is optional: ops call it through
+``update(progress, ...)``, which skips an object without it.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ class Silent:
     def note(self, message: str) -> None:
         self.notes.append(message)
 
+    def update(self, description: str | None = None, total: float | None = None) -> None:
+        pass
+
 
 SILENT = Silent()
 
@@ -47,3 +56,11 @@ SILENT = Silent()
 def silent() -> Silent:
     """A fresh silent progress (its ``notes`` start empty)."""
     return Silent()
+
+
+def update(progress, description: str | None = None, total: float | None = None) -> None:
+    """Give the running phase a new description or total without restarting it (what is done stays done);
+    nothing for a progress object without ``update``."""
+    fn = getattr(progress, "update", None)
+    if fn is not None:
+        fn(description=description, total=total)

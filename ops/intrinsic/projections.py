@@ -29,6 +29,7 @@ import torch
 
 from modelsurgeon.ops.core.errors import SurgeonError
 from modelsurgeon.ops.core.registry import Registry
+from modelsurgeon.ops.core.units import fmt_bytes
 
 from .fwht import fastfood, fastfood_t, next_pow2
 
@@ -82,7 +83,7 @@ class DenseProjection(Projection):
         need = 4 * D * d
         if need > max_bytes:
             raise SurgeonError(
-                f"a dense projection at d = {d} needs {need / 2**30:.1f} GiB for D = {D:,} (limit {max_bytes / 2**30:.1f} GiB)",
+                f"a dense projection at d = {d} needs {fmt_bytes(need)} for D = {D:,} (limit {fmt_bytes(max_bytes)})",
                 "use --projection sparse or fastfood",
             )
         rows = []

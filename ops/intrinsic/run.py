@@ -15,9 +15,9 @@ import math
 from dataclasses import dataclass, field
 
 from modelsurgeon.ops.core.interrupt import interruptible
-from modelsurgeon.ops.core.memory import fmt_bytes
 from modelsurgeon.ops.core.progress import SILENT, Progress
 from modelsurgeon.ops.core.result import Result
+from modelsurgeon.ops.core.units import fmt_bytes
 
 from .plan import IntrinsicDimPlan
 from .search import Measurement, measure

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 from modelsurgeon.ops.core.errors import SurgeonError, UsageError
-from modelsurgeon.ops.core.memory import available_bytes, fmt_bytes
-from modelsurgeon.ops.core.progress import SILENT, Progress
+from modelsurgeon.ops.core.memory import available_bytes
+from modelsurgeon.ops.core.progress import SILENT, Progress, update
+from modelsurgeon.ops.core.units import fmt_bytes
 
 from .problem import Problem
 from .projections import estimate_bytes, resolve_kind
@@ -86,9 +87,46 @@ def check_plan(problem: Problem, cfg) -> None:
                 )
 
 
+class _RunShare:
+    """One run's epochs as shares of one run on the search's bar (``train_run`` advances one per epoch; a run
+    that stops early, diverged, gets the rest of its share at ``finish``)."""
+
+    def __init__(self, progress: Progress, epochs: int):
+        self.progress, self.step, self.done = progress, 1 / max(epochs, 1), 0.0
+
+    def start(self, description: str, total: float | None = None, unit: str = "items") -> None:
+        pass
+
+    def advance(self, n: float = 1) -> None:
+        share = min(n * self.step, 1 - self.done)
+        self.done += share
+        self.progress.advance(share)
+
+    def note(self, message: str) -> None:
+        self.progress.note(message)
+
+    def finish(self) -> None:
+        if self.done < 1:
+            self.progress.advance(1 - self.done)
+
+
+def bisections(lo: int, hi: int, rel_tol: float) -> int:
+    """How many runs the bisection takes at most to narrow (lo, hi] to the tolerance: every run halves the
+    bracket, and the path where every run passes is the longest (hi, and with it the tolerance, goes down)."""
+    n = 0
+    while hi - lo > max(1, int(rel_tol * hi)):
+        hi = (lo + hi) // 2
+        n += 1
+    return n
+
+
 def measure(problem: Problem, cfg, progress: Progress = SILENT) -> Measurement:
-    """The baseline and the search. ``cfg`` has every setting filled and passed ``check_plan``; each run
-    starts a progress phase ("run 3: d = 64  seed 0", its epochs as the unit)."""
+    """The baseline and the search. ``cfg`` has every setting filled and passed ``check_plan``.
+
+    Progress is one phase counted in training runs (each epoch a share of its run), the unit that dominates
+    the time: a grid knows its runs; a search's total is the most it can still take (doubling up to d_max or
+    to the first d that would not fit in memory, then bisection, then the extra seeds), and it comes down as
+    the search learns where d_int is. The label names the run ("run 3: d = 64  seed 0")."""
     # the first torch.optim optimizer of a process imports torch._dynamo (1-3 s): pay it before the clock
     # starts, so that the first run's seconds compare with the others
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -98,13 +136,36 @@ def measure(problem: Problem, cfg, progress: Progress = SILENT) -> Measurement:
     d_max = min(cfg.d_max or D, D)
 
     n_runs = 0
+    extra_seeds = 2 * (cfg.seeds - 1)  # the search repeats both ends of its bracket
+
+    def doubling_ahead(d: int, lo: int) -> int:
+        """The most runs a search still takes from a doubling step at d (this one included)."""
+        ds = []
+        while fits(problem, cfg, d)[0]:
+            ds.append(d)
+            if d >= d_max:
+                break
+            d = min(2 * d, d_max)
+        if not ds:
+            return 0
+        return len(ds) + bisections(ds[-2] if len(ds) > 1 else lo, ds[-1], cfg.rel_tol) + extra_seeds
+
+    def expect(ahead: int) -> None:
+        update(progress, total=n_runs + ahead)
 
     def run(d: int | None, seed: int) -> Run:
         nonlocal n_runs
         n_runs += 1
         what = "baseline (all D, direct)" if d is None else f"d = {d:,}  seed {seed}"
-        progress.start(f"run {n_runs}: {what}", total=cfg.epochs, unit="epochs")
-        return train_run(problem, cfg, d, seed, progress)
+        update(progress, description=f"run {n_runs}: {what}")
+        share = _RunShare(progress, cfg.epochs)
+        r = train_run(problem, cfg, d, seed, share)
+        share.finish()
+        return r
+
+    d0 = min(max(cfg.d_start, d_floor + 1), d_max)
+    searched = len(dict.fromkeys(cfg.grid)) * cfg.seeds if cfg.grid else doubling_ahead(d0, d_floor)
+    progress.start("intrinsic-dim", total=int(cfg.baseline is None) + searched, unit="runs")
 
     if cfg.baseline is None:
         base = run(None, 0)
@@ -152,12 +213,13 @@ def measure(problem: Problem, cfg, progress: Progress = SILENT) -> Measurement:
                 ev(d, s)
     else:
         lo, hi = d_floor, None
-        d = min(max(cfg.d_start, d_floor + 1), d_max)
+        d = d0
         while True:
             ok, need, free = fits(problem, cfg, d)
             if not ok:  # say so (run_warnings) rather than grow until the kernel kills the process
                 m.memory_stop = {"d": d, "need_bytes": need, "free_bytes": free}
                 break
+            expect(doubling_ahead(d, lo))
             if ev(d):
                 hi = d
                 break
@@ -167,15 +229,18 @@ def measure(problem: Problem, cfg, progress: Progress = SILENT) -> Measurement:
             d = min(2 * d, d_max)
         if hi is not None:
             while hi - lo > max(1, int(cfg.rel_tol * hi)):
+                expect(bisections(lo, hi, cfg.rel_tol) + extra_seeds)
                 mid = (lo + hi) // 2
                 if ev(mid):
                     hi = mid
                 else:
                     lo = mid
+            expect((1 + (lo > d_floor)) * (cfg.seeds - 1))
             for s in seeds[1:]:
                 ev(hi, s)
                 if lo > d_floor:
                     ev(lo, s)
+    expect(0)
     _summarise(m, thr, d_floor)
     m.seconds = time.perf_counter() - t0
     return m

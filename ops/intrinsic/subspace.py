@@ -344,7 +344,8 @@ def layout_numel(layout: list) -> int:
 
 def check_memory(rec: dict, path: str) -> None:
     """Refuse, before anything is allocated, a record whose D (and projection) would not fit in memory."""
-    from modelsurgeon.ops.core.memory import available_bytes, fmt_bytes
+    from modelsurgeon.ops.core.memory import available_bytes
+    from modelsurgeon.ops.core.units import fmt_bytes
 
     from .projections import estimate_bytes
 

@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from modelsurgeon.ops.core.errors import SurgeonError, SurgeonNote, write_error
+from modelsurgeon.ops.core.units import fmt_bytes
 
 from .checkpoint import AUX_FILES, Checkpoint, read_safetensors_header
 from .writer import ShardedWriter, TensorSpec, copy_aux_files, parse_size, provenance
@@ -176,17 +177,9 @@ def check_space(folder: Path, need: int, target) -> None:
     free = st.f_bavail * st.f_frsize
     if need + (16 << 20) > free:
         raise SurgeonError(
-            f"not enough free space for {target}: it needs about {_size(need)} and {folder} has {_size(free)} free",
+            f"not enough free space for {target}: it needs about {fmt_bytes(need)} and {folder} has {fmt_bytes(free)} free",
             "free some space, or write elsewhere with -o",
         )
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 # --------------------------------------------------------------------------------------------

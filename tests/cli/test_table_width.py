@@ -19,7 +19,10 @@ from helpers import run, run_json
 from rich.console import Console
 
 from modelsurgeon.cli import _output, prune, quantize, report
-from modelsurgeon.cli._output import shorten_middle
+from modelsurgeon.cli import eval as eval_cmd
+from modelsurgeon.cli import intrinsic_dim as intrinsic_cmd
+from modelsurgeon.cli import merge as merge_cmd
+from modelsurgeon.cli._output import shorten_middle, shorten_path
 
 WIDTHS = (80, 100, 120, 200)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
@@ -168,6 +171,67 @@ def test_top_and_wide_flags(capsys, minilm_dir, tmp_path):
     code, out, err = run(capsys, "report", str(minilm_dir), "--wide", "--top", "3")
     assert code == 0, err
     assert "embeddings.word_embeddings.weight" in out
+
+
+def test_shorten_path_keeps_the_model_name():
+    name = "some/rather/long/directory/of/models/llama-3-8b-instruct"
+    assert shorten_path(name, 80) == name
+    assert shorten_path(name, 40) == "…/of/models/llama-3-8b-instruct"
+    assert shorten_path(name, 22) == "…/llama-3-8b-instruct"
+    short = shorten_path(name, 15)
+    assert len(short) == 15 and short.startswith("…/") and matches(short, name)
+
+
+def _cells(line: str) -> list[str]:
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_eval_table_fits_every_width():
+    """Model paths shortened from the left, one row per model on one line; kld_p99, ppl_ratio, the gates go first."""
+    from modelsurgeon.ops.calibrate.evaluate import EvalResult, ModelScore, _gates
+    from modelsurgeon.recipes.eval import EvalConfig
+
+    folder = "some/rather/long/directory/of/models/"
+    names = [folder + "llama-3-8b-instruct-base", folder + "llama-3-8b-instruct-finetuned-on-my-data"]
+    ref = ModelScore(names[0], "causal", 537, perplexity=304.5)
+    scores = [
+        ModelScore(names[0], "causal", 537, perplexity=304.5, kld=0.0, kld_p99=0.0, top1=1.0, ppl_ratio=1.0),
+        ModelScore(names[1], "causal", 537, perplexity=296.7, kld=0.026, kld_p99=0.031, top1=0.25, ppl_ratio=0.9745),
+    ]
+    for s in scores:
+        _gates(EvalConfig(text="t.txt", reference="ref", require=("kld<=0.01", "top1>=0.5")), s)
+    data = EvalResult("t.txt", 64, 32, 537, ref, scores).to_dict()
+    headers = ["model", "perplexity", "ppl_ratio", "kld", "kld_p99", "top1", "gates"]
+    shown = {}
+    for width in WIDTHS:
+        lines = rendered(eval_cmd._print, data, width)
+        header, rows = body(lines)
+        assert all(len(line.rstrip()) <= width for line in lines[: lines.index(rows[-1]) + 1]), "\n".join(lines)
+        assert len(rows) == 3, "\n".join(lines)
+        for row, name in zip(rows, [names[0] + " (reference)", *names]):
+            cell = _cells(row)[0]
+            assert matches(cell, name) and len(cell.rsplit("…", 1)[-1]) >= 8, (cell, name)  # the end of the name stays
+            assert cell == name or width < 200
+        shown[width] = [h for h in headers if re.search(rf"(^|\s){re.escape(h)}(\s|$)", header)]
+        assert {"model", "perplexity", "kld", "top1"} <= set(shown[width])
+    assert shown[200] == headers and "FAILED kld<=0.01 top1>=0.5" in "\n".join(rendered(eval_cmd._print, data, 200))
+    assert "kld_p99" not in shown[80] and ("gates" not in shown[100] or "ppl_ratio" in shown[100])
+
+
+def test_intrinsic_dim_and_merge_tables_fit(capsys, llama, tmp_path):
+    from modelsurgeon import api
+
+    data = api.intrinsic_dim(task="toy", grid=(9, 10), device="cpu").to_dict()
+    merged = run_json(capsys, "merge", "--method", "linear", str(llama), str(llama), "-o", str(tmp_path / "m"), "-q")
+    for width in WIDTHS:
+        lines = rendered(intrinsic_cmd._print_summary, data, width)
+        header, rows = body(lines)
+        assert all(len(line.rstrip()) <= width for line in lines[: lines.index(rows[-1]) + 1]), "\n".join(lines)
+        assert len(rows) == len(data["records"]) and all(h in header for h in ("run", "d", "seed", "time", "pass"))
+        lines = rendered(merge_cmd._print_plan, merged, width)
+        assert all(len(line.rstrip()) <= width for line in lines), "\n".join(lines)
+        labels = [line.split("  ")[0].strip() for line in lines if line.startswith(" ") and not line.startswith("  ")]
+        assert {"method", "models", "output", "bytes written"} <= set(labels), lines
 
 
 def _surgeon_in_a_terminal(args: list[str], columns: int) -> str:

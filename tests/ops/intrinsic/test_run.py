@@ -36,6 +36,9 @@ class Recorder:
     def note(self, message):
         self.events.append(("note", message))
 
+    def update(self, description=None, total=None):
+        self.events.append(("update", description, total))
+
 
 def _without_seconds(o):
     if isinstance(o, dict):
@@ -54,14 +57,39 @@ def test_api_gives_the_json_the_cli_prints(capsys):
     assert result.d_int == 10 and result.measurement.run_at(10).theta_d.numel() == 10
 
 
-def test_progress_is_one_phase_per_run_and_one_step_per_epoch():
-    rec = Recorder()
-    ms.intrinsic_dim(task="toy", grid=(9, 10), device="cpu", progress=rec)
+def _runs_bar(rec):
+    """The one phase a measurement starts, its totals over time, the labels and the units advanced."""
     starts = [e for e in rec.events if e[0] == "start"]
-    assert [e[1] for e in starts] == ["run 1: baseline (all D, direct)", "run 2: d = 9  seed 0", "run 3: d = 10  seed 0"]
-    assert all(e[2] == 3 and e[3] == "epochs" for e in starts)  # toy: 3 L-BFGS rounds
-    assert sum(1 for e in rec.events if e[0] == "advance") == 9
+    assert len(starts) == 1 and starts[0][1:] == ("intrinsic-dim", starts[0][2], "runs")
+    totals = [starts[0][2]] + [e[2] for e in rec.events if e[0] == "update" and e[2] is not None]
+    labels = [e[1] for e in rec.events if e[0] == "update" and e[1] is not None]
+    done = sum(e[1] for e in rec.events if e[0] == "advance")
+    return totals, labels, done
+
+
+def test_progress_counts_runs_an_epoch_a_share_of_one():
+    rec = Recorder()
+    result = ms.intrinsic_dim(task="toy", grid=(9, 10), device="cpu", progress=rec)
+    totals, labels, done = _runs_bar(rec)
+    assert labels == ["run 1: baseline (all D, direct)", "run 2: d = 9  seed 0", "run 3: d = 10  seed 0"]
+    assert set(totals) == {3} and done == pytest.approx(3)  # a grid knows its runs: the baseline and two d
+    advances = [e[1] for e in rec.events if e[0] == "advance"]
+    assert len(advances) == 9 and advances[0] == pytest.approx(1 / 3)  # toy: 3 L-BFGS rounds a run
+    assert len(result.measurement.runs) + 1 == 3
     assert rec.events[0][0] == "note" and rec.events[0][1].startswith("intrinsic-dim: toy on toy: D = 1,000")
+
+
+def test_a_search_total_is_the_most_runs_left_and_ends_at_the_runs_made():
+    from modelsurgeon.ops.intrinsic.search import bisections
+
+    rec = Recorder()
+    result = ms.intrinsic_dim(task="toy", seeds=2, device="cpu", progress=rec)
+    totals, labels, done = _runs_bar(rec)
+    made = len(result.measurement.runs) + 1  # and the baseline
+    assert len(labels) == made and done == pytest.approx(made) and totals[-1] == made
+    assert all(t >= made for t in totals)  # never fewer than it then made: an ETA that does not promise too soon
+    assert totals[0] > made  # the first is the bound: doubling up to d_max = D = 1,000 before the answer 10
+    assert bisections(8, 16, 0.05) == 3 and bisections(0, 1, 0.05) == 0  # (8, 16] -> 12 -> 10 -> 9
 
 
 def test_the_run_writes_the_subspace_file_and_the_plot_and_expand_reads_it(tmp_path):
