@@ -25,6 +25,8 @@ import torch
 
 from modelsurgeon.kernels import should_use_triton
 
+from .sqnr import energy
+
 BLOCK = 32
 BLOCK_BYTES = {"Q8_0": 34, "Q4_0": 18, "Q4_1": 20, "Q5_0": 22, "Q5_1": 24}
 # (qmin, qmax, offset): a block dequantizes to d * (q - offset) (+ m for the _1 types)
@@ -172,9 +174,9 @@ def quantize_blocks(
         d, m = block_params(c, qtype)
         q = block_codes(c, d, m, qtype, buf[: c.shape[0]])
         pack_blocks(q, d, m, qtype, out[s : s + _CHUNK_BLOCKS])
-        if error is not None:  # in fp64: finite values near fp32's largest square without overflow
-            sig += float(c.double().square().sum())
-            noise += float(_dequant_codes(q, d, m, qtype).double().sub_(c.double()).square_().sum())
+        if error is not None:  # fp32 dot products, fp64 where they overflow
+            sig += energy(c)
+            noise += energy(_dequant_codes(q, d, m, qtype).sub_(c))
     if error is not None:
         error.append((sig, noise))
     return out.reshape(rows, row_bytes(cols, qtype))
@@ -185,8 +187,8 @@ def _error_of(x: torch.Tensor, blocks: torch.Tensor, qtype: str) -> tuple[float,
     rows = max(1, _CHUNK_BLOCKS * BLOCK // x.shape[1])
     for s in range(0, x.shape[0], rows):
         c = x[s : s + rows].float()
-        sig += float(c.square().sum())
-        noise += float(dequantize_blocks(blocks[s : s + rows], qtype, tuple(c.shape)).sub_(c).square_().sum())
+        sig += energy(c)
+        noise += energy(dequantize_blocks(blocks[s : s + rows], qtype, tuple(c.shape)).sub_(c))
     return sig, noise
 
 

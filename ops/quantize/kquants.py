@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .sqnr import energy
+
 QK_K = 256
 K_BLOCK_BYTES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
 _EPS = 1e-15  # GROUP_MAX_EPS, compared in fp32
@@ -490,8 +492,8 @@ def quantize_kblocks(
         blocks, _ = _TYPES[qtype](c, qw)
         out[s : s + step] = blocks
         if error is not None:
-            sig += float(c.square().sum())
-            noise += float(dequantize_kblocks(blocks, qtype).sub_(c).square_().sum())
+            sig += energy(c)
+            noise += energy(dequantize_kblocks(blocks, qtype).sub_(c))
     if error is not None:
         error.append((sig, noise))
     return out.reshape(rows, per_row * K_BLOCK_BYTES[qtype])
