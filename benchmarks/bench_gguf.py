@@ -15,8 +15,11 @@ for wall time, CPU time (user + sys) and peak RSS:
   the converter's own ``--outtype q8_0`` (one step).
 
 Then the quality claim: perplexity in llama.cpp (llama-cpp-python, ``logits_all``) of our file and of
-llama.cpp's file of the same type, on the held-out text of bench_target_bpw.py (the first 6000 characters of
-tests/data/pride_and_prejudice.txt), windows of 512 tokens.
+llama.cpp's file of the same type, on held-out text (chapters 1-5 of Pride and Prejudice,
+tests/data/pride_and_prejudice_ch1-5.txt, about 7000 tokens), windows of 512 tokens.
+
+``--f16-check`` (after a run): ours from the weights rounded to fp16, the values llama-quantize reads from its
+f16 file, against llama.cpp's q4_k_m, every quantized block byte for byte.
 """
 
 from __future__ import annotations
@@ -96,6 +99,10 @@ def main() -> None:
     ap.add_argument("--schemes", default="q8_0,q4_k_m")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--no-perplexity", action="store_true")
+    ap.add_argument("--chars", type=int, default=None, help="held-out characters for the perplexity (default: all)")
+    ap.add_argument("--perplexity-only", action="store_true", help="evaluate the files of an earlier run")
+    ap.add_argument("--no-f16", action="store_true", help="--perplexity-only: leave out the f16 file's perplexity")
+    ap.add_argument("--f16-check", action="store_true", help="after a run: ours from the f16 values against llama's q4_k_m")
     args = ap.parse_args()
     from bench_calibrated import smollm2
 
@@ -113,6 +120,11 @@ def main() -> None:
     print(f"source: {src} ({safetensors.stat().st_size / 2**20:.0f} MiB fp32 safetensors), warm page cache")
     subprocess.run(["cat", str(safetensors)], stdout=subprocess.DEVNULL, check=True)  # warm the cache
     results: dict = {}
+    if args.f16_check:
+        return same_input_check(src, out)
+    if args.perplexity_only:
+        results = {s: (out / f"ours-{s}.gguf", out / f"llama-{s}.gguf") for s in args.schemes.split(",")}
+        return evaluate(results, None if args.no_f16 else out / "llama-f16.gguf", args.chars)
     lines = ["| step | wall s | CPU s | peak RSS MiB | x floor | note |", "|---|---|---|---|---|---|"]
     f16 = out / "llama-f16.gguf"
     conv = best(args.repeat, [sys.executable, str(converter), str(src), "--outtype", "f16", "--outfile", str(f16)])
@@ -143,13 +155,45 @@ def main() -> None:
     load1 = os.getloadavg()
     print(f"load average before {load0[0]:.1f} / {load0[1]:.1f}, after {load1[0]:.1f} / {load1[1]:.1f} (1 / 5 min)\n")
     print("\n".join(lines))
-    if args.no_perplexity:
-        return
+    if not args.no_perplexity:
+        evaluate(results, f16, args.chars)
+
+
+def same_input_check(src: Path, out: Path) -> None:
+    """Ours from the values llama-quantize sees (the weights rounded to fp16, as its f16 file holds them) against
+    llama.cpp's q4_k_m of an earlier run: every quantized block, byte for byte."""
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    half = WORK / "smollm2-135m-f16"
+    half.mkdir(exist_ok=True)
+    for f in src.iterdir():
+        if f.name != "model.safetensors":
+            (half / f.name).write_bytes(f.read_bytes())
+    save_file({k: v.half() for k, v in load_file(str(src / "model.safetensors")).items()}, str(half / "model.safetensors"))
+    mine = out / "ours-from-f16-q4_k_m.gguf"
+    cmd = [sys.executable, "-m", "modelsurgeon", "quantize", str(half), "-o", str(mine), "--scheme", "q4_k_m", "--force", "-q"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    theirs = {t.name: t for t in gguf.GGUFReader(str(out / "llama-q4_k_m.gguf")).tensors}
+    same = total = tensors = tensors_same = 0
+    for t in gguf.GGUFReader(str(mine)).tensors:
+        if t.tensor_type.name in ("F32", "F16"):
+            continue
+        size = gguf.GGML_QUANT_SIZES[t.tensor_type][1]
+        eq = (np.asarray(t.data).reshape(-1, size) == np.asarray(theirs[t.name].data).reshape(-1, size)).all(1)
+        same, total, tensors, tensors_same = same + int(eq.sum()), total + len(eq), tensors + 1, tensors_same + bool(eq.all())
+    print(f"q4_k_m from the same fp16 values: {tensors_same}/{tensors} quantized tensors, {same}/{total} blocks identical")
+
+
+def evaluate(results: dict, f16: Path | None, chars: int | None) -> None:
     from bench_target_bpw import perplexity
 
-    text = (ROOT / "tests/data/pride_and_prejudice.txt").read_text()[:6000]
+    text = (ROOT / "tests/data/pride_and_prejudice_ch1-5.txt").read_text()[:chars]
+    print(f"perplexity on {len(text)} characters of tests/data/pride_and_prejudice_ch1-5.txt")
     print("\n| file | perplexity (llama.cpp) | ours / llama.cpp |\n|---|---|---|")
-    print(f"| llama.cpp f16 | {perplexity(f16, text):.3f} | - |")
+    if f16 is not None:
+        print(f"| llama.cpp f16 | {perplexity(f16, text):.3f} | - |")
     for scheme, (ours_path, theirs_path) in results.items():
         a, b = perplexity(ours_path, text), perplexity(theirs_path, text)
         print(f"| {scheme} ours / llama.cpp's | {a:.3f} / {b:.3f} | {a / b:.4f} |")
