@@ -28,6 +28,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from modelsurgeon.ops.core.streaming import map_in_order
+
+from .sqnr import energy
+
 QK_K = 256
 K_BLOCK_BYTES = {"Q2_K": 84, "Q3_K": 110, "Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
 _EPS = 1e-15  # GROUP_MAX_EPS, compared in fp32
@@ -185,8 +189,8 @@ def make_qkx_quants(
     buf = torch.empty_like(x)
     P = torch.empty(3, n, S, device=x.device)
 
-    def codes(iscale):
-        torch.sub(x, mn, out=xm)
+    def codes(iscale, m):
+        torch.sub(x, m, out=xm)
         return torch.mul(xm, iscale).round_().clamp_(0, nmax)
 
     def err(scale, m, L):
@@ -196,11 +200,15 @@ def make_qkx_quants(
 
     iscale = _div(float(nmax), mx - mn)
     scale = _div(1.0, iscale)
-    L = codes(iscale)
+    L = codes(iscale, mn)
     best = err(scale, mn, L)
+    # the codes kept are those of the best trial: remembered by the (iscale, min) that made them and made
+    # again at the end, instead of a full-size select per trial
+    best_is, best_mn = iscale, mn
     for k in range(nstep + 1):
         a = _f32(_f32(_f32(rmin) + _f32(_f32(rdelta) * k)) + nmax)
-        lk = codes(_div(a, mx - mn))  # min: the last one accepted
+        isk = _div(a, mx - mn)
+        lk = codes(isk, mn)  # min: the last one accepted
         torch.mul(w, lk, out=P[0])
         torch.mul(P[0], lk, out=P[1])
         torch.mul(P[0], x, out=P[2])
@@ -215,9 +223,10 @@ def make_qkx_quants(
         upd = (D > 0) & (cur < best)
         best = torch.where(upd, cur, best)
         scale = torch.where(upd, this_scale, scale)
+        best_is = torch.where(upd, isk, best_is)
+        best_mn = torch.where(upd, mn, best_mn)
         mn = torch.where(upd, this_min, mn)
-        L = torch.where(upd, lk, L)
-    L = L.to(torch.int32)
+    L = codes(best_is, best_mn).to(torch.int32)
     return torch.where(flat, 0.0, scale), torch.where(flat, -mn0, -mn), torch.where(flat, 0, L)
 
 
@@ -483,17 +492,20 @@ def quantize_kblocks(
     step = _CHUNK[qtype]
     if qw_all is not None:
         step = max(per_row, step // per_row * per_row)  # whole rows, so the weights line up
-    sig = noise = 0.0
-    for s in range(0, nb, step):
+
+    def chunk(s: int) -> tuple[float, float]:
         c = xb[s : s + step].float()
         qw = None if qw_all is None else qw_all.expand(c.shape[0] // per_row, -1, -1).reshape(-1, QK_K)
         blocks, _ = _TYPES[qtype](c, qw)
         out[s : s + step] = blocks
-        if error is not None:
-            sig += float(c.square().sum())
-            noise += float(dequantize_kblocks(blocks, qtype).sub_(c).square_().sum())
-    if error is not None:
-        error.append((sig, noise))
+        if error is None:
+            return 0.0, 0.0
+        return energy(c), energy(dequantize_kblocks(blocks, qtype).sub_(c))
+
+    # the chunks are independent: on the CPU they run on the shared worker pool (one torch thread each)
+    energies = map_in_order(chunk, range(0, nb, step), x.device)
+    if error is not None:  # summed in chunk order, whatever the number of workers
+        error.append((sum(e[0] for e in energies), sum(e[1] for e in energies)))
     return out.reshape(rows, per_row * K_BLOCK_BYTES[qtype])
 
 

@@ -26,6 +26,16 @@ def error_stats(w: torch.Tensor, deq: torch.Tensor) -> tuple[float, float]:
     return sig, noise
 
 
+def energy(v: torch.Tensor) -> float:
+    """Sum of squares of an fp32 tensor: one fp32 dot product (a BLAS call, no temporaries), or fp64 where
+    that overflows (values beyond ~1e19)."""
+    import torch
+
+    v = v.reshape(-1)
+    e = float(torch.dot(v, v))
+    return e if math.isfinite(e) else float(v.double().square().sum())
+
+
 def sqnr_db(signal: float, noise: float) -> float:
     if noise == 0:
         return math.inf

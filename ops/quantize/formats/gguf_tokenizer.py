@@ -87,6 +87,19 @@ def _load_json(path: Path) -> dict:
     return data
 
 
+_TOKENIZER_JSON: dict = {}  # (path, mtime, size) -> parsed tokenizer.json: read once per export, not three times
+
+
+def _load_tokenizer_json(path: Path) -> dict:
+    """tokenizer.json, parsed once (tens of MB for large vocabularies); callers only read it."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _TOKENIZER_JSON:
+        _TOKENIZER_JSON.clear()
+        _TOKENIZER_JSON[key] = _load_json(path)
+    return _TOKENIZER_JSON[key]
+
+
 def _malformed(path: Path, what: str) -> SurgeonError:
     return SurgeonError(f"{path} is malformed: {what}", "fix the file, or re-save the tokenizer with transformers")
 
@@ -206,7 +219,7 @@ def add_vocab(writer, folder: Path, config: dict, kind: str, pre_override: str |
     tj = folder / "tokenizer.json"
     tok = None
     if tj.is_file():  # checked before anything is sized from it, whichever vocabulary is written
-        tok = _load_json(tj)
+        tok = _load_tokenizer_json(tj)
         check_tokenizer_json(tok, tj, vocab_size or 2**31)
     if kind == "spm":
         tokens, scores, types = _spm_vocab(folder, vocab_size, tok_cfg)
@@ -377,7 +390,7 @@ def special_vocab(folder: Path, config: dict, load_merges: bool, n_vocab: int | 
     out: dict = {"merges": [], "ids": {}, "add": {}, "chat_template": None}
     types = list(_SPECIAL_TYPES)
     tj = folder / "tokenizer.json"
-    tok = _load_json(tj) if tj.is_file() else None
+    tok = _load_tokenizer_json(tj) if tj.is_file() else None
     cfg_path = folder / "tokenizer_config.json"
     tc = _load_json(cfg_path) if cfg_path.is_file() else None
     added = (tok or {}).get("added_tokens") or []
@@ -387,7 +400,7 @@ def special_vocab(folder: Path, config: dict, load_merges: bool, n_vocab: int | 
             if isinstance(merges[0], str):
                 out["merges"] = merges
             else:  # [a, b] pairs since transformers 4.45; spaces inside a part are written as U+0120
-                out["merges"] = [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in p) for p in m) for m in merges]
+                out["merges"] = [" ".join(p.replace(" ", "\u0120") for p in m) for m in merges]
     if tok:
         _post_processor(tok.get("post_processor"), tc, out["add"], types)
     if tc:
