@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,6 +60,9 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--only", default="")
     ap.add_argument("--append", action="store_true")
+    ap.add_argument("--make-only", action="store_true", help="make the outputs, evaluate nothing")
+    ap.add_argument("--made-only", action="store_true", help="with --reuse: evaluate only the outputs already made")
+    ap.add_argument("--reuse", action="store_true", help="keep outputs made by an earlier run with the same settings")
     args = ap.parse_args()
     import modelsurgeon as ms
 
@@ -67,36 +71,56 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cal = {"file": str(CALIB), "samples": args.samples, "seqlen": args.seqlen}
     builtin = {"samples": args.samples, "seqlen": args.seqlen}
+    # the acceptance rows first (so a run stopped for time still has them), the built-in-text rows last
     runs = {
         "magnitude 50%": ("prune", {"sparsity": 0.5}),
         "wanda 50%": ("prune", {"method": "wanda", "sparsity": 0.5, "calib": cal}),
         "sparsegpt 50%": ("prune", {"method": "sparsegpt", "sparsity": 0.5, "calib": cal}),
-        "wanda 50% (built-in text)": ("prune", {"method": "wanda", "sparsity": 0.5, "calib": builtin}),
-        "sparsegpt 50% (built-in text)": ("prune", {"method": "sparsegpt", "sparsity": 0.5, "calib": builtin}),
+        "rtn w4a16 g64": ("quantize", {"scheme": "w4a16", "group_size": 64, "format": "dense"}),
+        "gptq w4a16 g64": ("quantize", {"scheme": "w4a16", "group_size": 64, "format": "dense", "method": "gptq", "calib": cal}),
+        "awq w4a16 g64": ("quantize", {"scheme": "w4a16", "group_size": 64, "format": "dense", "method": "awq", "calib": cal}),
         "magnitude 2:4": ("prune", {"pattern": "2:4"}),
         "wanda 2:4": ("prune", {"method": "wanda", "pattern": "2:4", "calib": cal}),
         "sparsegpt 2:4": ("prune", {"method": "sparsegpt", "pattern": "2:4", "calib": cal}),
-        "rtn w4a16 g64": ("quantize", {"scheme": "w4a16", "group_size": 64, "format": "dense"}),
-        "gptq w4a16 g64": ("quantize", {"scheme": "w4a16", "group_size": 64, "format": "dense", "method": "gptq", "calib": cal}),
+        "wanda 50% (built-in text)": ("prune", {"method": "wanda", "sparsity": 0.5, "calib": builtin}),
         "gptq w4a16 g64 (built-in text)": (
             "quantize",
             {"scheme": "w4a16", "group_size": 64, "format": "dense", "method": "gptq", "calib": builtin},
         ),
-        "awq w4a16 g64": ("quantize", {"scheme": "w4a16", "group_size": 64, "format": "dense", "method": "awq", "calib": cal}),
+        "sparsegpt 50% (built-in text)": ("prune", {"method": "sparsegpt", "sparsity": 0.5, "calib": builtin}),
     }
     if args.only:
         runs = {k: v for k, v in runs.items() if any(s in k for s in args.only.split(","))}
-    made, seconds = {}, {}
+    # --reuse: an output already made with these settings is kept (a run stopped for time resumes where it was)
+    # (each process logs to its own file, so two runs may share the folder; their logs are read together)
+    log = out / f"seconds-{os.getpid()}.json"
+    key = f"{args.samples}x{args.seqlen}"
+    done: dict[str, dict[str, float]] = {}
+    for f in sorted(out.glob("seconds*.json")) if args.reuse else []:
+        for k, v in json.loads(f.read_text()).items():
+            done.setdefault(k, {}).update(v)
+    mine: dict[str, dict[str, float]] = {}
+    made, seconds, loads = {}, {}, []
     for label, (cmd, settings) in runs.items():
         folder = out / label.replace(" ", "_").replace("%", "").replace(":", "-").replace("(", "").replace(")", "")
-        t0 = time.perf_counter()
-        if cmd == "prune":
-            ms.prune(str(model), str(folder), force=True, device="cpu", **settings)
+        if (folder / "model.safetensors").exists() and label in done.get(key, {}):
+            seconds[label] = done[key][label]
+        elif args.made_only:
+            continue
         else:
-            ms.quantize(str(model), str(folder), force=True, device="cpu", **settings)
-        seconds[label] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if cmd == "prune":
+                ms.prune(str(model), str(folder), force=True, device="cpu", **settings)
+            else:
+                ms.quantize(str(model), str(folder), force=True, device="cpu", **settings)
+            seconds[label] = time.perf_counter() - t0
+            mine.setdefault(key, {})[label] = seconds[label]
+            log.write_text(json.dumps(mine, indent=1))
+        loads.append(os.getloadavg()[0])
         made[label] = folder
         print(f"{label}: {seconds[label]:.0f} s", file=sys.stderr, flush=True)
+    if args.make_only:
+        return
     r = ms.evaluate(
         [str(model), *map(str, made.values())],
         text=str(HELD_OUT),
@@ -117,7 +141,8 @@ def main() -> None:
     head = (
         f"SmolLM2-135M-Instruct (fp32), calibration {args.samples} x {args.seqlen} tokens of {CALIB.name} (seed 0) "
         f"or of the built-in text; evaluation: the first {r['tokens']} tokens of {HELD_OUT.name}, "
-        f"context {r['context']}, stride {r['stride']}. {machine()}.\n"
+        f"context {r['context']}, stride {r['stride']}. {machine()}; shared with other jobs, load average "
+        f"{min(loads):.1f}-{max(loads):.1f} during the runs (times are inflated by the load).\n"
         f"Command: `python benchmarks/bench_calibrated.py --samples {args.samples} --seqlen {args.seqlen} --tokens {args.tokens} --context {args.context}`\n"
     )
     text = head + "\n" + "\n".join(rows) + "\n"

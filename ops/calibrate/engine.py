@@ -25,6 +25,7 @@ from torch import nn
 
 from modelsurgeon.ops.core.progress import SILENT, Progress
 
+from .memory import layer_sized_blocks_unmapped, release_freed_memory
 from .model import LayerCall, LayerwiseModel
 from .stats import InputStats, group_by_input
 
@@ -102,6 +103,7 @@ class LayerStream:
         store: torch.device | None = None,
         description: str = "calibrate",
     ):
+        layer_sized_blocks_unmapped()
         self.lm, self.batches = lm, batches
         self.method = method or LayerMethod()
         self.progress = progress
@@ -187,6 +189,7 @@ class LayerStream:
                 yield ctx, names
                 ctx.stats.clear()
             xs = ys
+            release_freed_memory()
             self.progress.advance(1)
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor, object]]:
@@ -212,6 +215,7 @@ class LayerStream:
                     yield src, t.detach().to("cpu", lm.ck.info(src).torch_dtype), payloads.get(src)
             del ctx
             xs = ys
+            release_freed_memory()
             self.progress.advance(1)
 
     def _round_to_checkpoint(self, layer: nn.Module, i: int) -> None:
@@ -232,5 +236,6 @@ class LayerStream:
                 ctx = self.context(i, layer, xs, calls)
                 ys = self.forward(ctx)
             xs = ys
+            release_freed_memory()
             self.progress.advance(1)
         return xs

@@ -32,6 +32,8 @@ from torch import nn
 from modelsurgeon.ops.core.errors import SurgeonError
 from modelsurgeon.ops.io.checkpoint import Checkpoint
 
+from .memory import layer_sized_blocks_unmapped
+
 # model types whose layer calls are known to work here (tests build each one); others are tried and may fail
 TESTED_CAUSAL = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
 TESTED_ENCODERS = ("bert",)
@@ -132,6 +134,7 @@ class LayerwiseModel:
     """The skeleton of a checkpoint's model with one layer loaded at a time (see the module docstring)."""
 
     def __init__(self, ck: Checkpoint, device: torch.device, dtype: torch.dtype = torch.float32):
+        layer_sized_blocks_unmapped()
         self.ck, self.device, self.dtype = ck, torch.device(device), dtype
         self.config = _config_of(ck)
         self.kind = model_kind(self.config)
@@ -236,7 +239,7 @@ class LayerwiseModel:
                 w = self.ck.get(src)
                 if tuple(w.shape) != tuple(t.shape):
                     raise SurgeonError(f"{self.ck.label}: {src} is {list(w.shape)} but the model expects {list(t.shape)}")
-                t.copy_(w.to(t.dtype))
+                t.copy_(w)  # copy_ converts: no fp32 temporary of the embeddings
         if missing:
             raise SurgeonError(f"{self.ck.label} lacks {len(missing)} tensor(s) the model needs, e.g. {missing[0]}")
         if hasattr(self.model, "tie_weights") and getattr(self.config, "tie_word_embeddings", False):
@@ -328,7 +331,7 @@ class LayerwiseModel:
                 t = sd[local]
                 if tuple(w.shape) != tuple(t.shape):
                     raise SurgeonError(f"{self.ck.label}: {src} is {list(w.shape)} but the model expects {list(t.shape)}")
-                t.copy_(w.to(device=self.device, dtype=t.dtype))
+                t.copy_(w)  # copy_ converts dtype and device: no second full-size temporary
             for k, b in self._buffers[i].items():
                 mod, _, leaf = k.rpartition(".")
                 owner = layer.get_submodule(mod) if mod else layer
