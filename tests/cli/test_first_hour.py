@@ -107,9 +107,9 @@ def test_one_percentage_format():
 
 
 def test_shell_completion(capsys):
-    code, out, _ = run(capsys, "--show-completion", "bash")
-    assert code == 0
-    assert "_surgeon_completion" in out or "complete" in out
+    code, out, err = run(capsys, "--show-completion", "bash")
+    assert code == 0, (code, out[-500:], err[-2000:])
+    assert "_surgeon_completion" in out or "complete" in out, (out[-500:], err[-2000:])
 
 
 def test_merge_prints_a_summary_table(capsys, tmp_path):
