@@ -129,31 +129,11 @@ def merge(
     inputs = list(inputs or [])
     merge_params = {"--weight": weight, "--density": density, "--t": t, "--param": param}
     if adapters:
-        return _merge_adapters(
-            inputs,
-            output,
-            method,
-            base,
-            weight,
-            density,
-            param,
-            t,
-            rank,
-            sv_threshold,
-            exact_svd,
-            seed,
-            out_dtype,
-            device,
-            force,
-            dry_run,
-            as_json,
-            quiet,
-            lora,
-            extract_lora,
-            include,
-            exclude,
-            embed_lora,
-        )
+        refused = (lora, extract_lora, include, exclude, embed_lora)
+        adapter_flags = dict(base=base, t=t, weight=weight, density=density, param=param, rank=rank, sv_threshold=sv_threshold)
+        run_flags = dict(exact_svd=exact_svd, seed=seed, out_dtype=out_dtype, device=device)
+        write_flags = dict(force=force, dry_run=dry_run, as_json=as_json, quiet=quiet)
+        return _merge_adapters(inputs, output, method, refused, **adapter_flags, **run_flags, **write_flags)
     extract_flags = rank is not None or include or exclude or exact_svd or sv_threshold is not None or embed_lora
     mode = _mode(inputs, output, method, base, lora, extract_lora, merge_params, bool(extract_flags))
     write = _Write(output, force, max_shard_size, dry_run, as_json, quiet, intermediate_dir, allow_same)
@@ -241,11 +221,13 @@ def _merge_adapters(
     inputs,
     output,
     method,
+    refused,
+    *,
     base,
+    t,
     weight,
     density,
     param,
-    t,
     rank,
     sv_threshold,
     exact_svd,
@@ -256,14 +238,13 @@ def _merge_adapters(
     dry_run,
     as_json,
     quiet,
-    *others,
 ) -> int:
     """``surgeon merge --adapters --method M ADAPTER...``: one adapter from several, in adapter space."""
     from modelsurgeon import api
     from modelsurgeon.ops.core.errors import UsageError
     from modelsurgeon.ops.merge.flags import parse_params
 
-    if any(others) or base is not None or t is not None:
+    if any(refused) or base is not None or t is not None:
         raise UsageError(
             "--adapters takes --method, adapters, --weight, --density, --param, --rank, --sv-threshold and --exact-svd only"
         )
