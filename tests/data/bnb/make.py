@@ -1,12 +1,12 @@
-"""Regenerate the bitsandbytes fixtures: a tiny Llama saved by transformers with bitsandbytes 4-bit (NF4, NF4 with
+"""Make the bitsandbytes fixtures: a tiny Llama saved by transformers with bitsandbytes 4-bit (NF4, NF4 with
 double quantization, FP4) and 8-bit (LLM.int8), and bitsandbytes' own dequantization of each weight, as loaded back from those files, recorded as a
 sha256 of its bytes (cast to the model's dtype, bfloat16).
 
-    python -m venv /tmp/venv-bnb && /tmp/venv-bnb/bin/pip install bitsandbytes transformers accelerate torch
-    /tmp/venv-bnb/bin/python tests/data/bnb/make.py
+    python tests/data/bnb/make.py OUT_DIR
 
-The tests (tests/ops/io/test_quantized_bitsandbytes.py) read these files without bitsandbytes installed.
-Made with bitsandbytes 0.50.2, transformers 5.24.0, torch 2.13.0 (CPU)."""
+tests/ops/io/test_quantized_bitsandbytes.py calls ``make(folder)`` once per session (bitsandbytes is a test
+dependency: it runs on the CPU); nothing is committed. Checked with bitsandbytes 0.50.2, transformers 5.24.0,
+torch 2.13.0 (CPU)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def digest(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
-def main() -> None:
+def make(root: Path) -> Path:
+    """Write root/{nf4,nf4-double,fp4,int8}/ (model.safetensors, config.json, reference.json); return root."""
     import bitsandbytes
     import bitsandbytes.functional as F
     from builders import make_tiny_llama
@@ -45,7 +46,7 @@ def main() -> None:
     }
     for name, cfg in configs.items():
         m = AutoModelForCausalLM.from_pretrained(src, quantization_config=cfg, dtype=torch.bfloat16, device_map="cpu")
-        out = HERE / name
+        out = root / name
         shutil.rmtree(out, ignore_errors=True)
         m.save_pretrained(out)
         (out / "generation_config.json").unlink(missing_ok=True)
@@ -60,7 +61,8 @@ def main() -> None:
         meta = {"bitsandbytes": bitsandbytes.__version__, "dequantized_bf16_sha256": ref}
         (out / "reference.json").write_text(json.dumps(meta, indent=1) + "\n")
     shutil.rmtree(tmp)
+    return root
 
 
 if __name__ == "__main__":
-    main()
+    make(Path(sys.argv[1]))
